@@ -1,0 +1,47 @@
+"""Request body → parsed JSON and the MCP request inside it (never for a partial body)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sidecar.mcp import (
+    BodyError,
+    McpRequest,
+    is_json_content_type,
+    loads_strict,
+    looks_like_json,
+    parse_mcp,
+)
+
+
+@dataclass(frozen=True)
+class ParsedBody:
+    parsed_body: Any  # opa-envoy-plugin's parsed_body: JSON content types only
+    mcp: McpRequest | None
+
+
+EMPTY = ParsedBody(None, None)
+
+
+def parse_body(body: bytes, headers: dict[str, str], truncated: bool) -> ParsedBody:
+    """Parse what can be judged. JSON-RPC is recognised whatever the content type says,
+    because an MCP server may not check it; a declared JSON body must be valid JSON."""
+    has_mcp_headers = "mcp-method" in headers or "mcp-name" in headers
+    if truncated:
+        return EMPTY
+    if not body:
+        if has_mcp_headers:
+            raise BodyError("Mcp-Method/Mcp-Name headers sent without a JSON-RPC body")
+        return EMPTY
+    declared_json = is_json_content_type(headers.get("content-type"))
+    if declared_json or has_mcp_headers:
+        value = loads_strict(body)
+    elif looks_like_json(body):
+        try:
+            value = loads_strict(body)
+        except BodyError:
+            return EMPTY  # opaque text that only resembles JSON: nothing to read as JSON-RPC
+    else:
+        return EMPTY
+    return ParsedBody(parsed_body=value if declared_json else None, mcp=parse_mcp(value, headers))

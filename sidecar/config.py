@@ -1,0 +1,205 @@
+"""Sidecar configuration: one YAML file, overridden by ``AUTHZ_*`` environment variables.
+
+Environment overrides use ``__`` between levels, e.g. ``AUTHZ_OPA__URL`` or
+``AUTHZ_IDENTITY__JWT_SVID__AUDIENCES='[a, b]'``; values are parsed as YAML scalars/flow.
+Every key and default is documented in docs/configuration.md.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from spiffe import TrustDomain
+
+ENV_PREFIX = "AUTHZ_"
+ENV_CONFIG_FILE = "AUTHZ_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the offending key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ListenConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9191, ge=0, le=65535)
+    path_prefix: str = "/authz"
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _prefix_shape(cls, value: str) -> str:
+        if value and (not value.startswith("/") or value.endswith("/")):
+            raise ValueError("must be empty or start with '/' and not end with '/'")
+        return value
+
+
+class AdminConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(9192, ge=0, le=65535)
+
+
+class OpaConfig(_Strict):
+    url: str = "http://127.0.0.1:8181"
+    decision_path: str = "agent/authz/decision"
+    timeout_ms: int = Field(500, gt=0, le=60_000)
+    max_connections: int = Field(64, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://", "unix://")):
+            raise ValueError("must start with http://, https:// or unix://")
+        return value.rstrip("/")
+
+    @field_validator("decision_path")
+    @classmethod
+    def _path_shape(cls, value: str) -> str:
+        parts = value.strip("/").split("/")
+        if not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
+            raise ValueError("must be a '/'-separated rule path such as agent/authz/decision")
+        return "/".join(parts)
+
+
+class XfccConfig(_Strict):
+    trusted_secret_file: Path | None = None
+    secret_header: str = "x-authz-xfcc-secret"
+
+
+class JwtSvidConfig(_Strict):
+    audiences: list[str] = Field(default_factory=lambda: ["authz-sidecar"], min_length=1)
+    algorithms: list[str] = Field(
+        default_factory=lambda: ["ES256", "ES384", "RS256", "RS384", "PS256", "PS384"],
+        min_length=1,
+    )
+    bundle_files: dict[str, Path] = Field(default_factory=dict)
+    workload_api_socket: str | None = None
+    max_token_bytes: int = Field(8192, gt=0)
+    strip_from_upstream: bool = True
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        allowed = {"RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512"}
+        bad = [a for a in value if a not in allowed]
+        if bad:
+            raise ValueError(f"unsupported algorithms {bad}; JWT-SVIDs use RS*, ES* or PS*")
+        return value
+
+    @field_validator("bundle_files")
+    @classmethod
+    def _bundle_domains(cls, value: dict[str, Path]) -> dict[str, Path]:
+        for name in value:
+            _trust_domain(name)
+        return value
+
+
+IdentitySource = Literal["xfcc", "jwt_svid", "pod"]
+DEFAULT_SOURCES: tuple[IdentitySource, ...] = ("xfcc", "jwt_svid")
+
+
+class PodIdentityConfig(_Strict):
+    spiffe_id: str | None = None
+
+
+class IdentityConfig(_Strict):
+    sources: list[IdentitySource] = Field(default_factory=lambda: list(DEFAULT_SOURCES), min_length=1)
+    required: bool = True
+    trust_domains: list[str] = Field(default_factory=lambda: ["demo.local"], min_length=1)
+    max_delegation_depth: int = Field(8, ge=0)
+    xfcc: XfccConfig = Field(default_factory=XfccConfig)
+    jwt_svid: JwtSvidConfig = Field(default_factory=JwtSvidConfig)
+    pod: PodIdentityConfig = Field(default_factory=PodIdentityConfig)
+
+    @field_validator("trust_domains")
+    @classmethod
+    def _valid_domains(cls, value: list[str]) -> list[str]:
+        return [_trust_domain(name) for name in value]
+
+
+class RequestBodyConfig(_Strict):
+    max_bytes: int = Field(1_048_576, gt=0)
+    allow_partial: bool = False
+
+
+class LogConfig(_Strict):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    decisions: bool = True
+
+
+def _trust_domain(name: str) -> str:
+    try:
+        return str(TrustDomain(name).name)
+    except Exception as exc:  # the spiffe package's errors are not ValueErrors
+        raise ValueError(str(exc)) from None
+
+
+class Config(_Strict):
+    """The whole sidecar configuration."""
+
+    listen: ListenConfig = Field(default_factory=ListenConfig)
+    admin: AdminConfig = Field(default_factory=AdminConfig)
+    opa: OpaConfig = Field(default_factory=OpaConfig)
+    identity: IdentityConfig = Field(default_factory=IdentityConfig)
+    request_body: RequestBodyConfig = Field(default_factory=RequestBodyConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+
+def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` (or ``$AUTHZ_CONFIG``), apply ``AUTHZ_*`` overrides, validate."""
+    env = os.environ if environ is None else environ
+    if path is None and env.get(ENV_CONFIG_FILE):
+        path = Path(env[ENV_CONFIG_FILE])
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        raw = loaded or {}
+    for name, value in sorted(env.items()):
+        if name.startswith(ENV_PREFIX) and name != ENV_CONFIG_FILE:
+            _apply_override(raw, name, value)
+    return validate_config(raw)
+
+
+def validate_config(raw: Mapping[str, Any]) -> Config:
+    """Validate a config mapping; errors name the dotted key."""
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "<top level>"
+            message = err["msg"]
+            if err["type"] == "extra_forbidden":
+                message = "unknown key"
+            problems.append(f"{key}: {message}")
+        raise ConfigError("invalid configuration: " + "; ".join(problems)) from None
+
+
+def _apply_override(raw: dict[str, Any], name: str, value: str) -> None:
+    keys = [k.lower() for k in name[len(ENV_PREFIX) :].split("__")]
+    if not all(keys):
+        raise ConfigError(f"environment variable {name}: empty key segment")
+    node = raw
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"environment variable {name}: {key} is not a section")
+        node = child
+    try:
+        node[keys[-1]] = yaml.safe_load(value) if value != "" else None
+    except yaml.YAMLError:
+        node[keys[-1]] = value

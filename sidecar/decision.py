@@ -1,0 +1,188 @@
+"""Decision document → one :class:`Verdict`.
+
+Accepted shapes: a boolean; the opa-envoy-plugin object (``allowed`` …); the agent object
+(``verdict`` …). Anything else, or any field of the wrong type, is a :class:`DecisionError`
+(a 503): a decision we cannot read is never an allow.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["allow", "deny", "step_up"]
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+MAX_HEADER_VALUE = 8192
+
+
+class DecisionError(ValueError):
+    """The policy's answer has an unexpected shape; the message says which field."""
+
+
+@dataclass(frozen=True)
+class StepUp:
+    kind: Literal["approval", "acr"]
+    reason: str | None = None
+    acr_values: tuple[str, ...] = ()
+    max_age: int | None = None
+    ttl_seconds: int | None = None
+    approvers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: Kind
+    reasons: tuple[str, ...]
+    status: int | None = None  # deny status chosen by the policy
+    body: str | None = None  # deny body chosen by an opa-envoy-plugin style policy
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    remove_headers: tuple[str, ...] = ()
+    response_headers: dict[str, str] = field(default_factory=dict)
+    step_up: StepUp | None = None
+    remember: tuple[str, ...] = ()
+
+
+def to_verdict(result: Any) -> Verdict:
+    """Map an OPA result to a verdict, or raise :class:`DecisionError`."""
+    if isinstance(result, bool):
+        return Verdict("allow", ("allowed by policy",)) if result else Verdict("deny", ("denied by policy",))
+    if not isinstance(result, dict):
+        raise DecisionError(f"decision must be a boolean or an object, not {_type(result)}")
+    if "verdict" in result and "allowed" in result:
+        raise DecisionError("decision has both 'verdict' and 'allowed'")
+    if "verdict" in result:
+        return _agent_object(result)
+    if "allowed" in result:
+        return _plugin_object(result)
+    raise DecisionError("decision object has neither 'verdict' nor 'allowed'")
+
+
+def _plugin_object(doc: dict[str, Any]) -> Verdict:
+    allowed = doc["allowed"]
+    if not isinstance(allowed, bool):
+        raise DecisionError("'allowed' must be a boolean")
+    headers = _headers(doc, "headers")
+    remove_headers = _names(doc, "request_headers_to_remove")
+    response_headers = _headers(doc, "response_headers_to_add")
+    if allowed:
+        return Verdict(
+            "allow",
+            ("allowed by policy",),
+            upstream_headers=headers,
+            remove_headers=remove_headers,
+            response_headers=response_headers,
+        )
+    body = doc.get("body")
+    if body is not None and not isinstance(body, str):
+        raise DecisionError("'body' must be a string")
+    # On a deny, opa-envoy-plugin sends `headers` to the client.
+    return Verdict(
+        "deny",
+        ("denied by policy",),
+        status=_status(doc, "http_status"),
+        body=body,
+        response_headers={**response_headers, **headers},
+        remove_headers=remove_headers,
+    )
+
+
+def _agent_object(doc: dict[str, Any]) -> Verdict:
+    kind = doc["verdict"]
+    if kind not in ("allow", "deny", "step_up"):
+        raise DecisionError("'verdict' must be one of allow, deny, step_up")
+    reasons = doc.get("reasons", [])
+    if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+        raise DecisionError("'reasons' must be a list of strings")
+    if doc.get("credential") is not None:
+        raise DecisionError("'credential' is requested but credential minting is not enabled")
+    step_up = _step_up(doc.get("step_up")) if kind == "step_up" else None
+    remember = _names(doc, "remember")
+    return Verdict(
+        kind,
+        tuple(reasons) or (f"{kind} by policy",),
+        status=_status(doc, "status") if kind == "deny" else None,
+        upstream_headers=_headers(doc, "headers"),
+        remove_headers=_names(doc, "request_headers_to_remove"),
+        response_headers=_headers(doc, "response_headers_to_add"),
+        step_up=step_up,
+        remember=remember,
+    )
+
+
+def _step_up(doc: Any) -> StepUp:
+    if not isinstance(doc, dict):
+        raise DecisionError("a step_up verdict needs a 'step_up' object")
+    kind = doc.get("kind")
+    if kind not in ("approval", "acr"):
+        raise DecisionError("'step_up.kind' must be approval or acr")
+    acr_values = doc.get("acr_values", [])
+    if not isinstance(acr_values, list) or not all(isinstance(v, str) and v for v in acr_values):
+        raise DecisionError("'step_up.acr_values' must be a list of strings")
+    if kind == "acr" and not acr_values:
+        raise DecisionError("an acr step-up needs 'step_up.acr_values'")
+    reason = doc.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise DecisionError("'step_up.reason' must be a string")
+    approvers = doc.get("approvers", {})
+    if not isinstance(approvers, dict):
+        raise DecisionError("'step_up.approvers' must be an object")
+    return StepUp(
+        kind=kind,
+        reason=reason,
+        acr_values=tuple(acr_values),
+        max_age=_optional_int(doc, "max_age"),
+        ttl_seconds=_optional_int(doc, "ttl_seconds"),
+        approvers=approvers,
+    )
+
+
+def _headers(doc: dict[str, Any], key: str) -> dict[str, str]:
+    value = doc.get(key, {})
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise DecisionError(f"'{key}' must be an object of header names to strings")
+    headers: dict[str, str] = {}
+    for name, raw in value.items():
+        text = ",".join(raw) if isinstance(raw, list) and all(isinstance(v, str) for v in raw) else raw
+        if not isinstance(text, str):
+            raise DecisionError(f"'{key}.{name}' must be a string")
+        if not HEADER_NAME.match(name):
+            raise DecisionError(f"'{key}' has an invalid header name")
+        if len(text) > MAX_HEADER_VALUE or any(c in text for c in "\r\n\0"):
+            raise DecisionError(f"'{key}.{name}' has an invalid header value")
+        headers[name.lower()] = text
+    return headers
+
+
+def _names(doc: dict[str, Any], key: str) -> tuple[str, ...]:
+    value = doc.get(key, [])
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) and HEADER_NAME.match(v) for v in value):
+        raise DecisionError(f"'{key}' must be a list of names")
+    return tuple(v.lower() for v in value)
+
+
+def _status(doc: dict[str, Any], key: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    # 200 would make Envoy allow, 5xx would be read as an authz-service error.
+    if isinstance(value, bool) or not isinstance(value, int) or not 300 <= value <= 499:
+        raise DecisionError(f"'{key}' must be an integer between 300 and 499 for a deny")
+    return value
+
+
+def _optional_int(doc: dict[str, Any], key: str) -> int | None:
+    value = doc.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DecisionError(f"'step_up.{key}' must be a non-negative integer")
+    return value
+
+
+def _type(value: Any) -> str:
+    return "null" if value is None else type(value).__name__

@@ -1,0 +1,131 @@
+"""Who is calling: verified SPIFFE identity from XFCC, a JWT-SVID, or the pod's own SVID.
+
+Every configured source is checked; a credential that is presented but invalid is an
+:class:`IdentityError` (401), never a reason to fall through to another source. When
+several sources are presented they must name the same SPIFFE ID.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass, field
+from typing import Any
+
+from spiffe import SpiffeId
+
+from sidecar.config import IdentityConfig, IdentitySource
+from sidecar.identity.chain import DelegationError, actor_chain
+from sidecar.identity.jwt_svid import JwtSvidError, JwtSvidVerifier
+from sidecar.identity.xfcc import XfccError, peer_spiffe_id
+
+Source = IdentitySource
+XFCC_HEADER = "x-forwarded-client-cert"
+
+
+class IdentityError(Exception):
+    """Authentication failed; ``reason`` is safe to show to the caller."""
+
+    def __init__(self, reason: str, *, invalid_token: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.invalid_token = invalid_token
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A verified caller."""
+
+    spiffe_id: SpiffeId
+    source: Source
+    claims: dict[str, Any] = field(default_factory=dict)
+    delegation_chain: tuple[str, ...] = ()
+
+    def as_input(self) -> dict[str, Any]:
+        return {
+            "spiffe_id": str(self.spiffe_id),
+            "trust_domain": self.spiffe_id.trust_domain.name,
+            "path": self.spiffe_id.path,
+            "identity_source": self.source,
+            "claims": self.claims,
+        }
+
+
+class IdentityResolver:
+    """Applies the configured identity sources, in order, to one request's headers."""
+
+    def __init__(
+        self,
+        config: IdentityConfig,
+        jwt_verifier: JwtSvidVerifier | None,
+        xfcc_secret: str | None,
+    ) -> None:
+        self._config = config
+        self._trust_domains = frozenset(config.trust_domains)
+        self._jwt = jwt_verifier
+        self._xfcc_secret = xfcc_secret
+        self._pod_id = SpiffeId(config.pod.spiffe_id) if config.pod.spiffe_id else None
+
+    def resolve(self, headers: dict[str, str]) -> Identity | None:
+        found = [
+            identity for source in self._config.sources if (identity := self._from_source(source, headers)) is not None
+        ]
+        if not found:
+            if self._config.required:
+                raise IdentityError("no agent identity was presented")
+            return None
+        if len({str(identity.spiffe_id) for identity in found}) > 1:
+            raise IdentityError("the presented credentials name different SPIFFE IDs")
+        return found[0]
+
+    def _from_source(self, source: Source, headers: dict[str, str]) -> Identity | None:
+        if source == "xfcc":
+            return self._from_xfcc(headers)
+        if source == "jwt_svid":
+            return self._from_jwt(headers)
+        return self._from_pod()
+
+    def _from_xfcc(self, headers: dict[str, str]) -> Identity | None:
+        value = headers.get(XFCC_HEADER)
+        if value is None:
+            return None
+        presented = headers.get(self._config.xfcc.secret_header, "")
+        if not self._xfcc_secret or not hmac.compare_digest(presented.encode(), self._xfcc_secret.encode()):
+            raise IdentityError("x-forwarded-client-cert is not trusted on this listener")
+        try:
+            spiffe_id = peer_spiffe_id(value)
+        except XfccError as exc:
+            raise IdentityError(f"peer certificate identity is unusable: {exc}") from exc
+        return Identity(self._trusted(spiffe_id), "xfcc")
+
+    def _from_jwt(self, headers: dict[str, str]) -> Identity | None:
+        token = bearer_token(headers.get("authorization"))
+        if token is None:
+            return None
+        if self._jwt is None:
+            raise IdentityError("JWT-SVIDs are not accepted: no JWT bundle is configured")
+        try:
+            verified = self._jwt.verify(token)
+            chain = actor_chain(verified.claims, self._config.max_delegation_depth)
+        except (JwtSvidError, DelegationError) as exc:
+            raise IdentityError(f"JWT-SVID rejected: {exc}", invalid_token=True) from exc
+        return Identity(verified.spiffe_id, "jwt_svid", verified.claims, tuple(chain))
+
+    def _from_pod(self) -> Identity | None:
+        if self._pod_id is None:
+            return None
+        return Identity(self._trusted(self._pod_id), "pod")
+
+    def _trusted(self, spiffe_id: SpiffeId) -> SpiffeId:
+        if spiffe_id.trust_domain.name not in self._trust_domains:
+            raise IdentityError(f"trust domain {spiffe_id.trust_domain.name} is not trusted")
+        return spiffe_id
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer`` header, else None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    return token.strip() or None

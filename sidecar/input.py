@@ -1,0 +1,87 @@
+"""Check request + verified context → the OPA input document (schema/input.schema.json).
+
+The opa-envoy-plugin-compatible part comes first so that policies written for it run
+unchanged; the agent fields sit beside it.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from sidecar.body import ParsedBody
+from sidecar.identity import Identity
+from sidecar.request import CheckRequest
+
+READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+VERSION = {"ext_authz": "v3", "encoding": "protojson"}
+
+
+def build_input(
+    request: CheckRequest,
+    *,
+    identity: Identity | None,
+    body: ParsedBody,
+    intent: dict[str, Any] | None,
+    hidden_headers: frozenset[str] = frozenset(),
+) -> dict[str, Any]:
+    """The whole input document for one check."""
+    split = urlsplit(request.path)
+    parsed_path = unquote(split.path).lstrip("/").split("/")
+    headers = {k: v for k, v in request.headers.items() if k not in hidden_headers}
+    host = headers.get("host") or headers.get(":authority", "")
+    http: dict[str, Any] = {
+        "id": headers.get("x-request-id", ""),
+        "method": request.method,
+        "path": request.path,
+        "host": host,
+        "scheme": headers.get("x-forwarded-proto", "http"),
+        "protocol": "HTTP/1.1",
+        "headers": headers,
+        "body": "",
+        "size": str(len(request.body)),
+    }
+    try:
+        http["body"] = request.body.decode("utf-8")
+    except UnicodeDecodeError:
+        http["rawBody"] = base64.b64encode(request.body).decode("ascii")
+    principal = str(identity.spiffe_id) if identity and identity.source == "xfcc" else ""
+    return {
+        "attributes": {
+            "source": {"address": {}, "principal": principal},
+            "destination": {"address": {}, "principal": ""},
+            "metadataContext": {},
+            "contextExtensions": {},
+            "request": {"http": http},
+        },
+        "parsed_path": parsed_path,
+        "parsed_query": parse_qs(split.query, keep_blank_values=True),
+        "parsed_body": body.parsed_body,
+        "truncated_body": request.body_truncated,
+        "version": VERSION,
+        "action": {
+            "method": request.method.upper(),
+            "host": normalise_host(host),
+            "path": "/" + "/".join(parsed_path),
+            "read_only": request.method.upper() in READ_ONLY_METHODS,
+        },
+        "agent": identity.as_input() if identity else None,
+        "delegation": {
+            "chain": list(identity.delegation_chain) if identity else [],
+            "depth": len(identity.delegation_chain) if identity else 0,
+        },
+        "task": None,
+        "session": None,
+        "mcp": body.mcp.as_input() if body.mcp else None,
+        "approval": None,
+        "intent": intent,
+    }
+
+
+def normalise_host(host: str) -> str:
+    """Lower-case, without port and trailing dot: ``API.Example.com.:443`` → ``api.example.com``."""
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal
+        return host.split("]", 1)[0] + "]"
+    return host.rsplit(":", 1)[0].rstrip(".") if ":" in host else host.rstrip(".")

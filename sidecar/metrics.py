@@ -1,0 +1,20 @@
+"""Prometheus metrics (module-level: one set per process)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+DECISIONS = Counter(
+    "authz_decisions_total",
+    "Decisions by verdict (allow, deny, step_up, error) and the stage that made them",
+    ["verdict", "stage"],
+)
+DECISION_SECONDS = Histogram("authz_decision_seconds", "Time to answer one check request, end to end", buckets=_BUCKETS)
+OPA_SECONDS = Histogram("authz_opa_seconds", "Time OPA took to answer one decision query", buckets=_BUCKETS)
+OPA_ERRORS = Counter(
+    "authz_opa_errors_total",
+    "Decisions that failed closed because OPA gave no usable answer",
+    ["kind"],
+)

@@ -1,0 +1,104 @@
+"""The OPA client: one pooled keep-alive session to OPA's REST Data API, fail-closed.
+
+Any failure (OPA down, slow, non-200, not JSON, no result) raises :class:`OpaError`,
+which the pipeline turns into a 503. Nothing here ever produces an allow by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+
+class OpaError(Exception):
+    """OPA could not give a usable answer; ``reason`` is short and safe to show."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind  # metric label: unreachable | timeout | status | malformed | undefined
+
+
+@dataclass(frozen=True)
+class OpaAnswer:
+    result: Any
+    decision_id: str | None
+    seconds: float
+
+
+class OpaClient:
+    """Queries ``POST {url}/v1/data/{decision_path}``; ``unix://`` URLs use a unix socket."""
+
+    def __init__(self, url: str, decision_path: str, timeout_ms: int, max_connections: int) -> None:
+        self._unix_path = url[len("unix://") :] if url.startswith("unix://") else None
+        self._base = "http://opa" if self._unix_path else url
+        self._decision_url = f"{self._base}/v1/data/{decision_path}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector: aiohttp.BaseConnector
+        if self._unix_path:
+            connector = aiohttp.UnixConnector(path=self._unix_path, limit=self._max_connections)
+        else:
+            connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60)
+        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def decide(self, input_doc: dict[str, Any]) -> OpaAnswer:
+        """Evaluate the decision for ``input_doc``."""
+        session = self._require_session()
+        payload = json.dumps({"input": input_doc}, separators=(",", ":"))
+        started = time.perf_counter()
+        try:
+            async with session.post(
+                self._decision_url, data=payload, headers={"content-type": "application/json"}
+            ) as response:
+                raw = await response.read()
+                status = response.status
+        except TimeoutError as exc:
+            raise OpaError("policy engine timed out", "timeout") from exc
+        except aiohttp.ClientError as exc:
+            raise OpaError("policy engine is unreachable", "unreachable") from exc
+        seconds = time.perf_counter() - started
+        if status != 200:
+            raise OpaError(f"policy engine answered HTTP {status}", "status")
+        try:
+            document = json.loads(raw)
+        except ValueError as exc:
+            raise OpaError("policy engine answered with invalid JSON", "malformed") from exc
+        if not isinstance(document, dict):
+            raise OpaError("policy engine answer is not a JSON object", "malformed")
+        if "result" not in document:
+            raise OpaError("policy defines no decision at the configured path", "undefined")
+        decision_id = document.get("decision_id")
+        return OpaAnswer(
+            result=document["result"],
+            decision_id=decision_id if isinstance(decision_id, str) and decision_id else None,
+            seconds=seconds,
+        )
+
+    async def health(self) -> tuple[bool, str]:
+        """Ready when OPA answers ``/health?bundles`` with 200 (server up, bundles activated)."""
+        session = self._require_session()
+        try:
+            async with session.get(f"{self._base}/health?bundles") as response:
+                if response.status == 200:
+                    return True, "ok"
+                return False, f"OPA /health?bundles answered {response.status}"
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            return False, f"OPA unreachable ({type(exc).__name__})"
+
+    def _require_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError("OpaClient.start() was not awaited")
+        return self._session

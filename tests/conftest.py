@@ -1,0 +1,41 @@
+"""Shared fixtures: a dev trust domain and real OPA / stack processes for the tests that need them."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sidecar.dev.tools import ToolMissing, find_tool
+from sidecar.dev.trust_domain import DevTrustDomain
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def trust_domain(tmp_path_factory: pytest.TempPathFactory) -> DevTrustDomain:
+    return DevTrustDomain(tmp_path_factory.mktemp("trust-domain")).ensure()
+
+
+@pytest.fixture(scope="session")
+def opa_bin() -> str:
+    try:
+        return find_tool("opa")
+    except ToolMissing as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def envoy_bin() -> str:
+    try:
+        return find_tool("envoy")
+    except ToolMissing as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)

@@ -1,0 +1,118 @@
+"""Built input documents must validate against the shipped JSON Schema, as must the examples."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+from spiffe import SpiffeId
+
+from sidecar.body import EMPTY, parse_body
+from sidecar.identity import Identity
+from sidecar.input import build_input, normalise_host
+from sidecar.request import CheckRequest
+
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "schema"
+SCHEMA = json.loads((SCHEMA_DIR / "input.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+def request(
+    method: str = "GET", path: str = "/api/docs/a%20b?x=1&x=2&y=", body: bytes = b"", **headers: str
+) -> CheckRequest:
+    return CheckRequest(method, path, {"host": "Tools.Demo.Local.:8080", "x-request-id": "r1", **headers}, body)
+
+
+def test_schema_is_valid_and_examples_validate() -> None:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    examples = sorted((SCHEMA_DIR / "examples").glob("*.json"))
+    assert examples
+    for example in examples:
+        VALIDATOR.validate(json.loads(example.read_text()))
+
+
+def test_rest_input() -> None:
+    identity = Identity(
+        SpiffeId("spiffe://demo.local/agent/reader"),
+        "jwt_svid",
+        {"sub": "x"},
+        ("spiffe://demo.local/agent/boss",),
+    )
+    doc = build_input(request(), identity=identity, body=EMPTY, intent=None)
+    VALIDATOR.validate(doc)
+    assert doc["parsed_path"] == ["api", "docs", "a b"]
+    assert doc["parsed_query"] == {"x": ["1", "2"], "y": [""]}
+    assert doc["action"] == {
+        "method": "GET",
+        "host": "tools.demo.local",
+        "path": "/api/docs/a b",
+        "read_only": True,
+    }
+    assert doc["attributes"]["request"]["http"]["id"] == "r1"
+    assert doc["attributes"]["source"]["principal"] == ""  # only a peer certificate sets it
+    assert doc["delegation"] == {"chain": ["spiffe://demo.local/agent/boss"], "depth": 1}
+    assert doc["agent"]["identity_source"] == "jwt_svid"
+
+
+def test_mcp_input_with_xfcc_identity_hides_internal_headers() -> None:
+    body = json.dumps(
+        {
+            "jsonrpc": "2.0",
+            "id": "a",
+            "method": "tools/call",
+            "params": {"name": "t", "arguments": {}},
+        }
+    ).encode()
+    req = request(
+        "POST",
+        "/mcp",
+        body,
+        **{"content-type": "application/json", "x-authz-xfcc-secret": "s3cret"},
+    )
+    identity = Identity(SpiffeId("spiffe://demo.local/agent/writer"), "xfcc")
+    doc = build_input(
+        req,
+        identity=identity,
+        body=parse_body(body, req.headers, False),
+        intent={"purpose": None, "confidence": 0.5, "source": "header", "asserted": True},
+        hidden_headers=frozenset({"x-authz-xfcc-secret"}),
+    )
+    VALIDATOR.validate(doc)
+    assert "x-authz-xfcc-secret" not in doc["attributes"]["request"]["http"]["headers"]
+    assert doc["attributes"]["source"]["principal"] == "spiffe://demo.local/agent/writer"
+    assert doc["mcp"]["name"] == "t"
+    assert doc["action"]["read_only"] is False
+
+
+def test_anonymous_binary_and_root_inputs() -> None:
+    doc = build_input(request("PUT", "/", b"\xff\x00"), identity=None, body=EMPTY, intent=None)
+    VALIDATOR.validate(doc)
+    assert doc["agent"] is None
+    assert doc["parsed_path"] == [""]
+    assert doc["action"]["path"] == "/"
+    assert doc["attributes"]["request"]["http"]["rawBody"] == "/wA="
+
+
+def test_truncated_flag() -> None:
+    doc = build_input(
+        request("POST", "/x", b"{", **{"x-envoy-auth-partial-body": "true"}),
+        identity=None,
+        body=EMPTY,
+        intent=None,
+    )
+    assert doc["truncated_body"] is True and doc["parsed_body"] is None
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        ("API.example.com.:443", "api.example.com"),
+        ("a.b", "a.b"),
+        ("[::1]:80", "[::1]"),
+        ("x.", "x"),
+    ],
+)
+def test_normalise_host(host: str, expected: str) -> None:
+    assert normalise_host(host) == expected
