@@ -1,0 +1,85 @@
+# Checks that apply to every rule: roles, writes, declared intent, sane rule data.
+package agent.authz
+
+# Every role a rule lists is required.
+access_denies contains msg if {
+	some role in rule.roles
+	not role in agent_roles
+	msg := sprintf("agent %s may not %s (needs role %v)", [agent_name, rule.action, role])
+}
+
+# A write needs a role whose can_write is true (data.agent.config.roles).
+is_write if rule.class != "read"
+
+can_write if {
+	some role in agent_roles
+	cfg.roles[role].can_write == true
+}
+
+access_denies contains msg if {
+	is_write
+	not can_write
+	msg := sprintf("agent %s is read-only and may not %s", [agent_name, rule.action])
+}
+
+# The agent's declared intent is agent-asserted: it can only ever restrict.
+intent := input.intent if is_object(input.intent)
+
+access_denies contains msg if {
+	is_write
+	is_number(intent.confidence)
+	minimum := cfg.intent.min_confidence_for_writes
+	is_number(minimum)
+	intent.confidence < minimum
+	msg := sprintf(
+		"agent %s declared an intent confidence of %v, below the %v required for writes (%s)",
+		[agent_name, intent.confidence, minimum, rule.action],
+	)
+}
+
+access_denies contains msg if {
+	is_write
+	cfg.intent.require_for_writes == true
+	not intent
+	msg := sprintf("agent %s declared no intent, but writes (%s) require one", [agent_name, rule.action])
+}
+
+# A human said no to this very request.
+access_denies contains msg if {
+	input.approval.status in {"denied", "rejected"}
+	msg := sprintf("a human rejected this request (approval %v)", [object.get(input.approval, "id", "without id")])
+}
+
+# Rule data the policy cannot enforce allows nothing.
+access_denies contains msg if {
+	rule
+	not valid_roles(rule.roles)
+	msg := sprintf("rule %q has invalid roles (a list of role names is expected), so it allows nothing", [rule.name])
+}
+
+access_denies contains msg if {
+	rule
+	not valid_step_up(rule.step_up)
+	msg := sprintf("rule %q has a step_up the policy cannot enforce, so it allows nothing", [rule.name])
+}
+
+valid_roles(roles) if {
+	is_array(roles)
+	every role in roles {
+		is_string(role)
+	}
+}
+
+valid_step_up(step_up) if step_up == null
+
+valid_step_up(step_up) if step_up.kind == "approval"
+
+valid_step_up(step_up) if {
+	step_up.kind == "acr"
+	is_array(step_up.acr_values)
+	count(step_up.acr_values) > 0
+	every value in step_up.acr_values {
+		is_string(value)
+		value != ""
+	}
+}

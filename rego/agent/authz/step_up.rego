@@ -1,0 +1,191 @@
+# Step-up: a human approval, or stronger authentication. Asked for only when
+# nothing denies. The sidecar passes input.approval only when a verified
+# approval matches this exact request.
+package agent.authz
+
+approved if input.approval.status == "approved"
+
+default_ttl := object.get(cfg, ["step_up_defaults", "approval_ttl_seconds"], 900)
+
+default_max_age := object.get(cfg, ["step_up_defaults", "acr_max_age"], 300)
+
+# What the request needs, whether or not it already has it.
+approval_needs contains need if {
+	rule.step_up.kind == "approval"
+	need := {
+		"kind": "approval",
+		"reason": object.get(
+			rule.step_up, "reason",
+			sprintf("a human must approve before agent %s may %s", [agent_name, rule.action]),
+		),
+		"ttl_seconds": object.get(rule.step_up, "ttl_seconds", default_ttl),
+		"data_class": object.get(rule.step_up, ["approvers", "data_class"], rule.data_class),
+	}
+}
+
+# The ratchet: once this task read restricted data, sending anything out needs a human.
+approval_needs contains need if {
+	rule.external == true
+	count(restricted_labels_seen) > 0
+	need := {
+		"kind": "approval",
+		"reason": sprintf(
+			"agent %s already read restricted data in this task (%s); a human must approve before it may %s",
+			[agent_name, join(restricted_labels_seen), rule.action],
+		),
+		"ttl_seconds": default_ttl,
+		"data_class": "restricted",
+	}
+}
+
+approval_needs contains need if {
+	rule.external == true
+	count(outside_recipients) > 0
+	need := {
+		"kind": "approval",
+		"reason": sprintf(
+			"agent %s wants to %s for recipients outside %s (%s); a human must approve",
+			[agent_name, rule.action, join(internal_domains), join(outside_recipients)],
+		),
+		"ttl_seconds": default_ttl,
+		"data_class": rule.data_class,
+	}
+}
+
+approval_needs contains need if {
+	rule.external == true
+	count(recipients) == 0
+	need := {
+		"kind": "approval",
+		"reason": sprintf(
+			"agent %s wants to %s without a recipient the policy can check; a human must approve",
+			[agent_name, rule.action],
+		),
+		"ttl_seconds": default_ttl,
+		"data_class": rule.data_class,
+	}
+}
+
+step_ups contains need if {
+	some need in approval_needs
+	not approved
+}
+
+step_ups contains need if {
+	rule.step_up.kind == "acr"
+	not acr_satisfied(rule.step_up)
+	max_age := object.get(rule.step_up, "max_age", default_max_age)
+	need := {
+		"kind": "acr",
+		"reason": object.get(
+			rule.step_up, "reason",
+			sprintf(
+				"agent %s must authenticate with %s (at most %v seconds ago) to %s",
+				[agent_name, concat(" or ", rule.step_up.acr_values), max_age, rule.action],
+			),
+		),
+		"acr_values": rule.step_up.acr_values,
+		"max_age": max_age,
+	}
+}
+
+# The acr claim of the verified token is one of the accepted values and, when the
+# token says when the user authenticated (auth_time), that is recent enough.
+acr_satisfied(step_up) if {
+	agent.claims.acr in step_up.acr_values
+	not authenticated_too_long_ago(step_up)
+}
+
+authenticated_too_long_ago(step_up) if {
+	is_number(agent.claims.auth_time)
+	(time.now_ns() / 1000000000) - agent.claims.auth_time > object.get(step_up, "max_age", default_max_age)
+}
+
+# Reasons added to an allow that needed a step-up.
+allow_notes contains "a human approved this request" if {
+	approved
+	count(approval_needs) > 0
+}
+
+allow_notes contains msg if {
+	rule.step_up.kind == "acr"
+	acr_satisfied(rule.step_up)
+	msg := sprintf("agent %s authenticated with %v", [agent_name, agent.claims.acr])
+}
+
+# ---------------------------------------------------------------------------
+# The step_up object of the decision. Stronger authentication comes first: the
+# agent retries with a better token and is then asked for an approval if needed.
+
+acr_needs := {need | some need in step_ups; need.kind == "acr"}
+
+open_approvals := {need | some need in step_ups; need.kind == "approval"}
+
+step_up_document := {
+	"kind": "acr",
+	"acr_values": need.acr_values,
+	"max_age": need.max_age,
+	"reason": need.reason,
+} if {
+	count(acr_needs) > 0
+	need := sort(acr_needs)[0]
+}
+
+step_up_document := {
+	"kind": "approval",
+	"ttl_seconds": min({need.ttl_seconds | some need in open_approvals}),
+	"reason": concat("; ", sort({need.reason | some need in open_approvals})),
+	"approvers": {"data_class": highest_class({need.data_class | some need in open_approvals})},
+} if {
+	count(acr_needs) == 0
+	count(open_approvals) > 0
+}
+
+# The most sensitive of some data classes (data.agent.config.data_classes lists
+# them from least to most sensitive; a class it does not list counts as the most).
+highest_class(classes) := max({c | some c in classes; class_rank(c) == top}) if {
+	top := max({class_rank(c) | some c in classes})
+}
+
+class_rank(class) := min({i | some i, c in known_classes; c == class}) if class in known_classes
+
+class_rank(class) := count(known_classes) if not class in known_classes
+
+known_classes := object.get(cfg, "data_classes", [])
+
+# ---------------------------------------------------------------------------
+# Recipients of an external send
+
+restricted_labels_seen := {label |
+	some label in input.session.labels
+	label in cfg.restricted_labels
+}
+
+internal_domains := {d | some d in cfg.internal_email_domains}
+
+# Every value of the rule's recipient arguments (a string or a list of strings).
+recipients contains recipient if {
+	some field in rule.recipient_arguments
+	recipient := call_arguments[field]
+	not is_array(recipient)
+}
+
+recipients contains recipient if {
+	some field in rule.recipient_arguments
+	is_array(call_arguments[field])
+	some recipient in call_arguments[field]
+}
+
+outside_recipients := {sprintf("%v", [r]) | some r in recipients; not internal_address(r)}
+
+# A sorted, comma-separated list for reasons; never fails, whatever the values are.
+join(values) := concat(", ", sort({sprintf("%v", [v]) | some v in values}))
+
+# local@domain with exactly one "@" and a domain listed in internal_email_domains.
+internal_address(address) if {
+	is_string(address)
+	parts := split(address, "@")
+	count(parts) == 2
+	parts[0] != ""
+	lower(parts[1]) in internal_domains
+}

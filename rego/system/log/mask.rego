@@ -1,0 +1,31 @@
+# Masks for OPA decision logs: secrets never reach a log.
+#
+# OPA evaluates data.system.log.mask for every decision log event; each string
+# is a JSON pointer into the event (/input/... or /result/...) to erase.
+# x-approval-id and x-forwarded-client-cert are kept on purpose: an approval id
+# and a certificate chain are not secrets, and reviewers need them.
+package system.log
+
+secret_headers := {
+	"authorization",
+	"proxy-authorization",
+	"cookie",
+	"x-agent-task-token",
+	"x-api-key",
+}
+
+mask contains sprintf("/input/attributes/request/http/headers/%s", [header]) if {
+	some header in secret_headers
+}
+
+# More pointers to erase, from data: data.agent.config.log_mask, e.g.
+# ["/input/parsed_body/password", "/input/attributes/request/http/body"].
+mask contains pointer if {
+	some pointer in data.agent.config.log_mask
+	is_string(pointer)
+	maskable(pointer)
+}
+
+maskable(pointer) if startswith(pointer, "/input/")
+
+maskable(pointer) if startswith(pointer, "/result/")

@@ -1,0 +1,38 @@
+package system.log_test
+
+import data.system.log
+
+headers := "/input/attributes/request/http/headers"
+
+test_secret_headers_are_erased if {
+	every header in ["authorization", "proxy-authorization", "cookie", "x-agent-task-token", "x-api-key"] {
+		sprintf("%s/%s", [headers, header]) in log.mask
+	}
+}
+
+test_approval_id_and_xfcc_are_kept if {
+	not sprintf("%s/x-approval-id", [headers]) in log.mask
+	not sprintf("%s/x-forwarded-client-cert", [headers]) in log.mask
+}
+
+test_shipped_mask_is_the_secret_headers if {
+	count(log.mask) == 5
+}
+
+test_data_adds_pointers if {
+	extra := ["/input/parsed_body/password", "/result/headers/x-secret"]
+	m := log.mask with data.agent.config.log_mask as extra
+	"/input/parsed_body/password" in m
+	"/result/headers/x-secret" in m
+	count(m) == 7
+}
+
+test_data_pointers_outside_the_event_are_ignored if {
+	m := log.mask with data.agent.config.log_mask as ["/labels/id", "input/parsed_body", 42, ""]
+	count(m) == 5
+}
+
+test_mask_without_data if {
+	m := log.mask with data.agent.config as {}
+	count(m) == 5
+}
