@@ -132,7 +132,11 @@ async def serve(config: Config) -> None:
     bundles = await asyncio.to_thread(make_bundle_source, config)
     pipeline = build_pipeline(config, opa, bundles)
     authz, admin = build_apps(config, pipeline, opa)
-    runners = [web.AppRunner(authz, access_log=None), web.AppRunner(admin, access_log=None)]
+    # Envoy accepts up to 60 KiB of headers; read them all so oversize tokens get our 401, not a 400.
+    runners = [
+        web.AppRunner(authz, access_log=None, max_line_size=65_536, max_field_size=65_536),
+        web.AppRunner(admin, access_log=None),
+    ]
     for runner in runners:
         await runner.setup()
     await web.TCPSite(runners[0], config.listen.host, config.listen.port).start()

@@ -164,14 +164,10 @@ def observe(step: Step, response: requests.Response) -> Outcome:
         body = {}
     summary = body.get("error", {}).get("data", body) if isinstance(body, dict) else {}
     if response.status_code < 300:
-        verdict, reason = (
-            "allow",
-            (response.headers.get("x-authz-decision-id") and "allowed by policy") or "",
-        )
-        if isinstance(body, dict) and "upstream_saw" in body:
-            reason = (
-                f"upstream saw {body['upstream_saw'].get('spiffe_id')} via rule {body['upstream_saw'].get('rule')!r}"
-            )
+        verdict, reason = "allow", "allowed by policy"
+        saw = _upstream_saw(body)
+        if saw:
+            reason = f"upstream saw {saw.get('spiffe_id')} via rule {saw.get('rule')!r}"
     else:
         verdict = str(summary.get("verdict", "?"))
         reason = "; ".join(summary.get("reasons", [])) or response.reason
@@ -179,6 +175,14 @@ def observe(step: Step, response: requests.Response) -> Outcome:
     if not decision_id and summary.get("request_id"):
         decision_id = f"(request {summary['request_id']})"
     return Outcome(step, response.status_code, verdict, reason, decision_id)
+
+
+def _upstream_saw(body: Any) -> dict[str, Any] | None:
+    """What the demo upstream reports it received (REST body or MCP result ``_meta``)."""
+    if not isinstance(body, dict):
+        return None
+    saw = body.get("upstream_saw") or body.get("result", {}).get("_meta", {}).get("upstream_saw")
+    return saw if isinstance(saw, dict) else None
 
 
 def print_table(outcomes: list[Outcome]) -> None:

@@ -1,0 +1,114 @@
+"""E2E fixtures: the real stack (OPA, sidecar, Envoy, demo upstream) on free loopback ports."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+import requests
+
+from sidecar.dev.stack import Ports, Stack
+
+pytestmark = pytest.mark.e2e
+
+READER = "spiffe://demo.local/agent/reader"
+WRITER = "spiffe://demo.local/agent/writer"
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, opa_bin: str, envoy_bin: str) -> Iterator[Stack]:
+    with Stack(tmp_path_factory.mktemp("stack"), Ports.free()) as running:
+        yield running
+
+
+class Client:
+    """Requests through Envoy's egress listener as a given agent."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+
+    def token(self, spiffe_id: str, **claims: Any) -> str:
+        return self.stack.trust_domain.mint_jwt(spiffe_id, extra_claims=claims)
+
+    def request(
+        self, method: str, path: str, agent: str | None = None, headers: dict[str, str] | None = None, **kw: Any
+    ) -> requests.Response:
+        sent = dict(headers or {})
+        if agent:
+            sent["authorization"] = "Bearer " + self.token(agent)
+        return requests.request(method, self.stack.egress_url + path, headers=sent, timeout=10, **kw)
+
+    def mcp(
+        self, agent: str | None, method: str, tool: str | None = None, arguments: Any = None, **kw: Any
+    ) -> requests.Response:
+        params: dict[str, Any] = {}
+        headers = {"mcp-method": method}
+        if tool is not None:
+            params = {"name": tool, "arguments": arguments or {}}
+            headers["mcp-name"] = tool
+        body = {"jsonrpc": "2.0", "id": 42, "method": method, "params": params}
+        return self.request("POST", "/mcp", agent, headers={**headers, **kw.pop("headers", {})}, json=body, **kw)
+
+
+@pytest.fixture(scope="session")
+def client(stack: Stack) -> Client:
+    return Client(stack)
+
+
+class FakeOpa(ThreadingHTTPServer):
+    """Stands in for a broken OPA: answers decision queries with whatever ``mode`` says."""
+
+    modes: ClassVar[dict[str, tuple[int, bytes]]] = {
+        "garbage": (200, b"<html>not json</html>"),
+        "wrong-shape": (200, b'{"result": "yes please"}'),
+        "undefined": (200, b"{}"),
+        "error-status": (500, b'{"code": "internal_error"}'),
+        "list": (200, b"[1, 2]"),
+        "allow-with-status-200": (200, b'{"result": {"verdict": "deny", "status": 200}}'),
+    }
+    mode = "garbage"
+    delay = 0.0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeOpa
+
+    def do_GET(self) -> None:
+        self._send(200, b"{}")
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        if self.server.mode == "slow":
+            threading.Event().wait(2.0)
+            self._send(200, b'{"result": true}')
+            return
+        self._send(*FakeOpa.modes[self.server.mode])
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        return None
+
+
+@pytest.fixture(scope="session")
+def fake_opa() -> Iterator[FakeOpa]:
+    server = FakeOpa(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def broken_opa_stack(tmp_path_factory: pytest.TempPathFactory, fake_opa: FakeOpa) -> Iterator[Stack]:
+    env = {"AUTHZ_OPA__URL": f"http://127.0.0.1:{fake_opa.server_address[1]}", "AUTHZ_OPA__TIMEOUT_MS": "300"}
+    with Stack(tmp_path_factory.mktemp("broken-opa"), Ports.free(), sidecar_env=env) as running:
+        yield running
