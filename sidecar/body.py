@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +38,34 @@ def parse_body(body: bytes, headers: dict[str, str], truncated: bool) -> ParsedB
     declared_json = is_json_content_type(headers.get("content-type"))
     if declared_json or has_mcp_headers:
         value = loads_strict(body)
-    elif looks_like_json(body):
+    elif looks_like_json(body) or _maybe_wide_json(body):
         try:
             value = loads_strict(body)
         except BodyError:
-            return EMPTY  # opaque text that only resembles JSON: nothing to read as JSON-RPC
+            if not reads_as_json(body):
+                return EMPTY  # opaque text that only resembles JSON: nothing to read as JSON-RPC
+            # A permissive upstream (duplicate keys, UTF-16/32, a BOM, NaN) would read it as JSON
+            # that we refuse to read: judging it as opaque would judge another request.
+            raise
     else:
         return EMPTY
     return ParsedBody(parsed_body=value if declared_json else None, mcp=parse_mcp(value, headers))
+
+
+# Byte order marks, and the NUL bytes of UTF-16/32 text (how json.detect_encoding tells them apart).
+_BOMS = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+
+
+def _maybe_wide_json(body: bytes) -> bool:
+    return body.startswith(_BOMS) or b"\x00" in body[:4]
+
+
+def reads_as_json(body: bytes) -> bool:
+    """Whether a permissive JSON reader (Python's own: any UTF, duplicate keys, NaN) sees an
+    object or array in ``body``; nesting too deep to parse counts as JSON."""
+    try:
+        return isinstance(json.loads(body), dict | list)
+    except RecursionError:
+        return True
+    except ValueError:  # includes UnicodeDecodeError
+        return False

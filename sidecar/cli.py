@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 from sidecar import __version__
+from sidecar.approvals_cli import add_commands as add_approval_commands
 from sidecar.config import ConfigError, load_config
+from sidecar.dev.commands import add_commands as add_platform_commands
 
 DEV_DIR = Path(".dev")
 
@@ -37,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--config", type=Path)
     check.set_defaults(run=_check_config)
 
+    add_approval_commands(commands)
+
     dev = commands.add_parser("dev", help="development trust domain, demo upstream, local stack")
     dev.add_argument("--dev-dir", type=Path, default=DEV_DIR, help="where dev keys live (default .dev)")
     dev_commands = dev.add_subparsers(dest="dev_command", required=True)
@@ -55,9 +59,16 @@ def _parser() -> argparse.ArgumentParser:
     mint_x509.add_argument("--out", type=Path, required=True)
     mint_x509.set_defaults(run=_dev_mint_x509)
 
+    mint_oidc = dev_commands.add_parser("mint-oidc", help="print an ID token of the dev OIDC issuer (human approver)")
+    mint_oidc.add_argument("--sub", required=True)
+    mint_oidc.add_argument("--group", action="append", default=[], help="groups claim (repeatable)")
+    mint_oidc.add_argument("--ttl", type=int, default=600)
+    mint_oidc.set_defaults(run=_dev_mint_oidc)
+
     upstream = dev_commands.add_parser("upstream", help="run the demo upstream (REST API + MCP tools)")
     upstream.add_argument("--host", default="127.0.0.1")
     upstream.add_argument("--port", type=int, default=18080)
+    upstream.add_argument("--jwks-url", help="the sidecar's JWKS, to verify minted credentials")
     upstream.set_defaults(run=_dev_upstream)
 
     up = dev_commands.add_parser("up", help="run OPA, the sidecar, Envoy and the demo upstream until Ctrl-C")
@@ -67,16 +78,18 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = dev_commands.add_parser("demo", help="bring the stack up and play a scripted agent session")
     demo.set_defaults(run=_dev_demo)
+    add_platform_commands(dev_commands)  # bundle, bundle-server, decision-log-receiver, up --spire
     return parser
 
 
 def _serve(args: argparse.Namespace) -> int:
     from sidecar.logs import setup_logging
-    from sidecar.server import serve
+    from sidecar.server import event_loop_factory, serve
 
     config = load_config(args.config)
     setup_logging(config.log.level)
-    asyncio.run(serve(config))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+        runner.run(serve(config))
     return 0
 
 
@@ -113,17 +126,27 @@ def _dev_mint_x509(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dev_mint_oidc(args: argparse.Namespace) -> int:
+    from sidecar.dev.oidc import DevOidcIssuer
+
+    print(DevOidcIssuer(args.dev_dir).mint(args.sub, args.group, ttl=args.ttl))
+    return 0
+
+
 def _dev_upstream(args: argparse.Namespace) -> int:
     from sidecar.dev.upstream import run_upstream
 
-    run_upstream(args.host, args.port)
+    run_upstream(args.host, args.port, args.jwks_url)
     return 0
 
 
 def _dev_up(args: argparse.Namespace) -> int:
+    from sidecar.dev.commands import up_options
     from sidecar.dev.stack import DEFAULT_BUNDLE, Stack, StackError
 
-    stack = Stack(args.dev_dir, bundle=args.bundle or DEFAULT_BUNDLE, decision_path=args.decision_path)
+    stack = Stack(
+        args.dev_dir, bundle=args.bundle or DEFAULT_BUNDLE, decision_path=args.decision_path, **up_options(args)
+    )
     try:
         with stack:
             print(stack.banner(), flush=True)

@@ -62,10 +62,7 @@ class OpaConfig(_Strict):
     @field_validator("decision_path")
     @classmethod
     def _path_shape(cls, value: str) -> str:
-        parts = value.strip("/").split("/")
-        if not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
-            raise ValueError("must be a '/'-separated rule path such as agent/authz/decision")
-        return "/".join(parts)
+        return _rule_path(value)
 
 
 class XfccConfig(_Strict):
@@ -134,11 +131,82 @@ class LogConfig(_Strict):
     decisions: bool = True
 
 
+class StateConfig(_Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "authz:"
+    timeout_ms: int = Field(500, gt=0, le=60_000)
+
+
+class TasksConfig(_Strict):
+    enabled: bool = True
+    decision_path: str = "agent/tasks/decision"
+    issuer: str = "authz-sidecar"
+    token_header: str = "x-agent-task-token"
+    max_ttl_seconds: int = Field(3600, gt=0)
+    max_delegation_depth: int = Field(4, ge=0)
+
+    @field_validator("decision_path")
+    @classmethod
+    def _path_shape(cls, value: str) -> str:
+        return _rule_path(value)
+
+
+class CredentialsConfig(_Strict):
+    keys_dir: Path | None = None
+    algorithm: Literal["ES256", "ES384", "RS256"] = "ES256"
+    max_ttl_seconds: int = Field(300, gt=0, le=3600)
+    reload_seconds: float = Field(10.0, gt=0)
+
+
+class SessionsConfig(_Strict):
+    enabled: bool = True
+    recent_window: int = Field(20, ge=0, le=1000)
+    max_labels: int = Field(64, ge=0, le=10_000)
+    idle_ttl_seconds: int = Field(3600, gt=0)
+    inflight_timeout_seconds: int = Field(30, gt=0)
+
+
+class ApprovalsConfig(_Strict):
+    enabled: bool = True
+    decision_path: str = "agent/approvals/decision"
+    header: str = "x-agent-approval-id"
+    default_ttl_seconds: int = Field(900, gt=0)
+    max_ttl_seconds: int = Field(86_400, gt=0)
+    public_url: str = "http://127.0.0.1:9191"
+    webhook_url: str | None = None
+    webhook_secret_file: Path | None = None
+    oidc_issuer: str | None = None
+    oidc_audience: str = "authz-sidecar-approvals"
+    oidc_jwks_file: Path | None = None
+    oidc_jwks_url: str | None = None
+
+    @field_validator("decision_path")
+    @classmethod
+    def _path_shape(cls, value: str) -> str:
+        return _rule_path(value)
+
+
+def _rule_path(value: str) -> str:
+    parts = value.strip("/").split("/")
+    if not all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts):
+        raise ValueError("must be a '/'-separated rule path such as agent/authz/decision")
+    return "/".join(parts)
+
+
 def _trust_domain(name: str) -> str:
     try:
         return str(TrustDomain(name).name)
     except Exception as exc:  # the spiffe package's errors are not ValueErrors
         raise ValueError(str(exc)) from None
+
+
+class GrpcConfig(_Strict):
+    """Envoy ext_authz gRPC mode (``envoy.service.auth.v3.Authorization/Check``), beside the HTTP listener."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9193, ge=0, le=65535)
 
 
 class Config(_Strict):
@@ -150,6 +218,12 @@ class Config(_Strict):
     identity: IdentityConfig = Field(default_factory=IdentityConfig)
     request_body: RequestBodyConfig = Field(default_factory=RequestBodyConfig)
     log: LogConfig = Field(default_factory=LogConfig)
+    state: StateConfig = Field(default_factory=StateConfig)
+    tasks: TasksConfig = Field(default_factory=TasksConfig)
+    credentials: CredentialsConfig = Field(default_factory=CredentialsConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
+    grpc: GrpcConfig = Field(default_factory=GrpcConfig)
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sidecar.credentials import CredentialSpec
+
 Kind = Literal["allow", "deny", "step_up"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 MAX_HEADER_VALUE = 8192
@@ -28,6 +30,8 @@ class StepUp:
     max_age: int | None = None
     ttl_seconds: int | None = None
     approvers: dict[str, Any] = field(default_factory=dict)
+    data_class: str | None = None
+    redact: tuple[str, ...] = ()  # argument names or JSON pointers approvers must not see
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,8 @@ class Verdict:
     response_headers: dict[str, str] = field(default_factory=dict)
     step_up: StepUp | None = None
     remember: tuple[str, ...] = ()
+    credential: CredentialSpec | None = None  # a JIT upstream credential to mint on allow
+    write: bool | None = None  # the policy's classification; None: judge by the HTTP method
 
 
 def to_verdict(result: Any) -> Verdict:
@@ -94,8 +100,7 @@ def _agent_object(doc: dict[str, Any]) -> Verdict:
     reasons = doc.get("reasons", [])
     if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
         raise DecisionError("'reasons' must be a list of strings")
-    if doc.get("credential") is not None:
-        raise DecisionError("'credential' is requested but credential minting is not enabled")
+    credential = _credential(doc.get("credential")) if kind == "allow" else None
     step_up = _step_up(doc.get("step_up")) if kind == "step_up" else None
     remember = _names(doc, "remember")
     return Verdict(
@@ -107,6 +112,8 @@ def _agent_object(doc: dict[str, Any]) -> Verdict:
         response_headers=_headers(doc, "response_headers_to_add"),
         step_up=step_up,
         remember=remember,
+        credential=credential,
+        write=_optional_bool(doc, "write"),
     )
 
 
@@ -127,6 +134,12 @@ def _step_up(doc: Any) -> StepUp:
     approvers = doc.get("approvers", {})
     if not isinstance(approvers, dict):
         raise DecisionError("'step_up.approvers' must be an object")
+    data_class = doc.get("data_class")
+    if data_class is not None and not isinstance(data_class, str):
+        raise DecisionError("'step_up.data_class' must be a string")
+    redact = doc.get("redact", [])
+    if not isinstance(redact, list) or not all(isinstance(r, str) and r for r in redact):
+        raise DecisionError("'step_up.redact' must be a list of argument names or JSON pointers")
     return StepUp(
         kind=kind,
         reason=reason,
@@ -134,7 +147,24 @@ def _step_up(doc: Any) -> StepUp:
         max_age=_optional_int(doc, "max_age"),
         ttl_seconds=_optional_int(doc, "ttl_seconds"),
         approvers=approvers,
+        data_class=data_class,
+        redact=tuple(redact),
     )
+
+
+def _credential(doc: Any) -> CredentialSpec | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise DecisionError("'credential' must be an object")
+    audience, scopes, ttl = doc.get("audience"), doc.get("scopes"), doc.get("ttl_seconds")
+    if not isinstance(audience, str) or not audience or any(c in audience for c in "\r\n\0"):
+        raise DecisionError("'credential.audience' must be a non-empty string")
+    if not isinstance(scopes, list) or not scopes or not all(isinstance(x, str) and x and " " not in x for x in scopes):
+        raise DecisionError("'credential.scopes' must be a non-empty list of scope names")
+    if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl <= 0:
+        raise DecisionError("'credential.ttl_seconds' must be a positive integer")
+    return CredentialSpec(audience, tuple(scopes), ttl)
 
 
 def _headers(doc: dict[str, Any], key: str) -> dict[str, str]:
@@ -181,6 +211,13 @@ def _optional_int(doc: dict[str, Any], key: str) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise DecisionError(f"'step_up.{key}' must be a non-negative integer")
+    return value
+
+
+def _optional_bool(doc: dict[str, Any], key: str) -> bool | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, bool):
+        raise DecisionError(f"'{key}' must be a boolean")
     return value
 
 

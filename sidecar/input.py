@@ -24,6 +24,10 @@ def build_input(
     identity: Identity | None,
     body: ParsedBody,
     intent: dict[str, Any] | None,
+    task: dict[str, Any] | None = None,
+    delegation_chain: tuple[str, ...] = (),
+    session: dict[str, Any] | None = None,
+    approval: dict[str, Any] | None = None,
     hidden_headers: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The whole input document for one check."""
@@ -67,14 +71,11 @@ def build_input(
             "read_only": request.method.upper() in READ_ONLY_METHODS,
         },
         "agent": identity.as_input() if identity else None,
-        "delegation": {
-            "chain": list(identity.delegation_chain) if identity else [],
-            "depth": len(identity.delegation_chain) if identity else 0,
-        },
-        "task": None,
-        "session": None,
+        "delegation": {"chain": list(delegation_chain), "depth": len(delegation_chain)},
+        "task": task,
+        "session": session,
         "mcp": body.mcp.as_input() if body.mcp else None,
-        "approval": None,
+        "approval": approval,
         "intent": intent,
     }
 

@@ -1,7 +1,10 @@
 """The request path, top to bottom.
 
-read body → identify → declared intent → build input → ask OPA → read the decision →
-answer in Envoy's terms → log and count. Every failure ends in a deny or a 503.
+read body → identify → task grant → declared intent → approval on a retry → reserve the call
+in its session → ask OPA → read the decision → commit the session, mint the upstream
+credential or record a pending approval → answer in Envoy's terms → log and count.
+Every failure ends in a deny or a 503; a reservation or a consumed approval is always
+released when the call does not go through.
 """
 
 from __future__ import annotations
@@ -9,11 +12,16 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 from sidecar import metrics, wire
-from sidecar.body import parse_body
+from sidecar.approvals import ApprovalError, ApprovalService
+from sidecar.body import ParsedBody, parse_body
+from sidecar.credentials import CredentialMinter
 from sidecar.decision import DecisionError, Verdict, to_verdict
+from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityError, IdentityResolver
 from sidecar.input import build_input
 from sidecar.intent import declared_intent
@@ -21,8 +29,37 @@ from sidecar.logs import DecisionRecord
 from sidecar.mcp import BodyError
 from sidecar.opa import OpaClient, OpaError
 from sidecar.request import CheckRequest
+from sidecar.sessions import Reservation, SessionTracker
+from sidecar.state import ApprovalRecord, StoreError, TaskRecord
+from sidecar.tasks import TaskError, TaskService, task_input
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Call:
+    """What the pipeline learned about one call, passed between its later steps."""
+
+    request: CheckRequest
+    record: DecisionRecord
+    body: ParsedBody
+    rpc: wire.RpcContext | None
+    identity: Identity | None = None
+    task: TaskRecord | None = None
+    chain: tuple[str, ...] = ()
+    intent: dict[str, Any] | None = None
+    approval: ApprovalRecord | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        headers = self.request.headers
+        return request_fingerprint(
+            self.request.method, headers.get("host", ""), self.request.path, self.body.mcp, self.request.body
+        )
+
+    @property
+    def read_only(self) -> bool:
+        return self.request.method.upper() in ("GET", "HEAD", "OPTIONS")
 
 
 class Pipeline:
@@ -36,6 +73,12 @@ class Pipeline:
         allow_partial_body: bool,
         strip_jwt_svid: bool,
         hidden_headers: frozenset[str],
+        tasks: TaskService | None = None,
+        task_header: str = "x-agent-task-token",
+        minter: CredentialMinter | None = None,
+        sessions: SessionTracker | None = None,
+        approvals: ApprovalService | None = None,
+        approval_header: str = "x-agent-approval-id",
         log_decisions: bool = True,
     ) -> None:
         self._resolver = resolver
@@ -43,6 +86,12 @@ class Pipeline:
         self._allow_partial_body = allow_partial_body
         self._strip_jwt_svid = strip_jwt_svid
         self._hidden_headers = hidden_headers
+        self._tasks = tasks
+        self._task_header = task_header
+        self._minter = minter
+        self._sessions = sessions
+        self._approvals = approvals
+        self._approval_header = approval_header
         self._log_decisions = log_decisions
 
     async def check(self, request: CheckRequest) -> wire.WireResponse:
@@ -68,92 +117,241 @@ class Pipeline:
         return response
 
     async def _decide(self, request: CheckRequest, record: DecisionRecord) -> wire.WireResponse:
-        rpc: wire.RpcContext | None = None
-
         # 1. The body: parsed once, never judged when Envoy sent only part of it.
         record.stage = "body"
         if request.body_truncated and not self._allow_partial_body:
-            return self._reject(record, 413, "request body is larger than the inspection limit", rpc)
+            return self._reject(record, 413, "request body is larger than the inspection limit", None)
         try:
             body = parse_body(request.body, request.headers, request.body_truncated)
         except BodyError as exc:
-            return self._reject(record, 400, f"request body rejected: {exc}", rpc)
+            return self._reject(record, 400, f"request body rejected: {exc}", None)
+        call = Call(request, record, body, wire.RpcContext(body.mcp.id) if body.mcp else None)
         if body.mcp is not None:
-            rpc = wire.RpcContext(body.mcp.id)
             record.mcp_method, record.tool = body.mcp.method, body.mcp.name
 
         # 2. Who is calling.
         record.stage = "identity"
         try:
-            identity = self._resolver.resolve(request.headers)
+            call.identity = self._resolver.resolve(request.headers, request.peer_principal)
         except IdentityError as exc:
-            record.verdict, record.reasons = "deny", [exc.reason]
-            return wire.unauthenticated(
-                exc.reason, decision_id=record.decision_id, invalid_token=exc.invalid_token, rpc=rpc
-            )
-        if identity is not None:
-            record.agent, record.identity_source = str(identity.spiffe_id), identity.source
+            return self._unauthenticated(call, exc.reason, exc.invalid_token)
+        if call.identity is not None:
+            record.agent, record.identity_source = str(call.identity.spiffe_id), call.identity.source
 
-        # 3. What the agent says it is doing (it can only restrict).
+        # 3. The task grant the call is made under, if any: verified, active, bound to this agent.
+        record.stage = "task"
+        token = request.headers.get(self._task_header)
+        if token is not None:
+            if self._tasks is None:
+                return self._reject(record, 401, "task grants are not enabled on this sidecar", call.rpc)
+            try:
+                call.task = await self._tasks.verify_presented(token, call.identity)
+            except TaskError as exc:
+                if exc.status == 401:
+                    return self._unauthenticated(call, exc.reason, True)
+                return self._reject(record, exc.status, exc.reason, call.rpc)
+            except StoreError as exc:
+                return self._unavailable(record, str(exc), call.rpc)
+            record.task = call.task.id
+        call.chain = tuple(call.task.chain) if call.task else (call.identity.delegation_chain if call.identity else ())
+
+        # 4. What the agent says it is doing (it can only restrict).
         record.stage = "intent"
         try:
-            intent = declared_intent(request.headers, body.mcp)
+            call.intent = declared_intent(request.headers, body.mcp)
         except BodyError as exc:
-            return self._reject(record, 400, f"declared intent rejected: {exc}", rpc)
+            return self._reject(record, 400, f"declared intent rejected: {exc}", call.rpc)
 
-        # 4. Ask the policy.
+        # 5. On a retry after a step-up: the approval must match this agent, task and exact request.
+        approval_id = request.headers.get(self._approval_header)
+        if approval_id is not None:
+            record.stage = "approval"
+            rejected = await self._redeem(call, approval_id)
+            if rejected is not None:
+                return rejected
+
+        # 6. Reserve the call in its session, ask the policy, apply what it decided.
+        try:
+            return await self._governed(call)
+        finally:
+            if call.approval is not None and record.verdict != "allow":
+                await self._restore(call.approval)
+
+    async def _governed(self, call: Call) -> wire.WireResponse:
+        record = call.record
+        record.stage = "session"
+        reservation: Reservation | None = None
+        if self._sessions is not None:
+            try:
+                reservation = await self._sessions.reserve(
+                    call.identity, call.task, call.request.headers, maybe_write=not call.read_only
+                )
+            except StoreError as exc:
+                return self._unavailable(record, str(exc), call.rpc)
+        try:
+            return await self._ask_policy(call, reservation)
+        finally:
+            if reservation is not None and not reservation.done:
+                try:
+                    await reservation.release()
+                except StoreError:
+                    log.warning("could not release a session reservation; it expires on its own")
+
+    async def _ask_policy(self, call: Call, reservation: Reservation | None) -> wire.WireResponse:
+        record = call.record
         record.stage = "opa"
         input_doc = build_input(
-            request,
-            identity=identity,
-            body=body,
-            intent=intent,
+            call.request,
+            identity=call.identity,
+            body=call.body,
+            intent=call.intent,
+            task=task_input(call.task) if call.task else None,
+            delegation_chain=call.chain,
+            session=reservation.view.to_json() if reservation else None,
+            approval=_approval_input(call.approval),
             hidden_headers=self._hidden_headers,
         )
         try:
             answer = await self._opa.decide(input_doc)
         except OpaError as exc:
             metrics.OPA_ERRORS.labels(exc.kind).inc()
-            return self._unavailable(record, exc.reason, rpc)
+            return self._unavailable(record, exc.reason, call.rpc)
         metrics.OPA_SECONDS.observe(answer.seconds)
         record.opa_ms = round(answer.seconds * 1000, 3)
         if answer.decision_id:
             record.decision_id = answer.decision_id
 
-        # 5. Read the decision.
         record.stage = "decision"
         try:
             verdict = to_verdict(answer.result)
         except DecisionError as exc:
             metrics.OPA_ERRORS.labels("shape").inc()
-            return self._unavailable(record, f"policy answer unusable: {exc}", rpc)
+            return self._unavailable(record, f"policy answer unusable: {exc}", call.rpc)
 
-        # 6. Answer in Envoy's terms.
         record.stage = "policy"
-        record.verdict, record.reasons = verdict.kind, list(verdict.reasons)
-        return self._respond(verdict, identity, request, record.decision_id, rpc)
-
-    def _respond(
-        self,
-        verdict: Verdict,
-        identity: Identity | None,
-        request: CheckRequest,
-        decision_id: str,
-        rpc: wire.RpcContext | None,
-    ) -> wire.WireResponse:
-        if verdict.kind == "allow":
-            # A JWT-SVID is addressed to this sidecar, not to the upstream.
-            strip = ("authorization",) if identity and identity.source == "jwt_svid" and self._strip_jwt_svid else ()
-            return wire.allow(
-                verdict,
-                decision_id=decision_id,
-                spiffe_id=str(identity.spiffe_id) if identity else None,
-                client_headers=request.headers,
-                strip=strip,
-            )
         if verdict.kind == "step_up":
-            return wire.step_up(verdict, decision_id=decision_id, rpc=rpc)
-        return wire.deny(verdict, decision_id=decision_id, rpc=rpc)
+            return await self._step_up(call, verdict)
+        if verdict.kind == "deny":
+            record.verdict, record.reasons = "deny", list(verdict.reasons)
+            return wire.deny(verdict, decision_id=record.decision_id, rpc=call.rpc)
+        return await self._allow(call, verdict, reservation)
+
+    async def _allow(self, call: Call, verdict: Verdict, reservation: Reservation | None) -> wire.WireResponse:
+        record = call.record
+        # Tokens addressed to the sidecar never travel upstream.
+        strip = [self._task_header, self._approval_header]
+        # The caller's own Authorization (a JWT-SVID, or Basic/an API key beside an mTLS identity)
+        # never reaches the upstream, unless it carried the verified JWT-SVID and the operator
+        # forwards those (strip_from_upstream: false) or the policy sets its own.
+        forward_svid = call.identity is not None and call.identity.source == "jwt_svid" and not self._strip_jwt_svid
+        policy_sets = "authorization" in verdict.upstream_headers
+        if "authorization" in call.request.headers and not forward_svid and not policy_sets:
+            strip.append("authorization")
+        credential = None
+        if verdict.credential is not None:
+            record.stage = "credential"
+            if call.identity is None or self._minter is None:
+                return self._unavailable(record, "policy asked for a credential that cannot be minted here", call.rpc)
+            credential = self._minter.mint(
+                verdict.credential,
+                agent=str(call.identity.spiffe_id),
+                chain=call.chain,
+                decision_id=record.decision_id,
+                task_id=call.task.id if call.task else None,
+                not_after=call.task.expires_at if call.task else None,
+            )
+            if "authorization" in strip:
+                strip.remove("authorization")  # replaced by the credential, not removed
+        if reservation is not None:
+            record.stage = "session"
+            write = verdict.write if verdict.write is not None else not call.read_only
+            entry = {
+                "at": int(time.time()),
+                "method": call.request.method,
+                "path": record.path,
+                "tool": call.body.mcp.name if call.body.mcp else None,
+                "write": write,
+            }
+            try:
+                await reservation.commit(write, list(verdict.remember), entry)
+            except StoreError as exc:
+                return self._unavailable(record, str(exc), call.rpc)
+        record.stage = "policy"
+        record.verdict, record.reasons = "allow", list(verdict.reasons)
+        return wire.allow(
+            verdict,
+            decision_id=record.decision_id,
+            spiffe_id=str(call.identity.spiffe_id) if call.identity else None,
+            client_headers=call.request.headers,
+            strip=tuple(strip),
+            credential=credential,
+        )
+
+    async def _step_up(self, call: Call, verdict: Verdict) -> wire.WireResponse:
+        record = call.record
+        assert verdict.step_up is not None
+        record.verdict, record.reasons = "step_up", list(verdict.reasons)
+        if verdict.step_up.kind != "approval":
+            return wire.step_up(verdict, decision_id=record.decision_id, rpc=call.rpc)
+        if self._approvals is None or call.identity is None:
+            return wire.step_up(verdict, decision_id=record.decision_id, rpc=call.rpc)
+        record.stage = "approval"
+        try:
+            pending = await self._approvals.request(
+                verdict.step_up,
+                agent=str(call.identity.spiffe_id),
+                task_id=call.task.id if call.task else None,
+                chain=call.chain,
+                fingerprint=call.fingerprint,
+                decision_id=record.decision_id,
+                reasons=list(verdict.reasons),
+                summary=_summary(call),
+            )
+        except StoreError as exc:
+            return self._unavailable(record, str(exc), call.rpc)
+        record.approval = pending.id  # the audit trail links the step-up to its approval
+        record.stage = "policy"
+        return wire.step_up(
+            verdict,
+            decision_id=record.decision_id,
+            rpc=call.rpc,
+            approval=wire.PendingApproval(
+                pending.id, pending.expires_at, self._approvals.status_url(pending.id), self._approval_header
+            ),
+        )
+
+    async def _redeem(self, call: Call, approval_id: str) -> wire.WireResponse | None:
+        if self._approvals is None:
+            return self._reject(call.record, 400, "approvals are not enabled on this sidecar", call.rpc)
+        if call.identity is None:
+            return self._unauthenticated(call, "an approval needs a verified agent identity", False)
+        try:
+            call.approval = await self._approvals.redeem(
+                approval_id,
+                agent=str(call.identity.spiffe_id),
+                task_id=call.task.id if call.task else None,
+                fingerprint=call.fingerprint,
+            )
+        except ApprovalError as exc:
+            return self._reject(call.record, exc.status, exc.reason, call.rpc)
+        except StoreError as exc:
+            return self._unavailable(call.record, str(exc), call.rpc)
+        call.record.approval = call.approval.id
+        return None
+
+    async def _restore(self, approval: ApprovalRecord) -> None:
+        assert self._approvals is not None
+        try:
+            await self._approvals.restore(approval.id)
+        except StoreError:
+            log.warning("could not give back approval %s after a failed call", approval.id)
+
+    @staticmethod
+    def _unauthenticated(call: Call, reason: str, invalid_token: bool) -> wire.WireResponse:
+        call.record.verdict, call.record.reasons = "deny", [reason]
+        return wire.unauthenticated(
+            reason, decision_id=call.record.decision_id, invalid_token=invalid_token, rpc=call.rpc
+        )
 
     @staticmethod
     def _reject(record: DecisionRecord, status: int, reason: str, rpc: wire.RpcContext | None) -> wire.WireResponse:
@@ -164,3 +362,32 @@ class Pipeline:
     def _unavailable(record: DecisionRecord, reason: str, rpc: wire.RpcContext | None) -> wire.WireResponse:
         record.verdict, record.reasons = "error", [reason]
         return wire.unavailable(reason, decision_id=record.decision_id, rpc=rpc)
+
+
+def _approval_input(approval: ApprovalRecord | None) -> dict[str, Any] | None:
+    if approval is None:
+        return None
+    return {
+        "id": approval.id,
+        "status": "approved",
+        "approver": {k: (approval.approver or {}).get(k) for k in ("kind", "id")},
+        "reason": approval.decision_reason,
+        "decided_at": approval.decided_at,
+        "fingerprint": approval.fingerprint,
+    }
+
+
+def _summary(call: Call) -> dict[str, Any]:
+    """What an approver sees of the request (redacted by the policy's ``step_up.redact``)."""
+    mcp = call.body.mcp
+    return {
+        "method": call.request.method,
+        "host": call.request.headers.get("host", ""),
+        "path": call.record.path,
+        "tool": mcp.name if mcp else None,
+        "arguments": mcp.arguments if mcp else None,
+        "body": call.body.parsed_body if mcp is None else None,
+        "task_id": call.task.id if call.task else None,
+        "purpose": call.task.purpose if call.task else None,
+        "delegation_chain": list(call.chain),
+    }

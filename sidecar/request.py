@@ -15,6 +15,9 @@ class CheckRequest:
     path: str  # original path with query, the ext_authz path_prefix removed
     headers: dict[str, str]  # lower-case names, repeated headers joined with ","
     body: bytes
+    # gRPC mode: Envoy's attributes.source.principal (the mTLS peer's URI SAN); the identity
+    # resolver trusts it only with the per-deployment secret, like XFCC.
+    peer_principal: str | None = None
 
     @property
     def body_truncated(self) -> bool:

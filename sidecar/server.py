@@ -8,14 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from sidecar import agent_api
+from sidecar.approvals import ApprovalService
 from sidecar.config import Config
+from sidecar.credentials import CredentialMinter
 from sidecar.identity import IdentityResolver
+from sidecar.identity.approvers import ApproverAuthenticator, OidcVerifier
 from sidecar.identity.bundles import (
     BundleSource,
     FileBundleSource,
@@ -23,15 +30,23 @@ from sidecar.identity.bundles import (
     workload_api_socket,
 )
 from sidecar.identity.jwt_svid import JwtSvidVerifier
+from sidecar.keys import KeySet
 from sidecar.opa import OpaClient
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
+from sidecar.sessions import SessionTracker
+from sidecar.state import Store
+from sidecar.state.memory import MemoryStore
+from sidecar.state.redis import RedisStore
+from sidecar.tasks import TaskService
+from sidecar.webhook import Webhook
 
 log = logging.getLogger(__name__)
 
 PIPELINE = web.AppKey("pipeline", Pipeline)
 OPA = web.AppKey("opa", OpaClient)
 PREFIX = web.AppKey("prefix", str)
+JWT_BUNDLES: web.AppKey[BundleSource] = web.AppKey("jwt_bundles")
 
 
 async def check_handler(request: web.Request) -> web.StreamResponse:
@@ -60,8 +75,17 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready, detail = await request.app[OPA].health()
-    return web.json_response({"ready": ready, "opa": detail}, status=200 if ready else 503)
+    opa = request.app[OPA]
+    ready, detail = await opa.health()
+    # Which policy is deciding: the active revision of each bundle (None when OPA cannot say).
+    revisions = await opa.bundle_revisions()
+    body: dict[str, object] = {"ready": ready, "opa": detail, "bundles": revisions}
+    jwt_bundles = request.app.get(JWT_BUNDLES)
+    if jwt_bundles is not None:  # e.g. the Workload API has not delivered JWT bundles yet
+        jwt_ready = jwt_bundles.ready()
+        body["jwt_bundles"] = "ok" if jwt_ready else "no JWT bundles from the SPIFFE Workload API yet"
+        body["ready"] = ready = ready and jwt_ready
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics_handler(_: web.Request) -> web.Response:
@@ -87,7 +111,37 @@ def make_bundle_source(config: Config) -> BundleSource | None:
     return None
 
 
-def build_pipeline(config: Config, opa: OpaClient, bundles: BundleSource | None) -> Pipeline:
+def make_store(config: Config) -> Store:
+    if config.state.backend == "redis":
+        return RedisStore(config.state.redis_url, config.state.key_prefix, config.state.timeout_ms)
+    return MemoryStore()
+
+
+@dataclass
+class Components:
+    """Everything a running sidecar is made of, built once from the config."""
+
+    opa: OpaClient
+    bundles: BundleSource | None
+    store: Store
+    keys: KeySet
+    tasks: TaskService | None
+    approvals: ApprovalService | None
+    approvers: ApproverAuthenticator
+    pipeline: Pipeline
+    api_resolver: IdentityResolver
+
+    async def close(self) -> None:
+        await self.opa.close()
+        await self.store.close()
+        if self.bundles is not None:
+            self.bundles.close()
+
+
+async def build_components(config: Config) -> Components:
+    opa = OpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
+    await opa.start()
+    bundles = await asyncio.to_thread(make_bundle_source, config)
     identity = config.identity
     verifier = None
     if bundles is not None:
@@ -99,39 +153,96 @@ def build_pipeline(config: Config, opa: OpaClient, bundles: BundleSource | None)
             max_token_bytes=identity.jwt_svid.max_token_bytes,
         )
     resolver = IdentityResolver(identity, verifier, read_secret(identity.xfcc.trusted_secret_file))
-    return Pipeline(
+    # The sidecar's own API authenticates callers by JWT-SVID only: an agent can reach it directly.
+    api_identity = identity.model_copy(update={"sources": ["jwt_svid"], "required": True})
+    api_resolver = IdentityResolver(api_identity, verifier, None)
+    store = make_store(config)
+    keys = KeySet(config.credentials.keys_dir, config.credentials.algorithm, config.credentials.reload_seconds)
+    tasks = TaskService(config.tasks, store, keys, opa, identity.trust_domains) if config.tasks.enabled else None
+    approvals = (
+        ApprovalService(config.approvals, store, opa, make_webhook(config)) if config.approvals.enabled else None
+    )
+    approvers = ApproverAuthenticator(api_resolver, make_oidc_verifier(config))
+    pipeline = Pipeline(
         resolver,
         opa,
         allow_partial_body=config.request_body.allow_partial,
         strip_jwt_svid=identity.jwt_svid.strip_from_upstream,
         hidden_headers=frozenset({identity.xfcc.secret_header}),
+        tasks=tasks,
+        task_header=config.tasks.token_header,
+        minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
+        sessions=SessionTracker(store, config.sessions) if config.sessions.enabled else None,
+        approvals=approvals,
+        approval_header=config.approvals.header,
         log_decisions=config.log.decisions,
     )
+    return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver)
 
 
-def build_apps(config: Config, pipeline: Pipeline, opa: OpaClient) -> tuple[web.Application, web.Application]:
+def make_webhook(config: Config) -> Webhook | None:
+    settings = config.approvals
+    if settings.webhook_url is None:
+        return None
+    if settings.webhook_secret_file is None:
+        raise ValueError("approvals.webhook_url needs approvals.webhook_secret_file to sign its payloads")
+    return Webhook(settings.webhook_url, settings.webhook_secret_file.read_bytes().strip())
+
+
+def make_oidc_verifier(config: Config) -> OidcVerifier | None:
+    settings = config.approvals
+    if settings.oidc_issuer is None:
+        return None
+    return OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_file, settings.oidc_jwks_url)
+
+
+def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.Application]:
     authz = web.Application(client_max_size=config.request_body.max_bytes + 65_536)
-    authz[PIPELINE] = pipeline
+    authz[PIPELINE] = parts.pipeline
     authz[PREFIX] = config.listen.path_prefix
     authz.router.add_route("*", config.listen.path_prefix + "/{tail:.*}", check_handler)
     if config.listen.path_prefix:
         authz.router.add_route("*", config.listen.path_prefix, check_handler)
+    authz[agent_api.KEYS] = parts.keys
+    authz[agent_api.API_RESOLVER] = parts.api_resolver
+    authz.router.add_get("/.well-known/jwks.json", agent_api.jwks)
+    if parts.tasks is not None:
+        authz[agent_api.TASKS] = parts.tasks
+        agent_api.add_task_routes(authz)
+    if parts.approvals is not None:
+        authz[agent_api.APPROVALS] = parts.approvals
+        authz[agent_api.APPROVERS] = parts.approvers
+        agent_api.add_approval_routes(authz)
 
     admin = web.Application()
-    admin[OPA] = opa
+    admin[OPA] = parts.opa
+    if parts.bundles is not None:
+        admin[JWT_BUNDLES] = parts.bundles
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics_handler)
     return authz, admin
 
 
+EVENT_LOOP_ENV = "SIDECAR_EVENT_LOOP"  # "asyncio" opts out of uvloop (not a config key: read before the loop)
+
+
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (a dependency): less per-request overhead in the
+    loop and its transports than asyncio's default; ``None`` keeps asyncio's."""
+    if os.environ.get(EVENT_LOOP_ENV, "uvloop") == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        return None
+    return uvloop.new_event_loop
+
+
 async def serve(config: Config) -> None:
     """Run both listeners until SIGINT/SIGTERM."""
-    opa = OpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
-    await opa.start()
-    bundles = await asyncio.to_thread(make_bundle_source, config)
-    pipeline = build_pipeline(config, opa, bundles)
-    authz, admin = build_apps(config, pipeline, opa)
+    parts = await build_components(config)
+    authz, admin = build_apps(config, parts)
     # Envoy accepts up to 60 KiB of headers; read them all so oversize tokens get our 401, not a 400.
     runners = [
         web.AppRunner(authz, access_log=None, max_line_size=65_536, max_field_size=65_536),
@@ -141,12 +252,19 @@ async def serve(config: Config) -> None:
         await runner.setup()
     await web.TCPSite(runners[0], config.listen.host, config.listen.port).start()
     await web.TCPSite(runners[1], config.admin.host, config.admin.port).start()
+    grpc_server = None
+    if config.grpc.enabled:
+        from sidecar.grpc_server import start_grpc_server
+
+        secret_header = config.identity.xfcc.secret_header
+        grpc_server = await start_grpc_server(parts.pipeline, config.grpc.host, config.grpc.port, secret_header)
     log.info(
         "authz-sidecar listening",
         extra={
             "check": f"{config.listen.host}:{config.listen.port}{config.listen.path_prefix}",
             "admin": f"{config.admin.host}:{config.admin.port}",
             "opa": f"{config.opa.url}/v1/data/{config.opa.decision_path}",
+            "grpc": f"{config.grpc.host}:{config.grpc.port}" if config.grpc.enabled else "off",
         },
     )
     stop = asyncio.Event()
@@ -156,8 +274,8 @@ async def serve(config: Config) -> None:
     try:
         await stop.wait()
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop(grace=1)
         for runner in runners:
             await runner.cleanup()
-        await opa.close()
-        if bundles is not None:
-            bundles.close()
+        await parts.close()

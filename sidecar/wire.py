@@ -45,9 +45,14 @@ def allow(
     spiffe_id: str | None,
     client_headers: dict[str, str],
     strip: tuple[str, ...] = (),
+    credential: str | None = None,
 ) -> WireResponse:
-    """200 with the upstream headers; spoofable ``x-authz-*`` request headers are dropped."""
+    """200 with the upstream headers; spoofable ``x-authz-*`` request headers are dropped.
+
+    A minted ``credential`` replaces the request's ``Authorization`` header upstream."""
     upstream = {**verdict.upstream_headers, DECISION_ID_HEADER: decision_id}
+    if credential:
+        upstream["authorization"] = f"Bearer {credential}"
     if spiffe_id:
         upstream[SPIFFE_ID_HEADER] = spiffe_id
     spoofed = [n for n in client_headers if n.startswith(OWN_HEADER_PREFIX) and n not in upstream]
@@ -67,8 +72,20 @@ def deny(verdict: Verdict, *, decision_id: str, rpc: RpcContext | None) -> WireR
     return _json_answer(status, headers, _summary(verdict, decision_id), rpc, RPC_DENIED)
 
 
-def step_up(verdict: Verdict, *, decision_id: str, rpc: RpcContext | None) -> WireResponse:
-    """401: an RFC 9470 challenge for ``acr``, a description of the approval needed otherwise."""
+@dataclass(frozen=True)
+class PendingApproval:
+    """The approval recorded for a step-up: where to poll it and how to retry."""
+
+    id: str
+    expires_at: int
+    status_url: str
+    retry_header: str
+
+
+def step_up(
+    verdict: Verdict, *, decision_id: str, rpc: RpcContext | None, approval: PendingApproval | None = None
+) -> WireResponse:
+    """401: an RFC 9470 challenge for ``acr``; for ``approval`` the pending approval to wait for."""
     assert verdict.step_up is not None
     details = verdict.step_up
     summary = _summary(verdict, decision_id)
@@ -90,11 +107,21 @@ def step_up(verdict: Verdict, *, decision_id: str, rpc: RpcContext | None) -> Wi
     else:
         summary["step_up"] = {
             "kind": "approval",
-            "status": "approval_required",
+            "status": "pending" if approval else "approval_required",
             "reason": details.reason,
             "ttl_seconds": details.ttl_seconds,
             "approvers": details.approvers,
         }
+        if approval is not None:
+            summary["step_up"].update(
+                {
+                    "approval_id": approval.id,
+                    "expires_at": approval.expires_at,
+                    "status_url": approval.status_url,
+                    "retry_with_header": approval.retry_header,
+                }
+            )
+            headers.append(("x-authz-approval-id", approval.id))
     return _json_answer(401, headers, summary, rpc, RPC_UNAUTHENTICATED)
 
 

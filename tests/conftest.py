@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.dev.redis_server import RedisServer
 from sidecar.dev.tools import ToolMissing, find_tool
 from sidecar.dev.trust_domain import DevTrustDomain
 
@@ -39,3 +40,20 @@ def envoy_bin() -> str:
 def workdir(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server on a free loopback port (Debian package `redis-server`), append-only persistence."""
+    try:
+        server = RedisServer(tmp_path_factory.mktemp("redis"))
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url

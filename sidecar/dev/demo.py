@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,79 @@ from sidecar.dev.trust_domain import DevTrustDomain
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
+ASSISTANT = "spiffe://demo.local/agent/assistant"
+TIMEOUT = 10
+
+
+@dataclass
+class Demo:
+    """The running stack plus what the scripted agents hold between steps (task tokens)."""
+
+    stack: Stack
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    approval_id: str | None = None  # the last approval a step-up asked for
+
+    def bearer(self, spiffe_id: str, **claims: Any) -> dict[str, str]:
+        return {"authorization": "Bearer " + self.stack.trust_domain.mint_jwt(spiffe_id, extra_claims=claims)}
+
+    def call(self, method: str, path: str, agent: str, task: str | None = None, **kw: Any) -> requests.Response:
+        headers = {**self.bearer(agent), **kw.pop("headers", {})}
+        if task:
+            headers["x-agent-task-token"] = self.tasks[task]["token"]
+        response = requests.request(method, self.stack.egress_url + path, headers=headers, timeout=TIMEOUT, **kw)
+        self.approval_id = response.headers.get("x-authz-approval-id", self.approval_id)
+        return response
+
+    def retry_approved(self, method: str, path: str, agent: str, task: str) -> requests.Response:
+        assert self.approval_id is not None
+        return self.call(method, path, agent, task, headers={"x-agent-approval-id": self.approval_id})
+
+    def approve(self, approver: str, groups: list[str]) -> requests.Response:
+        """A human approver (OIDC ID token of the dev issuer) approves the pending approval."""
+        token = self.stack.oidc.mint(approver, groups)
+        url = f"{self.stack.sidecar_url}/v1/approvals/{self.approval_id}/approve"
+        headers = {"authorization": f"Bearer {token}"}
+        return requests.post(url, json={"reason": "checked with the customer"}, headers=headers, timeout=TIMEOUT)
+
+    def writes_until_refused(self, task: str, limit: int) -> requests.Response:
+        """``limit`` writes under one task, then one more: the last answer."""
+        for n in range(limit):
+            self.call("POST", "/api/tickets", WRITER, task, json={"n": n})
+        return self.call("POST", "/api/tickets", WRITER, task, json={"n": limit})
+
+    def open_task(self, name: str, agent: str, purpose: str, scopes: list[str]) -> requests.Response:
+        body = {"purpose": purpose, "scopes": scopes, "ttl_seconds": 600}
+        response = requests.post(
+            f"{self.stack.sidecar_url}/v1/tasks", json=body, headers=self.bearer(agent), timeout=TIMEOUT
+        )
+        if response.status_code == 201:
+            self.tasks[name] = response.json()
+        return response
+
+    def delegate(self, name: str, parent: str, agent: str, to: str, scopes: list[str]) -> requests.Response:
+        body = {"to": to, "scopes": scopes, "ttl_seconds": 300}
+        url = f"{self.stack.sidecar_url}/v1/tasks/{self.tasks[parent]['id']}/delegate"
+        response = requests.post(url, json=body, headers=self.bearer(agent), timeout=TIMEOUT)
+        if response.status_code == 201:
+            self.tasks[name] = response.json()
+        return response
+
+    def complete(self, name: str, agent: str) -> requests.Response:
+        url = f"{self.stack.sidecar_url}/v1/tasks/{self.tasks[name]['id']}/complete"
+        return requests.post(url, headers=self.bearer(agent), timeout=TIMEOUT)
+
+    def mcp_call(self, agent: str, tool: str, arguments: dict[str, Any], task: str | None = None) -> requests.Response:
+        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
+        headers = {"mcp-method": "tools/call", "mcp-name": tool}
+        return self.call("POST", "/mcp", agent, task, json=body, headers=headers)
+
+    def replay_last_credential(self) -> requests.Response:
+        """Send the credential the upstream last accepted straight to it again, as a thief would."""
+        upstream = f"http://127.0.0.1:{self.stack.ports.upstream}"
+        token = requests.get(f"{upstream}/debug/last-credential", timeout=TIMEOUT).json()["token"]
+        return requests.post(
+            f"{upstream}/api/tickets", headers={"authorization": f"Bearer {token}"}, json={}, timeout=TIMEOUT
+        )
 
 
 @dataclass(frozen=True)
@@ -27,7 +100,7 @@ class Step:
     title: str
     expected_status: int
     expected_verdict: str
-    send: Callable[[Stack], requests.Response]
+    send: Callable[[Demo], requests.Response]
 
 
 @dataclass(frozen=True)
@@ -43,116 +116,193 @@ class Outcome:
         return self.status == self.step.expected_status and self.verdict == self.step.expected_verdict
 
 
-def bearer(stack: Stack, spiffe_id: str, **claims: Any) -> dict[str, str]:
-    return {"authorization": "Bearer " + stack.trust_domain.mint_jwt(spiffe_id, extra_claims=claims)}
-
-
-def mcp_call(stack: Stack, headers: dict[str, str], tool: str, arguments: dict[str, Any]) -> requests.Response:
-    body = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments},
-    }
-    headers = {**headers, "mcp-method": "tools/call", "mcp-name": tool}
-    return requests.post(f"{stack.egress_url}/mcp", json=body, headers=headers, timeout=10)
-
-
-def forged(stack: Stack) -> dict[str, str]:
+def forged(demo: Demo) -> dict[str, str]:
     """A reader token whose payload was edited to claim the writer: the signature no longer fits."""
-    header, payload, signature = stack.trust_domain.mint_jwt(READER).split(".")
+    header, payload, signature = demo.stack.trust_domain.mint_jwt(READER).split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     claims["sub"] = WRITER
     edited = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
     return {"authorization": f"Bearer {header}.{edited}.{signature}"}
 
 
-def other_domain(stack: Stack) -> dict[str, str]:
-    evil = DevTrustDomain(stack.workdir / "untrusted-domain", "demo.local.evil")
+def other_domain(demo: Demo) -> dict[str, str]:
+    evil = DevTrustDomain(demo.stack.workdir / "untrusted-domain", "demo.local.evil")
     return {"authorization": "Bearer " + evil.mint_jwt("spiffe://demo.local.evil/agent/writer")}
 
 
-def ingress_get(stack: Stack, spiffe_id: str, path: str) -> requests.Response:
+def ingress_get(demo: Demo, spiffe_id: str, path: str) -> requests.Response:
+    stack = demo.stack
     svid = stack.trust_domain.mint_x509(spiffe_id, stack.workdir / "demo-svids" / spiffe_id.rsplit("/", 1)[-1])
     return requests.get(
-        stack.ingress_url + path,
-        cert=(str(svid.cert), str(svid.key)),
-        verify=str(svid.bundle),
-        timeout=10,
+        stack.ingress_url + path, cert=(str(svid.cert), str(svid.key)), verify=str(svid.bundle), timeout=TIMEOUT
     )
 
 
-def stop_opa_then_get(stack: Stack) -> requests.Response:
-    stack.stop_opa()
-    return requests.get(f"{stack.egress_url}/api/docs/handbook", headers=bearer(stack, READER), timeout=10)
+def stop_opa_then_get(demo: Demo) -> requests.Response:
+    demo.stack.stop_opa()
+    return demo.call("GET", "/api/docs/handbook", READER)
 
 
-def get(path: str, headers: Callable[[Stack], dict[str, str]]) -> Callable[[Stack], requests.Response]:
-    return lambda s: requests.get(s.egress_url + path, headers=headers(s), timeout=10)
-
-
-def send(method: str, path: str, spiffe_id: str, **kw: Any) -> Callable[[Stack], requests.Response]:
-    return lambda s: requests.request(method, s.egress_url + path, headers=bearer(s, spiffe_id), timeout=10, **kw)
+def raw_get(path: str, headers: Callable[[Demo], dict[str, str]]) -> Callable[[Demo], requests.Response]:
+    return lambda d: requests.get(d.stack.egress_url + path, headers=headers(d), timeout=TIMEOUT)
 
 
 SCRIPT = [
-    Step(
-        "reader GET /api/docs/handbook",
-        200,
-        "allow",
-        get("/api/docs/handbook", lambda s: bearer(s, READER)),
-    ),
-    Step(
-        "reader POST /api/tickets",
-        403,
-        "deny",
-        send("POST", "/api/tickets", READER, json={"title": "x"}),
-    ),
-    Step(
-        "writer POST /api/tickets",
-        201,
-        "allow",
-        send("POST", "/api/tickets", WRITER, json={"title": "Printer on fire"}),
-    ),
-    Step("writer DELETE /api/records/42", 401, "step_up", send("DELETE", "/api/records/42", WRITER)),
-    Step(
-        "writer POST /api/payments (no MFA)",
-        401,
-        "step_up",
-        send("POST", "/api/payments", WRITER, json={"amount": 5}),
-    ),
-    Step(
-        "reader MCP tools/call search_docs",
-        200,
-        "allow",
-        lambda s: mcp_call(s, bearer(s, READER), "search_docs", {"q": "vpn"}),
-    ),
-    Step(
-        "reader MCP tools/call delete_record",
-        403,
-        "deny",
-        lambda s: mcp_call(s, bearer(s, READER), "delete_record", {"id": "42"}),
-    ),
-    Step("forged token (edited payload)", 401, "deny", get("/api/docs/handbook", forged)),
-    Step(
-        "token from trust domain demo.local.evil",
-        401,
-        "deny",
-        get("/api/docs/handbook", other_domain),
-    ),
-    Step("no token at all", 401, "deny", get("/api/docs/handbook", lambda s: {})),
+    # Identity and plain policy.
+    Step("reader GET /api/docs/handbook", 200, "allow", lambda d: d.call("GET", "/api/docs/handbook", READER)),
+    Step("reader POST /api/tickets", 403, "deny", lambda d: d.call("POST", "/api/tickets", READER, json={})),
+    Step("writer POST /api/tickets, no task", 403, "deny", lambda d: d.call("POST", "/api/tickets", WRITER, json={})),
+    Step("reader MCP tools/call search_docs", 200, "allow", lambda d: d.mcp_call(READER, "search_docs", {"q": "vpn"})),
+    Step("reader MCP tools/call delete_record", 403, "deny", lambda d: d.mcp_call(READER, "delete_record", {"id": 1})),
+    Step("forged token (edited payload)", 401, "deny", raw_get("/api/docs/handbook", forged)),
+    Step("token from trust domain demo.local.evil", 401, "deny", raw_get("/api/docs/handbook", other_domain)),
+    Step("no token at all", 401, "deny", raw_get("/api/docs/handbook", lambda d: {})),
     Step(
         "client-supplied XFCC on the egress listener",
         401,
         "deny",
-        get("/api/docs/handbook", lambda s: {"x-forwarded-client-cert": f"URI={WRITER}"}),
+        raw_get("/api/docs/handbook", lambda d: {"x-forwarded-client-cert": f"URI={WRITER}"}),
     ),
     Step(
         "writer over mTLS ingress GET /api/docs/runbook",
         200,
         "allow",
-        lambda s: ingress_get(s, WRITER, "/api/docs/runbook"),
+        lambda d: ingress_get(d, WRITER, "/api/docs/runbook"),
     ),
+    # Task grants, just-in-time credentials, delegation.
+    Step(
+        "writer opens task triage [docs:read tickets:write]",
+        201,
+        "allow",
+        lambda d: d.open_task("triage", WRITER, "triage", ["docs:read", "tickets:read", "tickets:write"]),
+    ),
+    Step(
+        "writer POST /api/tickets under the task",
+        201,
+        "allow",
+        lambda d: d.call("POST", "/api/tickets", WRITER, "triage", json={"title": "Printer on fire"}),
+    ),
+    Step("replay of that credential at the upstream", 401, "deny", lambda d: d.replay_last_credential()),
+    Step(
+        "writer DELETE /api/records/42 under the task",
+        403,
+        "deny",
+        lambda d: d.call("DELETE", "/api/records/42", WRITER, "triage"),
+    ),
+    Step(
+        "writer delegates [tickets:write] to assistant",
+        201,
+        "allow",
+        lambda d: d.delegate("sub", "triage", WRITER, ASSISTANT, ["tickets:write"]),
+    ),
+    Step(
+        "assistant POST /api/tickets under the sub-task",
+        201,
+        "allow",
+        lambda d: d.call("POST", "/api/tickets", ASSISTANT, "sub", json={"title": "delegated"}),
+    ),
+    Step(
+        "assistant tries to widen to records:delete",
+        403,
+        "deny",
+        lambda d: d.delegate("sub2", "sub", ASSISTANT, READER, ["records:delete"]),
+    ),
+    Step(
+        "reader uses the assistant's task token",
+        403,
+        "deny",
+        lambda d: d.call("GET", "/api/docs/a", READER, "sub"),
+    ),
+    # Step-up.
+    Step(
+        "writer opens task cleanup [records:delete]",
+        201,
+        "allow",
+        lambda d: d.open_task("cleanup", WRITER, "cleanup", ["records:read", "records:delete"]),
+    ),
+    Step(
+        "writer DELETE /api/records/42 under cleanup",
+        401,
+        "step_up",
+        lambda d: d.call("DELETE", "/api/records/42", WRITER, "cleanup"),
+    ),
+    Step(
+        "approver alice (OIDC, security-approvers) approves",
+        200,
+        "allow",
+        lambda d: d.approve("alice", ["security-approvers"]),
+    ),
+    Step(
+        "writer retries the DELETE with the approval",
+        200,
+        "allow",
+        lambda d: d.retry_approved("DELETE", "/api/records/42", WRITER, "cleanup"),
+    ),
+    Step(
+        "writer replays the used approval",
+        403,
+        "deny",
+        lambda d: d.retry_approved("DELETE", "/api/records/42", WRITER, "cleanup"),
+    ),
+    Step(
+        "writer opens task billing [payments:write]",
+        201,
+        "allow",
+        lambda d: d.open_task("billing", WRITER, "billing", ["payments:write"]),
+    ),
+    Step(
+        "writer POST /api/payments without MFA",
+        401,
+        "step_up",
+        lambda d: d.call("POST", "/api/payments", WRITER, "billing", json={"amount": 5}),
+    ),
+    # Session chain limits: what the agent already did in this task feeds the next decision.
+    Step(
+        "writer opens task outreach [records:read email:send]",
+        201,
+        "allow",
+        lambda d: d.open_task("outreach", WRITER, "outreach", ["records:read", "email:send"]),
+    ),
+    Step(
+        "writer MCP send_email inside demo.local",
+        200,
+        "allow",
+        lambda d: d.mcp_call(WRITER, "send_email", {"to": "ops@demo.local", "body": "hi"}, "outreach"),
+    ),
+    Step(
+        "writer MCP get_record (restricted data)",
+        200,
+        "allow",
+        lambda d: d.mcp_call(WRITER, "get_record", {"id": "42"}, "outreach"),
+    ),
+    Step(
+        "writer MCP send_email after that read",
+        401,
+        "step_up",
+        lambda d: d.mcp_call(WRITER, "send_email", {"to": "ops@demo.local", "body": "hi"}, "outreach"),
+    ),
+    Step(
+        "writer opens task bulk [tickets:write]",
+        201,
+        "allow",
+        lambda d: d.open_task("bulk", WRITER, "triage", ["tickets:write"]),
+    ),
+    Step("writer's 11th write in one task (limit 10)", 403, "deny", lambda d: d.writes_until_refused("bulk", 10)),
+    # Ending a task revokes it and everything delegated from it.
+    Step("writer completes task triage", 200, "allow", lambda d: d.complete("triage", WRITER)),
+    Step(
+        "writer POST /api/tickets with the ended task",
+        403,
+        "deny",
+        lambda d: d.call("POST", "/api/tickets", WRITER, "triage", json={}),
+    ),
+    Step(
+        "assistant POST /api/tickets with the sub-task",
+        403,
+        "deny",
+        lambda d: d.call("POST", "/api/tickets", ASSISTANT, "sub", json={}),
+    ),
+    # Fail closed.
     Step("OPA killed, reader GET /api/docs/handbook", 503, "error", stop_opa_then_get),
 ]
 
@@ -162,27 +312,36 @@ def observe(step: Step, response: requests.Response) -> Outcome:
         body = response.json()
     except ValueError:
         body = {}
-    summary = body.get("error", {}).get("data", body) if isinstance(body, dict) else {}
+    if not isinstance(body, dict):
+        body = {}
+    summary = body.get("error", {}).get("data", body) if isinstance(body.get("error"), dict) else body
+    decision_id = response.headers.get("x-authz-decision-id") or str(summary.get("decision_id", ""))
     if response.status_code < 300:
-        verdict, reason = "allow", "allowed by policy"
-        saw = _upstream_saw(body)
-        if saw:
-            reason = f"upstream saw {saw.get('spiffe_id')} via rule {saw.get('rule')!r}"
-    else:
-        verdict = str(summary.get("verdict", "?"))
-        reason = "; ".join(summary.get("reasons", [])) or response.reason
-    decision_id = response.headers.get("x-authz-decision-id") or summary.get("decision_id") or ""
+        return Outcome(step, response.status_code, "allow", _allowed_reason(body), decision_id)
+    if isinstance(summary.get("error"), str):  # the sidecar's own API, or the upstream refusing
+        return Outcome(step, response.status_code, "deny", summary["error"], decision_id)
+    reason = "; ".join(summary.get("reasons", [])) or response.reason
     if not decision_id and summary.get("request_id"):
         decision_id = f"(request {summary['request_id']})"
-    return Outcome(step, response.status_code, verdict, reason, decision_id)
+    return Outcome(step, response.status_code, str(summary.get("verdict", "?")), reason, decision_id)
 
 
-def _upstream_saw(body: Any) -> dict[str, Any] | None:
-    """What the demo upstream reports it received (REST body or MCP result ``_meta``)."""
-    if not isinstance(body, dict):
-        return None
+def _allowed_reason(body: dict[str, Any]) -> str:
+    if "token" in body:
+        chain = f", delegated by {', '.join(body['delegation_chain'])}" if body.get("delegation_chain") else ""
+        return f"task {body['id'][:8]}… for {body['agent']}: {' '.join(body['scopes'])}{chain}"
+    if "status" in body and "fingerprint" in body:
+        return f"approval {body['id'][:8]}… {body['status']} by {body['approver']['id']}"
+    if "ended" in body:
+        return f"ended {len(body['ended'])} task(s), delegated ones included"
     saw = body.get("upstream_saw") or body.get("result", {}).get("_meta", {}).get("upstream_saw")
-    return saw if isinstance(saw, dict) else None
+    if not isinstance(saw, dict):
+        return "allowed by policy"
+    credential = saw.get("credential")
+    if credential:
+        act = f", act {credential['act']['sub']}" if credential.get("act") else ""
+        return f"upstream verified credential sub {credential['sub']} scope {credential['scope']}{act}"
+    return f"upstream saw {saw.get('spiffe_id')} via rule {saw.get('rule')!r}"
 
 
 def print_table(outcomes: list[Outcome]) -> None:
@@ -194,7 +353,7 @@ def print_table(outcomes: list[Outcome]) -> None:
                 o.step.title,
                 f"{o.step.expected_status} {o.step.expected_verdict}",
                 f"{o.status} {o.verdict}",
-                o.reason[:90],
+                o.reason[:100],
                 o.decision_id,
             )
         )
@@ -211,7 +370,8 @@ def run_demo(dev_dir: Path, ports: Ports | None = None) -> int:
             print(
                 f"stack up: Envoy egress {stack.egress_url}, mTLS ingress {stack.ingress_url}; logs in {stack.logs}\n"
             )
-            outcomes = [observe(step, step.send(stack)) for step in SCRIPT]
+            demo = Demo(stack)
+            outcomes = [observe(step, step.send(demo)) for step in SCRIPT]
     except StackError as exc:
         print(f"demo: {exc}")
         return 1

@@ -1,4 +1,4 @@
-"""Render envoy/envoy.yaml for given ports and dev trust-domain files."""
+"""Render envoy/envoy.yaml (or envoy/envoy-grpc.yaml) for given ports and dev trust-domain files."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from string import Template
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
+GRPC_TEMPLATE = REPO_ROOT / "envoy" / "envoy-grpc.yaml"  # ext_authz gRPC mode
 
 
 def render_envoy_config(values: dict[str, object], template: Path = TEMPLATE) -> str:

@@ -15,16 +15,24 @@ import time
 from dataclasses import dataclass, fields
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 import requests
 import yaml
 
-from sidecar.dev.envoy_config import REPO_ROOT, render_envoy_config
-from sidecar.dev.tools import find_tool
+from sidecar.dev import svid_files
+from sidecar.dev.bundle_server import publish
+from sidecar.dev.bundles import BUNDLE_NAME, SigningKey, build_bundle, default_revision, opa_config
+from sidecar.dev.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
+from sidecar.dev.oidc import DevOidcIssuer
+from sidecar.dev.spire import ENVOY_ID, Spire, SpireError
+from sidecar.dev.tools import ToolMissing, find_tool
 from sidecar.dev.trust_domain import DEFAULT_AUDIENCE, DevTrustDomain
+from sidecar.keys import generate_key, write_key
 
 DEFAULT_BUNDLE = REPO_ROOT / "rego"
 DEFAULT_DECISION_PATH = "agent/authz/decision"
+Mode = Literal["http", "grpc"]  # how Envoy asks the sidecar: ext_authz HTTP service or gRPC
 
 
 class StackError(RuntimeError):
@@ -42,6 +50,10 @@ class Ports:
     sidecar_admin: int = 9192
     opa: int = 8181
     upstream: int = 18080
+    bundle_service: int = 8182
+    decision_logs: int = 8183
+    spire_server: int = 8081
+    sidecar_grpc: int = 9193
 
     @classmethod
     def free(cls) -> Ports:
@@ -54,8 +66,10 @@ class Ports:
             for s in sockets:
                 s.close()
 
-    def check_available(self) -> None:
+    def check_available(self, unused: frozenset[str] = frozenset()) -> None:
         for field in fields(self):
+            if field.name in unused:
+                continue
             port = getattr(self, field.name)
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -73,6 +87,14 @@ class Stack:
         decision_path: str = DEFAULT_DECISION_PATH,
         max_body_bytes: int = 65_536,
         sidecar_env: dict[str, str] | None = None,
+        mode: Mode = "http",
+        *,
+        bundle_service: bool = False,
+        decision_log_service: bool = False,
+        publish_on_start: bool = True,
+        wait_ready: bool = True,
+        spire: bool = False,
+        workload_api_socket: str | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.ports = ports or Ports()
@@ -80,9 +102,28 @@ class Stack:
         self.decision_path = decision_path
         self.max_body_bytes = max_body_bytes
         self.sidecar_env = sidecar_env or {}
+        self.mode = mode
         self.logs = self.workdir / "logs"
         self.trust_domain = DevTrustDomain(self.workdir)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        # bundle_service: OPA pulls a signed bundle built from ``bundle`` from a bundle service
+        # (polling, signature verification) instead of reading the directory itself.
+        self.bundle_service = bundle_service
+        self.bundle_key = SigningKey(self.workdir / "bundle-signing.key", self.workdir / "bundle-signing.pub")
+        self.bundle_root = self.workdir / "bundle-service"
+        self.publish_on_start = publish_on_start
+        # decision_log_service: OPA ships (masked) decision logs to the receiver's JSON-lines file.
+        self.decision_log_service = decision_log_service
+        self.decision_log = self.logs / "decisions.jsonl"
+        # wait_ready=False: start even when OPA has no valid policy (the sidecar then answers 503).
+        self.wait_ready = wait_ready
+        # spire: start a real SPIRE server and agent; the sidecar takes JWT bundles and Envoy its
+        # mTLS certificates from the agent's Workload API. workload_api_socket: the same with a
+        # Workload API that is already running (``unix:///path``).
+        self.spire = spire
+        self.spire_deployment: Spire | None = None
+        self.workload_api_socket = workload_api_socket
+        self.envoy_sds_dir = self.workdir / "envoy-sds"
 
     # -- URLs -----------------------------------------------------------------------------
     @property
@@ -94,12 +135,25 @@ class Stack:
         return f"https://127.0.0.1:{self.ports.ingress}"
 
     @property
+    def sidecar_url(self) -> str:
+        """The sidecar's own API (tasks, JWKS); agents call it directly, not through Envoy."""
+        return f"http://127.0.0.1:{self.ports.sidecar}"
+
+    @property
     def sidecar_admin_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.sidecar_admin}"
 
     @property
     def opa_url(self) -> str:
         return f"http://127.0.0.1:{self.ports.opa}"
+
+    @property
+    def bundle_service_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.bundle_service}"
+
+    @property
+    def decision_log_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.decision_logs}"
 
     # -- lifecycle ------------------------------------------------------------------------
     def __enter__(self) -> Stack:
@@ -119,9 +173,20 @@ class Stack:
         self.stop()
 
     def start(self) -> None:
-        self.ports.check_available()
+        # Ports of optional services this stack does not run need not be free.
+        optional = {"bundle_service": self.bundle_service, "decision_logs": self.decision_log_service}
+        optional["spire_server"] = self.spire
+        self.ports.check_available(frozenset(name for name, used in optional.items() if not used))
         self.logs.mkdir(parents=True, exist_ok=True)
         self.trust_domain.ensure()
+        self.ensure_credential_key()
+        self.oidc.ensure()
+        if self.spire:
+            self.start_spire()
+        if self.bundle_service:
+            self.start_bundle_service()
+        if self.decision_log_service:
+            self.start_decision_log_receiver()
         self.start_opa()
         self._spawn(
             "upstream",
@@ -133,6 +198,8 @@ class Stack:
                 "upstream",
                 "--port",
                 str(self.ports.upstream),
+                "--jwks-url",
+                f"{self.sidecar_url}/.well-known/jwks.json",
             ],
         )
         self.start_sidecar()
@@ -151,28 +218,56 @@ class Stack:
         )
         self._wait_http("upstream", f"http://127.0.0.1:{self.ports.upstream}/healthz")
         self._wait_http("envoy", f"http://127.0.0.1:{self.ports.envoy_admin}/ready")
-        self._wait_http("sidecar", f"{self.sidecar_admin_url}/readyz")
+        self._wait_http("sidecar", f"{self.sidecar_admin_url}/{'readyz' if self.wait_ready else 'healthz'}")
 
     def start_opa(self) -> None:
-        self._spawn(
-            "opa",
-            [
-                find_tool("opa"),
-                "run",
-                "--server",
-                "--addr",
-                f"127.0.0.1:{self.ports.opa}",
-                "--bundle",
-                str(self.bundle),
-                "--ignore",
-                "*_test.rego",
-                "--set",
-                "decision_logs.console=true",
-                "--log-format",
-                "json",
-            ],
+        argv = [find_tool("opa"), "run", "--server", "--addr", f"127.0.0.1:{self.ports.opa}", "--log-format", "json"]
+        if self.bundle_service or self.decision_log_service:
+            config = self.workdir / "opa-config.yaml"
+            config.write_text(
+                yaml.safe_dump(
+                    opa_config(
+                        bundle_service_url=self.bundle_service_url if self.bundle_service else None,
+                        public_key=self.bundle_key.public if self.bundle_service else None,
+                        decision_log_url=self.decision_log_url if self.decision_log_service else None,
+                    ),
+                    sort_keys=False,
+                )
+            )
+            argv += ["--config-file", str(config)]
+        else:
+            argv += ["--set", "decision_logs.console=true", "--set", "status.prometheus=true"]
+        if not self.bundle_service:
+            argv += ["--bundle", str(self.bundle), "--ignore", "*_test.rego"]
+        self._spawn("opa", argv)
+        self._wait_http("opa", f"{self.opa_url}/health{'?bundles' if self.wait_ready else ''}")
+
+    def start_bundle_service(self) -> None:
+        SigningKey.ensure(self.workdir)
+        if self.publish_on_start:
+            self.publish_bundle()
+        argv = [sys.executable, "-m", "sidecar", "dev", "bundle-server", "--dir", str(self.bundle_root)]
+        self._spawn("bundle-service", [*argv, "--port", str(self.ports.bundle_service)])
+        self._wait_http("bundle-service", f"{self.bundle_service_url}/healthz")
+
+    def publish_bundle(
+        self, source: Path | None = None, revision: str | None = None, key: SigningKey | None = None
+    ) -> str:
+        """Build ``source`` (default: the stack's bundle) into a signed bundle and publish it; the revision."""
+        revision = revision or default_revision()
+        built = build_bundle(
+            (source or self.bundle).resolve(),
+            self.workdir / "bundle-build" / f"{BUNDLE_NAME}.tar.gz",
+            revision,
+            key or SigningKey.ensure(self.workdir),
         )
-        self._wait_http("opa", f"{self.opa_url}/health?bundles")
+        publish(built, self.bundle_root, BUNDLE_NAME)
+        return revision
+
+    def start_decision_log_receiver(self) -> None:
+        argv = [sys.executable, "-m", "sidecar", "dev", "decision-log-receiver", "--out", str(self.decision_log)]
+        self._spawn("decision-log-receiver", [*argv, "--port", str(self.ports.decision_logs)])
+        self._wait_http("decision-log-receiver", f"{self.decision_log_url}/healthz")
 
     def stop_opa(self, sig: int = signal.SIGKILL) -> None:
         self._stop("opa", sig)
@@ -187,15 +282,66 @@ class Stack:
     def stop_sidecar(self) -> None:
         self._stop("sidecar", signal.SIGTERM)
 
+    def start_replica(self, name: str = "replica") -> int:
+        """A second sidecar with the same config (keys, state store) on its own ports; returns its check port.
+
+        It shares state only through a shared store (``state.backend: redis``)."""
+        check, admin = Ports.free().sidecar, Ports.free().sidecar_admin
+        config = self.sidecar_config()
+        config["listen"] = {"host": "127.0.0.1", "port": check, "path_prefix": "/authz"}
+        config["admin"] = {"host": "127.0.0.1", "port": admin}
+        config.pop("grpc", None)
+        path = self.workdir / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        env = {**os.environ, **self.sidecar_env, "AUTHZ_CONFIG": str(path)}
+        self._spawn(name, [sys.executable, "-m", "sidecar", "serve"], env=env)
+        self._wait_http(name, f"http://127.0.0.1:{admin}/readyz")
+        return check
+
+    def stop_process(self, name: str) -> None:
+        self._stop(name, signal.SIGTERM)
+
     def stop(self) -> None:
         for name in reversed(list(self.processes)):
             self._stop(name, signal.SIGTERM)
+        if self.spire_deployment is not None:
+            self.spire_deployment.stop()
+
+    def start_spire(self) -> None:
+        try:
+            self.spire_deployment = Spire(self.workdir / "spire", self.ports.spire_server)
+            self.spire_deployment.start()
+            self.spire_deployment.register_demo()
+        except (SpireError, ToolMissing) as exc:
+            raise StackError(f"SPIRE did not start: {exc}") from exc
+        self.workload_api_socket = self.spire_deployment.workload_api
+
+    def start_svid_files(self) -> None:
+        """Envoy's ingress certificate from the Workload API, as SDS files Envoy reloads."""
+        assert self.workload_api_socket is not None
+        for stale in (svid_files.cert_file(self.envoy_sds_dir), svid_files.bundle_file(self.envoy_sds_dir)):
+            stale.unlink(missing_ok=True)
+        argv = [sys.executable, "-m", "sidecar", "dev", "svid-files", "--socket", self.workload_api_socket]
+        self._spawn("svid-files", [*argv, "--spiffe-id", ENVOY_ID, "--out", str(self.envoy_sds_dir)])
+        deadline = time.monotonic() + 60
+        written = (svid_files.cert_file(self.envoy_sds_dir), svid_files.bundle_file(self.envoy_sds_dir))
+        while not all(path.exists() for path in written):
+            process = self.processes["svid-files"]
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise StackError(f"no SVID for Envoy from the Workload API:\n{self.log_tail('svid-files')}")
+            time.sleep(0.1)
+
+    def _jwt_bundle_config(self) -> dict[str, object]:
+        if self.workload_api_socket:
+            return {"bundle_files": {}, "workload_api_socket": self.workload_api_socket}
+        return {"bundle_files": {self.trust_domain.name: str(self.trust_domain.jwt_bundle)}}
 
     def sidecar_config(self) -> dict[str, object]:
         td = self.trust_domain
         return {
             "listen": {"host": "127.0.0.1", "port": self.ports.sidecar, "path_prefix": "/authz"},
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
+            "grpc": {"enabled": self.mode == "grpc", "host": "127.0.0.1", "port": self.ports.sidecar_grpc},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
             "identity": {
                 "sources": ["xfcc", "jwt_svid"],
@@ -203,10 +349,30 @@ class Stack:
                 "xfcc": {"trusted_secret_file": str(td.xfcc_secret)},
                 "jwt_svid": {
                     "audiences": [DEFAULT_AUDIENCE],
-                    "bundle_files": {td.name: str(td.jwt_bundle)},
+                    **self._jwt_bundle_config(),
                 },
             },
+            "credentials": {"keys_dir": str(self.credential_keys), "reload_seconds": 1},
+            "approvals": {
+                "public_url": self.sidecar_url,
+                "oidc_issuer": self.oidc.issuer,
+                "oidc_jwks_file": str(self.oidc.jwks_file),
+            },
         }
+
+    @property
+    def oidc(self) -> DevOidcIssuer:
+        """The development OIDC issuer whose ID tokens human approvers use."""
+        return DevOidcIssuer(self.workdir)
+
+    @property
+    def credential_keys(self) -> Path:
+        """The sidecar's signing keys (task tokens, upstream credentials): the newest *.pem signs."""
+        return self.workdir / "credential-keys"
+
+    def ensure_credential_key(self) -> None:
+        if not any(self.credential_keys.glob("*.pem")):
+            write_key(self.credential_keys / "key-1.pem", generate_key("ES256"))
 
     def run_until_interrupted(self) -> None:
         """Block until Ctrl-C or SIGTERM; a process that dies ends the stack with its log."""
@@ -228,16 +394,39 @@ class Stack:
                 f"  Envoy egress        {self.egress_url}   (agents send a JWT-SVID, audience {DEFAULT_AUDIENCE})",
                 f"  Envoy mTLS ingress  {self.ingress_url}  (agents present an X.509-SVID)",
                 f"  Envoy admin         http://127.0.0.1:{p.envoy_admin}",
-                f"  sidecar             http://127.0.0.1:{p.sidecar}/authz",
+                f"  sidecar             http://127.0.0.1:{p.sidecar}/authz"
+                + (f"  gRPC 127.0.0.1:{p.sidecar_grpc} (Envoy uses gRPC mode)" if self.mode == "grpc" else ""),
                 f"  sidecar admin       {self.sidecar_admin_url}  (/healthz /readyz /metrics)",
                 f"  OPA                 {self.opa_url}  bundle {self.bundle}, decision {self.decision_path}",
                 f"  demo upstream       http://127.0.0.1:{p.upstream}",
+                *self._platform_banner(),
                 f"  logs                {self.logs}",
                 "Try:",
-                "  TOKEN=$(.venv/bin/authz-sidecar dev mint-jwt --spiffe-id spiffe://demo.local/agent/reader)",
+                self._token_hint(),
                 f'  curl -i -H "Authorization: Bearer $TOKEN" {self.egress_url}/api/docs/handbook',
             ]
         )
+
+    def _platform_banner(self) -> list[str]:
+        lines = []
+        if self.bundle_service:
+            lines.append(f"  bundle service      {self.bundle_service_url}  (OPA polls the signed bundle)")
+        if self.decision_log_service:
+            lines.append(f"  decision logs       {self.decision_log_url}/logs -> {self.decision_log}")
+        if self.spire_deployment is not None:
+            lines.append(f"  SPIRE Workload API  {self.spire_deployment.workload_api}")
+        elif self.workload_api_socket:
+            lines.append(f"  Workload API        {self.workload_api_socket}")
+        return lines
+
+    def _token_hint(self) -> str:
+        if self.spire_deployment is not None:
+            socket = self.spire_deployment.workload_socket
+            return (
+                f"  TOKEN=$(.tools/bin/spire-agent api fetch jwt -audience {DEFAULT_AUDIENCE} "
+                f"-spiffeID spiffe://demo.local/agent/reader -socketPath {socket} | sed -n 2p | tr -d '[:space:]')"
+            )
+        return "  TOKEN=$(.venv/bin/authz-sidecar dev mint-jwt --spiffe-id spiffe://demo.local/agent/reader)"
 
     # -- internals ------------------------------------------------------------------------
     def _write_envoy_config(self) -> Path:
@@ -249,6 +438,7 @@ class Stack:
                 "EGRESS_PORT": self.ports.egress,
                 "INGRESS_PORT": self.ports.ingress,
                 "SIDECAR_PORT": self.ports.sidecar,
+                "SIDECAR_GRPC_PORT": self.ports.sidecar_grpc,
                 "UPSTREAM_PORT": self.ports.upstream,
                 "MAX_BODY_BYTES": self.max_body_bytes,
                 "SERVER_CERT": server.cert,
@@ -256,8 +446,12 @@ class Stack:
                 "TRUST_BUNDLE": server.bundle,
                 "TRUST_DOMAIN": td.name,
                 "XFCC_SECRET": td.xfcc_secret.read_text().strip(),
-            }
+            },
+            GRPC_TEMPLATE if self.mode == "grpc" else TEMPLATE,
         )
+        if self.workload_api_socket:
+            self.start_svid_files()
+            rendered = svid_files.use_sds_files(rendered, "ingress_mtls", self.envoy_sds_dir)
         path = self.workdir / "envoy.yaml"
         path.touch(mode=0o600, exist_ok=True)
         path.write_text(rendered)

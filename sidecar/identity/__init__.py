@@ -65,9 +65,12 @@ class IdentityResolver:
         self._xfcc_secret = xfcc_secret
         self._pod_id = SpiffeId(config.pod.spiffe_id) if config.pod.spiffe_id else None
 
-    def resolve(self, headers: dict[str, str]) -> Identity | None:
+    def resolve(self, headers: dict[str, str], peer_principal: str | None = None) -> Identity | None:
+        """``peer_principal`` is gRPC mode's ``source.principal``: the ``xfcc`` source trusts it like XFCC."""
         found = [
-            identity for source in self._config.sources if (identity := self._from_source(source, headers)) is not None
+            identity
+            for source in self._config.sources
+            if (identity := self._from_source(source, headers, peer_principal)) is not None
         ]
         if not found:
             if self._config.required:
@@ -77,25 +80,35 @@ class IdentityResolver:
             raise IdentityError("the presented credentials name different SPIFFE IDs")
         return found[0]
 
-    def _from_source(self, source: Source, headers: dict[str, str]) -> Identity | None:
+    def _from_source(self, source: Source, headers: dict[str, str], peer_principal: str | None) -> Identity | None:
         if source == "xfcc":
-            return self._from_xfcc(headers)
+            return self._from_peer(headers, peer_principal)
         if source == "jwt_svid":
             return self._from_jwt(headers)
         return self._from_pod()
 
-    def _from_xfcc(self, headers: dict[str, str]) -> Identity | None:
+    def _from_peer(self, headers: dict[str, str], peer_principal: str | None) -> Identity | None:
+        """The mTLS peer Envoy verified: XFCC (HTTP mode) and/or ``source.principal`` (gRPC mode)."""
         value = headers.get(XFCC_HEADER)
-        if value is None:
+        if value is None and not peer_principal:
             return None
         presented = headers.get(self._config.xfcc.secret_header, "")
         if not self._xfcc_secret or not hmac.compare_digest(presented.encode(), self._xfcc_secret.encode()):
-            raise IdentityError("x-forwarded-client-cert is not trusted on this listener")
+            what = "x-forwarded-client-cert" if value is not None else "source.principal"
+            raise IdentityError(f"{what} is not trusted on this listener")
+        ids: set[str] = set()
         try:
-            spiffe_id = peer_spiffe_id(value)
+            if value is not None:
+                ids.add(str(peer_spiffe_id(value)))
+            if peer_principal:
+                ids.add(str(SpiffeId(peer_principal)))
         except XfccError as exc:
             raise IdentityError(f"peer certificate identity is unusable: {exc}") from exc
-        return Identity(self._trusted(spiffe_id), "xfcc")
+        except Exception as exc:  # the spiffe package raises several error types
+            raise IdentityError("peer certificate identity is unusable: source.principal is not a SPIFFE ID") from exc
+        if len(ids) != 1:
+            raise IdentityError("x-forwarded-client-cert and source.principal name different SPIFFE IDs")
+        return Identity(self._trusted(SpiffeId(ids.pop())), "xfcc")
 
     def _from_jwt(self, headers: dict[str, str]) -> Identity | None:
         token = bearer_token(headers.get("authorization"))

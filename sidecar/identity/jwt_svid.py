@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +25,58 @@ class VerifiedJwt:
     claims: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class _Verified:
+    result: VerifiedJwt
+    bundle: object  # the JWT bundle that verified it: a rotated bundle invalidates the entry
+    trust_domain: TrustDomain
+    expires: float
+
+
+class VerifiedTokenCache:
+    """Recently verified JWT-SVIDs, keyed by the token's SHA-256, until their own ``exp``.
+
+    An agent reuses its JWT-SVID for every call until it expires, so most checks present a
+    token that was verified moments ago. Only successes are kept: a rejected token is checked
+    again each time (its reason may change, e.g. a bundle that was missing arrives). An entry is
+    used only while the trust domain's bundle is still the very object that verified it, so a
+    key rotation or removal takes effect on the next call.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(token: str) -> bytes:
+        return hashlib.sha256(token.encode()).digest()
+
+    def get(self, key: bytes, bundles: BundleSource) -> VerifiedJwt | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            if entry.expires <= time.time():
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+        if bundles.bundle_for(entry.trust_domain) is not entry.bundle:
+            with self._lock:
+                self._entries.pop(key, None)
+            return None
+        return entry.result
+
+    def put(self, key: bytes, result: VerifiedJwt, bundle: object, trust_domain: TrustDomain, exp: float) -> None:
+        if self._max <= 0:
+            return
+        with self._lock:
+            self._entries[key] = _Verified(result, bundle, trust_domain, exp)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+
+
 class JwtSvidVerifier:
     """Signature, ``exp``, audience, algorithm allowlist and trust-domain allowlist."""
 
@@ -31,16 +87,27 @@ class JwtSvidVerifier:
         algorithms: list[str],
         trust_domains: list[str],
         max_token_bytes: int,
+        cache_entries: int = 4096,
     ) -> None:
         self._bundles = bundles
         self._audiences = set(audiences)
         self._algorithms = frozenset(algorithms)
         self._trust_domains = frozenset(trust_domains)
         self._max_bytes = max_token_bytes
+        self._cache = VerifiedTokenCache(cache_entries)
 
     def verify(self, token: str) -> VerifiedJwt:
         if len(token) > self._max_bytes:
             raise JwtSvidError(f"token is larger than {self._max_bytes} bytes")
+        key = self._cache.key(token)
+        cached = self._cache.get(key, self._bundles)
+        if cached is not None:
+            return cached
+        result, bundle, trust_domain = self._verify(token)
+        self._cache.put(key, result, bundle, trust_domain, float(result.claims["exp"]))
+        return result
+
+    def _verify(self, token: str) -> tuple[VerifiedJwt, object, TrustDomain]:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
@@ -68,7 +135,7 @@ class JwtSvidVerifier:
         except Exception as exc:  # the spiffe package raises several unrelated types
             raise JwtSvidError(_describe(exc)) from exc
         # The signature now covers the payload decoded above, so its claims are verified.
-        return VerifiedJwt(spiffe_id=svid.spiffe_id, claims=unverified)
+        return VerifiedJwt(spiffe_id=svid.spiffe_id, claims=unverified), bundle, TrustDomain(trust_domain.name)
 
 
 def _describe(exc: Exception) -> str:

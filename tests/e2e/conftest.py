@@ -41,6 +41,18 @@ class Client:
             sent["authorization"] = "Bearer " + self.token(agent)
         return requests.request(method, self.stack.egress_url + path, headers=sent, timeout=10, **kw)
 
+    def task_token(self, agent: str, purpose: str, scopes: list[str], ttl: int = 300) -> str:
+        """Open a task for ``agent`` through the sidecar's API; the token goes in x-agent-task-token."""
+        response = requests.post(
+            f"{self.stack.sidecar_url}/v1/tasks",
+            json={"purpose": purpose, "scopes": scopes, "ttl_seconds": ttl},
+            headers={"authorization": "Bearer " + self.token(agent)},
+            timeout=10,
+        )
+        assert response.status_code == 201, response.text
+        token: str = response.json()["token"]
+        return token
+
     def mcp(
         self, agent: str | None, method: str, tool: str | None = None, arguments: Any = None, **kw: Any
     ) -> requests.Response:

@@ -43,32 +43,39 @@ def test_reader_cannot_write(client: Client) -> None:
     assert document["decision_id"] == response.headers["x-authz-decision-id"]
 
 
-def test_writer_can_create_ticket(client: Client) -> None:
-    response = client.request("POST", "/api/tickets", WRITER, json={"title": "Printer on fire"})
+def test_writer_can_create_ticket_under_a_task(client: Client) -> None:
+    task = {"x-agent-task-token": client.task_token(WRITER, "triage", ["tickets:write"])}
+    response = client.request("POST", "/api/tickets", WRITER, headers=task, json={"title": "Printer on fire"})
     assert response.status_code == 201
     assert body(response)["upstream_saw"]["spiffe_id"] == WRITER
 
 
 def test_delete_needs_approval(client: Client) -> None:
-    response = client.request("DELETE", "/api/records/42", WRITER)
+    task = {"x-agent-task-token": client.task_token(WRITER, "cleanup", ["records:delete"])}
+    response = client.request("DELETE", "/api/records/42", WRITER, headers=task)
     assert response.status_code == 401
     document = body(response)
     assert document["verdict"] == "step_up"
     assert document["step_up"]["kind"] == "approval"
-    assert document["step_up"]["status"] == "approval_required"
+    assert document["step_up"]["status"] == "pending"
+    assert document["step_up"]["approval_id"] == response.headers["x-authz-approval-id"]
+    assert document["step_up"]["status_url"].endswith("/v1/approvals/" + document["step_up"]["approval_id"])
 
 
 def test_payment_needs_mfa_and_passes_with_it(client: Client) -> None:
-    response = client.request("POST", "/api/payments", WRITER, json={"amount": 5})
+    task = {"x-agent-task-token": client.task_token(WRITER, "billing", ["payments:write"])}
+    response = client.request("POST", "/api/payments", WRITER, headers=task, json={"amount": 5})
     assert response.status_code == 401
     challenge = response.headers["www-authenticate"]
     assert challenge.startswith('Bearer error="insufficient_user_authentication"')
     assert 'acr_values="urn:demo:acr:mfa"' in challenge
     token = client.token(WRITER, acr="urn:demo:acr:mfa")
     response = requests.post(
-        client.stack.egress_url + "/api/payments", json={"amount": 5}, headers={"authorization": f"Bearer {token}"}
+        client.stack.egress_url + "/api/payments",
+        json={"amount": 5},
+        headers={"authorization": f"Bearer {token}", **task},
     )
-    assert response.status_code == 201
+    assert response.status_code == 201, response.text
 
 
 def test_mcp_tool_allowed_and_denied(client: Client) -> None:
@@ -152,11 +159,16 @@ def _svid(stack: Stack, spiffe_id: str, td: DevTrustDomain | None = None) -> tup
     return str(files.cert), str(files.key), str(stack.trust_domain.ca_cert)
 
 
-def test_mtls_ingress_identity_from_xfcc(stack: Stack) -> None:
+def test_mtls_ingress_identity_from_xfcc(stack: Stack, client: Client) -> None:
     cert, key, ca = _svid(stack, WRITER)
-    forged = {"x-forwarded-client-cert": f"URI={READER}"}
+    # A client-sent XFCC naming the reader is replaced by the verified peer (the writer), whose
+    # task token (bound to the writer) is then accepted.
+    headers = {
+        "x-forwarded-client-cert": f"URI={READER}",
+        "x-agent-task-token": client.task_token(WRITER, "triage", ["tickets:write"]),
+    }
     response = requests.post(
-        stack.ingress_url + "/api/tickets", json={"title": "x"}, cert=(cert, key), verify=ca, headers=forged
+        stack.ingress_url + "/api/tickets", json={"title": "x"}, cert=(cert, key), verify=ca, headers=headers
     )
     assert response.status_code == 201, response.text
     assert body(response)["upstream_saw"]["spiffe_id"] == WRITER
@@ -221,11 +233,15 @@ def test_path_normalisation_matches_routing(client: Client) -> None:
 
 
 def test_intent_can_only_restrict(client: Client) -> None:
-    low = client.request("POST", "/api/tickets", WRITER, headers={"x-agent-confidence": "0.1"}, json={"t": 1})
+    task = {"x-agent-task-token": client.task_token(WRITER, "triage", ["tickets:write"])}
+    ok = client.request("POST", "/api/tickets", WRITER, headers={**task, "x-agent-confidence": "0.9"}, json={})
+    assert ok.status_code == 201, ok.text
+    low = client.request("POST", "/api/tickets", WRITER, headers={**task, "x-agent-confidence": "0.1"}, json={})
     assert low.status_code == 403
+    assert any("0.1" in reason for reason in body(low)["reasons"])
     high = client.request("POST", "/api/tickets", READER, headers={"x-agent-confidence": "1.0"}, json={"t": 1})
     assert high.status_code == 403
-    bad = client.request("POST", "/api/tickets", WRITER, headers={"x-agent-confidence": "very"}, json={"t": 1})
+    bad = client.request("POST", "/api/tickets", WRITER, headers={**task, "x-agent-confidence": "very"}, json={})
     assert bad.status_code == 400
 
 
@@ -249,10 +265,15 @@ def test_no_token_or_secret_in_any_log(client: Client, stack: Stack) -> None:
     requests.get(stack.ingress_url + "/api/docs/x", cert=(cert, key), verify=ca)
     expired = stack.trust_domain.mint_jwt(READER, ttl=-30)
     client.request("GET", "/api/docs/handbook", headers={"authorization": f"Bearer {expired}"})
+    task_token = client.task_token(WRITER, "triage", ["tickets:write"])
+    written = client.request("POST", "/api/tickets", WRITER, headers={"x-agent-task-token": task_token}, json={})
+    assert written.status_code == 201
+    credential = requests.get(f"http://127.0.0.1:{stack.ports.upstream}/debug/last-credential").json()["token"]
     time.sleep(0.5)  # OPA writes decision logs asynchronously
-    signature = token.rsplit(".", 1)[1]
+    secrets = [token, expired, task_token, credential, xfcc_secret]
+    secrets += [s.rsplit(".", 1)[1] for s in (token, expired, task_token, credential)]  # signatures alone
     for log in stack.logs.glob("*.log"):
         text = log.read_text(errors="replace")
-        for secret in (token, signature, expired.rsplit(".", 1)[1], xfcc_secret):
+        for secret in secrets:
             assert secret not in text, f"{log.name} contains a secret"
     assert "authorization" in (stack.logs / "opa.log").read_text(), "OPA should have logged (masked) decisions"

@@ -16,6 +16,13 @@ def test_plugin_object() -> None:
     assert deny.body == "go"
 
 
+def test_credential_request() -> None:
+    verdict = to_verdict({"verdict": "allow", "credential": {"audience": "api", "scopes": ["t:w"], "ttl_seconds": 60}})
+    assert verdict.credential is not None and verdict.credential.scopes == ("t:w",)
+    # a credential on a deny is never minted
+    assert to_verdict({"verdict": "deny", "credential": {"audience": "api"}}).credential is None
+
+
 def test_agent_object() -> None:
     verdict = to_verdict(
         {
@@ -54,6 +61,11 @@ def test_agent_object() -> None:
         {"verdict": "allow", "headers": []},
         {"verdict": "allow", "request_headers_to_remove": "cookie"},
         {"verdict": "allow", "credential": {"audience": "x"}},
+        {"verdict": "allow", "credential": "x"},
+        {"verdict": "allow", "credential": {"audience": "", "scopes": ["a"], "ttl_seconds": 5}},
+        {"verdict": "allow", "credential": {"audience": "a", "scopes": ["a b"], "ttl_seconds": 5}},
+        {"verdict": "allow", "credential": {"audience": "a", "scopes": ["a"], "ttl_seconds": 0}},
+        {"verdict": "allow", "credential": {"audience": "a\r\nx: y", "scopes": ["a"], "ttl_seconds": 5}},
         {"verdict": "deny", "status": 200},
         {"verdict": "deny", "status": 503},
         {"verdict": "deny", "status": "403"},

@@ -40,7 +40,19 @@ def test_rest_input() -> None:
         {"sub": "x"},
         ("spiffe://demo.local/agent/boss",),
     )
-    doc = build_input(request(), identity=identity, body=EMPTY, intent=None)
+    task = {
+        "id": "t",
+        "purpose": "p",
+        "scopes": ["docs:read"],
+        "issued_at": 1,
+        "expires_at": 2,
+        "parent_id": None,
+        "root_id": "t",
+        "depth": 0,
+    }
+    doc = build_input(
+        request(), identity=identity, body=EMPTY, intent=None, task=task, delegation_chain=identity.delegation_chain
+    )
     VALIDATOR.validate(doc)
     assert doc["parsed_path"] == ["api", "docs", "a b"]
     assert doc["parsed_query"] == {"x": ["1", "2"], "y": [""]}
@@ -53,6 +65,7 @@ def test_rest_input() -> None:
     assert doc["attributes"]["request"]["http"]["id"] == "r1"
     assert doc["attributes"]["source"]["principal"] == ""  # only a peer certificate sets it
     assert doc["delegation"] == {"chain": ["spiffe://demo.local/agent/boss"], "depth": 1}
+    assert doc["task"] == task
     assert doc["agent"]["identity_source"] == "jwt_svid"
 
 

@@ -63,6 +63,21 @@ access_denies contains msg if {
 	msg := sprintf("rule %q has a step_up the policy cannot enforce, so it allows nothing", [rule.name])
 }
 
+access_denies contains msg if {
+	rule
+	not valid_class(rule.data_class)
+	msg := sprintf("rule %q has an invalid data_class (a non-empty string is expected), so it allows nothing", [rule.name])
+}
+
+access_denies contains msg if {
+	rule
+	not valid_redact(rule.redact)
+	msg := sprintf(
+		"rule %q has an invalid redact (a list of argument names or JSON pointers is expected), so it allows nothing",
+		[rule.name],
+	)
+}
+
 valid_roles(roles) if {
 	is_array(roles)
 	every role in roles {
@@ -72,7 +87,14 @@ valid_roles(roles) if {
 
 valid_step_up(step_up) if step_up == null
 
-valid_step_up(step_up) if step_up.kind == "approval"
+valid_step_up(step_up) if {
+	step_up.kind == "approval"
+	whole_positive(object.get(step_up, "ttl_seconds", 1))
+	is_string(object.get(step_up, "reason", ""))
+	approvers := object.get(step_up, "approvers", {})
+	is_object(approvers)
+	valid_class(object.get(approvers, "data_class", "unclassified"))
+}
 
 valid_step_up(step_up) if {
 	step_up.kind == "acr"
@@ -82,4 +104,18 @@ valid_step_up(step_up) if {
 		is_string(value)
 		value != ""
 	}
+}
+
+# Argument names or JSON pointers ("/..."): non-empty strings.
+valid_redact(redact) if {
+	is_array(redact)
+	every field in redact {
+		is_string(field)
+		field != ""
+	}
+}
+
+valid_class(class) if {
+	is_string(class)
+	class != ""
 }

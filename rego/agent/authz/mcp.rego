@@ -25,6 +25,7 @@ tool := cfg.mcp.tools[rpc.name] if {
 
 # tools/call: the tool's own rule.
 rule := object.union(object.union(rule_defaults, tool), {
+	"scoped": true,
 	"name": sprintf("mcp tool %s", [rpc.name]),
 	"action": sprintf("call tool %s", [rpc.name]),
 	"allow_reason": sprintf("agent %s may call tool %s", [agent_name, rpc.name]),

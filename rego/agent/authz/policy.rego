@@ -10,6 +10,12 @@
 #   mcp.rego      the MCP (JSON-RPC) endpoint
 #   checks.rego   roles, writes and declared intent
 #   step_up.rego  human approval, stronger authentication, the external-send ratchet
+#   task.rego     task grants (scopes), delegation depth, just-in-time credentials
+#   session.rego  what the agent already did in this session: write and rate limits
+#
+# Who is calling comes from package agent.identity (rego/agent/identity), which
+# the task API's decision (agent.tasks) shares. Who may approve a step-up is
+# package agent.approvals (rego/agent/approvals).
 #
 # Order: identity denies, then request denies, then access denies; the first
 # non-empty group is the answer and lists all of its reasons. Only when nothing
@@ -17,18 +23,24 @@
 # request allowed. Anything unforeseen ends in the default deny.
 package agent.authz
 
+import data.agent.identity
+
 cfg := data.agent.config
 
 # ---------------------------------------------------------------------------
 # The decision document
 
-default decision := {
+# Every answer says whether the call is a write (see write below), so the
+# sidecar counts the session's writes the way the policy judges them.
+decision := object.union(verdict_document, {"write": write})
+
+default verdict_document := {
 	"verdict": "deny",
 	"reasons": ["the policy reached no decision for this request, so it is denied"],
 	"remember": [],
 }
 
-decision := {
+verdict_document := {
 	"verdict": "deny",
 	"reasons": sort(deny_reasons),
 	"remember": [],
@@ -36,7 +48,7 @@ decision := {
 	count(deny_reasons) > 0
 }
 
-decision := {
+verdict_document := {
 	"verdict": "step_up",
 	"reasons": sort({s.reason | some s in step_ups}),
 	"step_up": step_up_document,
@@ -46,14 +58,32 @@ decision := {
 	count(step_ups) > 0
 }
 
-decision := {
-	"verdict": "allow",
-	"reasons": array.concat([rule.allow_reason], sort(allow_notes)),
-	"headers": {"x-authz-rule": rule.name},
-	"remember": sort({label | some label in rule.remember; is_string(label)}),
-} if {
+# On allow, a rule with a credential also asks the sidecar to mint one (task.rego).
+verdict_document := object.union(
+	{
+		"verdict": "allow",
+		"reasons": array.concat([rule.allow_reason], sort(allow_notes)),
+		"headers": {"x-authz-rule": rule.name},
+		"remember": sort({label | some label in rule.remember; is_string(label)}),
+	},
+	credential_document,
+) if {
 	count(deny_reasons) == 0
 	count(step_ups) == 0
+}
+
+# Is the call a write: the matched rule's class (a rule without one is a write);
+# without a rule, any HTTP method that is not read-only. Never undefined.
+default write := true
+
+write := false if {
+	rule
+	not is_write
+}
+
+write := false if {
+	not rule
+	input.action.read_only == true
 }
 
 # The first group of deny reasons that is not empty.
@@ -64,68 +94,16 @@ deny_reasons := identity_denies if {
 } else := access_denies
 
 # ---------------------------------------------------------------------------
-# Who is calling
+# Who is calling (package agent.identity, shared with agent.tasks)
 
-# The verified caller (input.agent), when there is one.
-agent := input.agent if is_object(input.agent)
-
-spiffe_id := agent.spiffe_id if is_string(agent.spiffe_id)
+agent := identity.agent
 
 # How reasons name the agent.
-agent_name := sprintf("%v", [object.get(agent, "spiffe_id", "(without a SPIFFE ID)")])
+agent_name := identity.agent_name
 
-# The trust domain written in the SPIFFE ID itself: spiffe://<trust domain>/<path>.
-id_trust_domain := td if {
-	startswith(spiffe_id, "spiffe://")
-	td := split(substring(spiffe_id, count("spiffe://"), -1), "/")[0]
-	td != ""
-}
+agent_roles := identity.roles
 
-# Registered by exact SPIFFE ID (an object key, never a prefix) ...
-registered if is_object(cfg.agents[spiffe_id])
-
-# ... or by a glob pattern ("*" stays within one path segment, "**" crosses them).
-registered if count(matching_patterns) > 0
-
-matching_patterns contains entry if {
-	some entry in cfg.agent_patterns
-	is_string(entry.pattern)
-	glob.match(entry.pattern, ["/"], spiffe_id)
-}
-
-# An exact entry wins; otherwise the union of the roles of every matching pattern.
-agent_roles := {role | some role in cfg.agents[spiffe_id].roles} if {
-	is_object(cfg.agents[spiffe_id])
-} else := {role | some entry in matching_patterns; some role in entry.roles}
-
-identity_denies contains "no verified agent identity" if not agent
-
-identity_denies contains msg if {
-	agent
-	not id_trust_domain
-	msg := sprintf("agent %s does not have a valid SPIFFE ID", [agent_name])
-}
-
-identity_denies contains msg if {
-	td := id_trust_domain
-	not td in cfg.trust_domains
-	msg := sprintf("agent %s belongs to trust domain %s, which this policy does not trust", [agent_name, td])
-}
-
-identity_denies contains msg if {
-	td := id_trust_domain
-	object.get(agent, "trust_domain", null) != td
-	msg := sprintf(
-		"agent %s claims trust domain %v, which does not match its SPIFFE ID",
-		[agent_name, object.get(agent, "trust_domain", null)],
-	)
-}
-
-identity_denies contains msg if {
-	agent
-	not registered
-	msg := sprintf("agent %s is not registered in the policy", [agent_name])
-}
+identity_denies := identity.denies
 
 # ---------------------------------------------------------------------------
 # Is the request itself judgeable
@@ -172,6 +150,8 @@ odd_segment if {
 
 # Every rule object has at least these fields; data overrides them.
 # A rule without a class is a write: a missing field never loosens a check.
+# "scoped" is set by the policy (never by data) on routes and tools: a task must
+# grant their scope. The MCP methods open to every agent are not scoped.
 rule_defaults := {
 	"class": "write",
 	"data_class": "unclassified",
@@ -180,4 +160,8 @@ rule_defaults := {
 	"remember": [],
 	"external": false,
 	"recipient_arguments": ["to"],
+	"scope": null,
+	"scoped": false,
+	"credential": null,
+	"redact": [],
 }

@@ -75,9 +75,36 @@ intent(confidence) := {"purpose": "triage", "confidence": confidence, "source": 
 
 approval(status) := {"approval": {"id": "apr-1", "status": status}}
 
-session(labels) := {"session": {"labels": labels}}
+# A session state as the sidecar sends it: nothing done yet but these labels.
+session(labels) := {"session": session_state(labels, 0, 0)}
+
+session_state(labels, writes, calls_last_minute) := {
+	"key": "task:task-1",
+	"calls": writes,
+	"writes": writes,
+	"calls_last_minute": calls_last_minute,
+	"labels": labels,
+	"recent": [],
+	"started_at": 1700000000,
+}
 
 acr_claims(claims) := {"agent": {"claims": claims}}
+
+# A verified, active task grant (the sidecar checked it) with these scopes.
+grant(scopes) := {
+	"id": "task-1",
+	"purpose": "triage",
+	"scopes": scopes,
+	"issued_at": 1700000000,
+	"expires_at": 4102444800,
+	"parent_id": null,
+	"root_id": "task-1",
+	"depth": 0,
+}
+
+under(inp, scopes) := object.union(inp, {"task": grant(scopes)})
+
+delegated(inp, chain) := object.union(inp, {"delegation": {"chain": chain, "depth": count(chain)}})
 
 # ---------------------------------------------------------------------------
 # The main demo cases, with their exact answers
@@ -88,6 +115,7 @@ test_reader_reads_docs if {
 		"reasons": [`route "read docs" allows agent spiffe://demo.local/agent/reader to GET /api/docs/x`],
 		"headers": {"x-authz-rule": "read docs"},
 		"remember": [],
+		"write": false,
 	}
 }
 
@@ -97,13 +125,28 @@ test_reader_may_not_create_ticket if {
 		"reasons": [
 			"agent spiffe://demo.local/agent/reader is read-only and may not create ticket",
 			"agent spiffe://demo.local/agent/reader may not create ticket (needs role writer)",
+			`writes need a task grant: open one with POST /v1/tasks (rule "create ticket")`,
 		],
 		"remember": [],
+		"write": true,
+	}
+}
+
+# A task never gives a role: the reader stays read-only under a task granting the write.
+test_reader_may_not_create_ticket_under_a_task if {
+	decide(under(request(reader, "POST", "/api/tickets"), ["tickets:write"])) == {
+		"verdict": "deny",
+		"reasons": [
+			"agent spiffe://demo.local/agent/reader is read-only and may not create ticket",
+			"agent spiffe://demo.local/agent/reader may not create ticket (needs role writer)",
+		],
+		"remember": [],
+		"write": true,
 	}
 }
 
 test_writer_delete_record_needs_approval if {
-	decide(request(writer, "DELETE", "/api/records/42")) == {
+	decide(under(request(writer, "DELETE", "/api/records/42"), ["records:delete"])) == {
 		"verdict": "step_up",
 		"reasons": ["a human must approve before agent spiffe://demo.local/agent/writer may delete record"],
 		"step_up": {
@@ -111,8 +154,11 @@ test_writer_delete_record_needs_approval if {
 			"ttl_seconds": 900,
 			"reason": "a human must approve before agent spiffe://demo.local/agent/writer may delete record",
 			"approvers": {"data_class": "restricted"},
+			"data_class": "restricted",
+			"redact": [],
 		},
 		"remember": [],
+		"write": true,
 	}
 }
 
@@ -122,6 +168,7 @@ test_reader_calls_search_docs if {
 		"reasons": ["agent spiffe://demo.local/agent/reader may call tool search_docs"],
 		"headers": {"x-authz-rule": "mcp tool search_docs"},
 		"remember": [],
+		"write": false,
 	}
 }
 
@@ -131,8 +178,10 @@ test_reader_may_not_call_delete_record if {
 		"reasons": [
 			"agent spiffe://demo.local/agent/reader is read-only and may not call tool delete_record",
 			"agent spiffe://demo.local/agent/reader may not call tool delete_record (needs role writer)",
+			`writes need a task grant: open one with POST /v1/tasks (rule "mcp tool delete_record")`,
 		],
 		"remember": [],
+		"write": true,
 	}
 }
 
@@ -144,6 +193,7 @@ test_no_agent if {
 		"verdict": "deny",
 		"reasons": ["no verified agent identity"],
 		"remember": [],
+		"write": false,
 	}
 }
 
@@ -179,6 +229,7 @@ test_lookalike_trust_domain if {
 			"agent spiffe://demo.local.evil/agent/writer is not registered in the policy",
 		],
 		"remember": [],
+		"write": true,
 	}
 }
 
@@ -221,6 +272,7 @@ test_unknown_agent if {
 		"verdict": "deny",
 		"reasons": ["agent spiffe://demo.local/agent/stranger is not registered in the policy"],
 		"remember": [],
+		"write": false,
 	}
 }
 
@@ -241,6 +293,7 @@ test_pattern_agent_may_not_write if {
 	decide(request(ops, "POST", "/api/tickets")).reasons == [
 		"agent spiffe://demo.local/agent/ops/backup is read-only and may not create ticket",
 		"agent spiffe://demo.local/agent/ops/backup may not create ticket (needs role writer)",
+		`writes need a task grant: open one with POST /v1/tasks (rule "create ticket")`,
 	]
 }
 
@@ -253,7 +306,7 @@ test_pattern_roles_are_unioned if {
 		{"pattern": "spiffe://demo.local/agent/ops/*", "roles": ["reader"]},
 		{"pattern": "spiffe://demo.local/agent/ops/backup", "roles": ["writer"]},
 	]
-	d := decide(request(ops, "POST", "/api/tickets")) with data.agent.config.agent_patterns as patterns
+	d := decide(under(request(ops, "POST", "/api/tickets"), ["tickets:write"])) with data.agent.config.agent_patterns as patterns
 	d.verdict == "allow"
 }
 
@@ -266,11 +319,12 @@ test_exact_entry_wins_over_patterns if {
 # The request itself
 
 test_truncated_body if {
-	inp := object.union(request(writer, "POST", "/api/tickets"), {"truncated_body": true})
+	inp := object.union(under(request(writer, "POST", "/api/tickets"), ["tickets:write"]), {"truncated_body": true})
 	decide(inp) == {
 		"verdict": "deny",
 		"reasons": ["request body is larger than the inspection limit; a partial body is never judged"],
 		"remember": [],
+		"write": true,
 	}
 }
 
@@ -345,6 +399,7 @@ test_read_record_remembers_pii if {
 		"reasons": [`route "read record" allows agent spiffe://demo.local/agent/reader to GET /api/records/42`],
 		"headers": {"x-authz-rule": "read record"},
 		"remember": ["pii_read"],
+		"write": false,
 	}
 }
 
@@ -357,11 +412,13 @@ test_method_must_match if {
 }
 
 test_writer_creates_ticket if {
-	decide(request(writer, "POST", "/api/tickets")) == {
+	decide(under(request(writer, "POST", "/api/tickets"), ["tickets:write"])) == {
 		"verdict": "allow",
 		"reasons": [`route "create ticket" allows agent spiffe://demo.local/agent/writer to POST /api/tickets`],
 		"headers": {"x-authz-rule": "create ticket"},
 		"remember": [],
+		"write": true,
+		"credential": {"audience": "demo-upstream", "scopes": ["tickets:write"], "ttl_seconds": 60},
 	}
 }
 
@@ -387,10 +444,18 @@ test_route_hosts if {
 }
 
 test_route_defaults_fail_closed if {
-	# No class means write; no roles means any registered agent; no name gets one.
+	# No class means write; no roles means any registered agent; no name gets one;
+	# no scope means no task can cover it.
 	routes := [{"methods": ["POST"], "path": "/api/notes"}]
-	decide(request(reader, "POST", "/api/notes")).reasons == ["agent spiffe://demo.local/agent/reader is read-only and may not route 0"] with data.agent.config.routes as routes
-	decide(request(writer, "POST", "/api/notes")).headers == {"x-authz-rule": "route 0"} with data.agent.config.routes as routes
+	decide(request(reader, "POST", "/api/notes")).reasons == [
+		"agent spiffe://demo.local/agent/reader is read-only and may not route 0",
+		`writes need a task grant: open one with POST /v1/tasks (rule "route 0")`,
+	] with data.agent.config.routes as routes
+	decide(under(request(writer, "POST", "/api/notes"), ["notes:write"])).reasons == ["task task-1 (purpose triage) cannot cover route 0: the rule names no scope"] with data.agent.config.routes as routes
+	d := decide(request(writer, "POST", "/api/notes")) with data.agent.config.routes as routes
+		with data.agent.config.tasks.require_for_writes as false
+	d.headers == {"x-authz-rule": "route 0"}
+	not d.credential
 }
 
 test_route_with_invalid_roles if {
@@ -412,17 +477,17 @@ test_route_with_empty_acr_values if {
 # Declared intent: it can only restrict
 
 test_low_confidence_write_is_denied if {
-	inp := object.union(request(writer, "POST", "/api/tickets"), {"intent": intent(0.3)})
+	inp := object.union(under(request(writer, "POST", "/api/tickets"), ["tickets:write"]), {"intent": intent(0.3)})
 	decide(inp).reasons == ["agent spiffe://demo.local/agent/writer declared an intent confidence of 0.3, below the 0.5 required for writes (create ticket)"]
 }
 
 test_confidence_at_the_floor_is_enough if {
-	decide(object.union(request(writer, "POST", "/api/tickets"), {"intent": intent(0.5)})).verdict == "allow"
-	decide(object.union(request(writer, "POST", "/api/tickets"), {"intent": intent(0.9)})).verdict == "allow"
+	decide(object.union(under(request(writer, "POST", "/api/tickets"), ["tickets:write"]), {"intent": intent(0.5)})).verdict == "allow"
+	decide(object.union(under(request(writer, "POST", "/api/tickets"), ["tickets:write"]), {"intent": intent(0.9)})).verdict == "allow"
 }
 
 test_intent_without_confidence if {
-	decide(object.union(request(writer, "POST", "/api/tickets"), {"intent": intent(null)})).verdict == "allow"
+	decide(object.union(under(request(writer, "POST", "/api/tickets"), ["tickets:write"]), {"intent": intent(null)})).verdict == "allow"
 }
 
 test_low_confidence_read_is_allowed if {
@@ -430,15 +495,15 @@ test_low_confidence_read_is_allowed if {
 }
 
 test_intent_never_widens if {
-	d := decide(object.union(request(reader, "POST", "/api/tickets"), {"intent": intent(1)}))
+	d := decide(object.union(under(request(reader, "POST", "/api/tickets"), ["tickets:write"]), {"intent": intent(1)}))
 	d.verdict == "deny"
 	count(d.reasons) == 2
 }
 
 test_intent_required_for_writes if {
-	d := decide(request(writer, "POST", "/api/tickets")) with data.agent.config.intent.require_for_writes as true
+	d := decide(under(request(writer, "POST", "/api/tickets"), ["tickets:write"])) with data.agent.config.intent.require_for_writes as true
 	d.reasons == ["agent spiffe://demo.local/agent/writer declared no intent, but writes (create ticket) require one"]
-	inp := object.union(request(writer, "POST", "/api/tickets"), {"intent": intent(0.8)})
+	inp := object.union(under(request(writer, "POST", "/api/tickets"), ["tickets:write"]), {"intent": intent(0.8)})
 	decide(inp).verdict == "allow" with data.agent.config.intent.require_for_writes as true
 }
 
@@ -447,7 +512,7 @@ test_intent_not_required_for_reads if {
 }
 
 test_low_confidence_tool_call if {
-	inp := object.union(tool_call(writer, "create_ticket", {"title": "x"}), {"intent": {
+	inp := object.union(under(tool_call(writer, "create_ticket", {"title": "x"}), ["tickets:write"]), {"intent": {
 		"purpose": "triage", "confidence": 0.2, "source": "mcp_meta", "asserted": true,
 	}})
 	decide(inp).reasons == ["agent spiffe://demo.local/agent/writer declared an intent confidence of 0.2, below the 0.5 required for writes (call tool create_ticket)"]
@@ -457,7 +522,7 @@ test_low_confidence_tool_call if {
 # Step-up: approvals
 
 test_approved_delete_is_allowed if {
-	inp := object.union(request(writer, "DELETE", "/api/records/42"), approval("approved"))
+	inp := object.union(under(request(writer, "DELETE", "/api/records/42"), ["records:delete"]), approval("approved"))
 	decide(inp) == {
 		"verdict": "allow",
 		"reasons": [
@@ -466,16 +531,18 @@ test_approved_delete_is_allowed if {
 		],
 		"headers": {"x-authz-rule": "delete record"},
 		"remember": [],
+		"write": true,
+		"credential": {"audience": "demo-upstream", "scopes": ["records:delete"], "ttl_seconds": 60},
 	}
 }
 
 test_pending_approval_is_not_enough if {
-	inp := object.union(request(writer, "DELETE", "/api/records/42"), approval("pending"))
+	inp := object.union(under(request(writer, "DELETE", "/api/records/42"), ["records:delete"]), approval("pending"))
 	decide(inp).verdict == "step_up"
 }
 
 test_rejected_approval_denies if {
-	inp := object.union(request(writer, "DELETE", "/api/records/42"), approval("rejected"))
+	inp := object.union(under(request(writer, "DELETE", "/api/records/42"), ["records:delete"]), approval("rejected"))
 	decide(inp).reasons == ["a human rejected this request (approval apr-1)"]
 }
 
@@ -485,21 +552,23 @@ test_approval_does_not_help_a_reader if {
 }
 
 test_custom_approval_reason_and_defaults if {
-	routes := [{"name": "purge", "methods": ["DELETE"], "path": "/api/purge", "data_class": "confidential", "step_up": {"kind": "approval", "reason": "purging needs a second pair of eyes"}}]
-	decide(request(writer, "DELETE", "/api/purge")).step_up == {
+	routes := [{"name": "purge", "methods": ["DELETE"], "path": "/api/purge", "data_class": "confidential", "scope": "records:purge", "step_up": {"kind": "approval", "reason": "purging needs a second pair of eyes"}}]
+	decide(under(request(writer, "DELETE", "/api/purge"), ["records:purge"])).step_up == {
 		"kind": "approval",
 		"ttl_seconds": 900,
 		"reason": "purging needs a second pair of eyes",
 		"approvers": {"data_class": "confidential"},
+		"data_class": "confidential",
+		"redact": [],
 	} with data.agent.config.routes as routes
 }
 
 test_mcp_delete_record_needs_approval if {
-	d := decide(tool_call(writer, "delete_record", {"id": "42"}))
+	d := decide(under(tool_call(writer, "delete_record", {"id": "42"}), ["records:delete"]))
 	d.verdict == "step_up"
 	d.step_up.kind == "approval"
 	d.reasons == ["a human must approve before agent spiffe://demo.local/agent/writer may call tool delete_record"]
-	approved := object.union(tool_call(writer, "delete_record", {"id": "42"}), approval("approved"))
+	approved := object.union(under(tool_call(writer, "delete_record", {"id": "42"}), ["records:delete"]), approval("approved"))
 	decide(approved).verdict == "allow"
 }
 
@@ -507,7 +576,7 @@ test_mcp_delete_record_needs_approval if {
 # Step-up: stronger authentication (acr)
 
 test_payment_needs_mfa if {
-	decide(request(writer, "POST", "/api/payments")) == {
+	decide(under(request(writer, "POST", "/api/payments"), ["payments:write"])) == {
 		"verdict": "step_up",
 		"reasons": ["agent spiffe://demo.local/agent/writer must authenticate with urn:demo:acr:mfa (at most 300 seconds ago) to make payment"],
 		"step_up": {
@@ -517,11 +586,12 @@ test_payment_needs_mfa if {
 			"reason": "agent spiffe://demo.local/agent/writer must authenticate with urn:demo:acr:mfa (at most 300 seconds ago) to make payment",
 		},
 		"remember": [],
+		"write": true,
 	}
 }
 
 test_payment_with_mfa if {
-	inp := object.union(request(writer, "POST", "/api/payments"), acr_claims({"acr": "urn:demo:acr:mfa"}))
+	inp := object.union(under(request(writer, "POST", "/api/payments"), ["payments:write"]), acr_claims({"acr": "urn:demo:acr:mfa"}))
 	decide(inp).reasons == [
 		`route "make payment" allows agent spiffe://demo.local/agent/writer to POST /api/payments`,
 		"agent spiffe://demo.local/agent/writer authenticated with urn:demo:acr:mfa",
@@ -529,22 +599,22 @@ test_payment_with_mfa if {
 }
 
 test_payment_with_weaker_acr if {
-	inp := object.union(request(writer, "POST", "/api/payments"), acr_claims({"acr": "urn:demo:acr:password"}))
+	inp := object.union(under(request(writer, "POST", "/api/payments"), ["payments:write"]), acr_claims({"acr": "urn:demo:acr:password"}))
 	decide(inp).verdict == "step_up"
 }
 
 test_payment_with_recent_mfa if {
-	inp := object.union(request(writer, "POST", "/api/payments"), acr_claims({"acr": "urn:demo:acr:mfa", "auth_time": 1000}))
+	inp := object.union(under(request(writer, "POST", "/api/payments"), ["payments:write"]), acr_claims({"acr": "urn:demo:acr:mfa", "auth_time": 1000}))
 	decide(inp).verdict == "allow" with time.now_ns as 1200000000000
 }
 
 test_payment_with_old_mfa if {
-	inp := object.union(request(writer, "POST", "/api/payments"), acr_claims({"acr": "urn:demo:acr:mfa", "auth_time": 1000}))
+	inp := object.union(under(request(writer, "POST", "/api/payments"), ["payments:write"]), acr_claims({"acr": "urn:demo:acr:mfa", "auth_time": 1000}))
 	decide(inp).step_up.kind == "acr" with time.now_ns as 1301000000000
 }
 
 test_approval_does_not_replace_mfa if {
-	inp := object.union(request(writer, "POST", "/api/payments"), approval("approved"))
+	inp := object.union(under(request(writer, "POST", "/api/payments"), ["payments:write"]), approval("approved"))
 	decide(inp).verdict == "step_up"
 }
 
@@ -585,6 +655,7 @@ test_mcp_session_stream if {
 		"reasons": ["MCP session stream: registered agent spiffe://demo.local/agent/reader may GET /mcp"],
 		"headers": {"x-authz-rule": "mcp session stream"},
 		"remember": [],
+		"write": false,
 	}
 	decide(request(writer, "DELETE", "/mcp")).verdict == "allow"
 	decide(request("spiffe://demo.local/agent/stranger", "GET", "/mcp")).verdict == "deny"
@@ -608,11 +679,12 @@ test_get_record_remembers_pii if {
 		"reasons": ["agent spiffe://demo.local/agent/reader may call tool get_record"],
 		"headers": {"x-authz-rule": "mcp tool get_record"},
 		"remember": ["pii_read"],
+		"write": false,
 	}
 }
 
 test_writer_creates_ticket_over_mcp if {
-	decide(tool_call(writer, "create_ticket", {"title": "Printer on fire"})).headers == {"x-authz-rule": "mcp tool create_ticket"}
+	decide(under(tool_call(writer, "create_ticket", {"title": "Printer on fire"}), ["tickets:write"])).headers == {"x-authz-rule": "mcp tool create_ticket"}
 }
 
 test_mcp_path_on_another_path_is_rest if {
@@ -626,7 +698,7 @@ test_mcp_path_on_another_path_is_rest if {
 # ---------------------------------------------------------------------------
 # External sends and the ratchet
 
-send(to) := tool_call(writer, "send_email", {"to": to, "subject": "hi", "body": "hello"})
+send(to) := under(tool_call(writer, "send_email", {"to": to, "subject": "hi", "body": "hello"}), ["email:send"])
 
 test_internal_email_is_allowed if {
 	decide(send("bob@demo.local")) == {
@@ -634,6 +706,8 @@ test_internal_email_is_allowed if {
 		"reasons": ["agent spiffe://demo.local/agent/writer may call tool send_email"],
 		"headers": {"x-authz-rule": "mcp tool send_email"},
 		"remember": [],
+		"write": true,
+		"credential": {"audience": "demo-upstream", "scopes": ["email:send"], "ttl_seconds": 60},
 	}
 	decide(send("BOB@Demo.Local")).verdict == "allow"
 	decide(send(["bob@demo.local", "ann@demo.local"])).verdict == "allow"
@@ -649,8 +723,11 @@ test_ratchet_after_pii_read if {
 			"ttl_seconds": 900,
 			"reason": "agent spiffe://demo.local/agent/writer already read restricted data in this task (pii_read); a human must approve before it may call tool send_email",
 			"approvers": {"data_class": "restricted"},
+			"data_class": "internal",
+			"redact": ["body"],
 		},
 		"remember": [],
+		"write": true,
 	}
 }
 
@@ -684,12 +761,12 @@ test_one_external_recipient_in_a_list if {
 }
 
 test_cc_and_bcc_count if {
-	inp := tool_call(writer, "send_email", {"to": "bob@demo.local", "bcc": ["eve@evil.example"]})
+	inp := under(tool_call(writer, "send_email", {"to": "bob@demo.local", "bcc": ["eve@evil.example"]}), ["email:send"])
 	decide(inp).verdict == "step_up"
 }
 
 test_no_recipient if {
-	decide(tool_call(writer, "send_email", {"subject": "hi"})).reasons == ["agent spiffe://demo.local/agent/writer wants to call tool send_email without a recipient the policy can check; a human must approve"]
+	decide(under(tool_call(writer, "send_email", {"subject": "hi"}), ["email:send"])).reasons == ["agent spiffe://demo.local/agent/writer wants to call tool send_email without a recipient the policy can check; a human must approve"]
 }
 
 test_ratchet_and_external_recipient_make_one_approval if {
@@ -712,12 +789,12 @@ test_reader_may_not_send_email if {
 }
 
 test_external_rest_route_reads_the_body if {
-	routes := [{"name": "send mail", "methods": ["POST"], "path": "/api/mail", "roles": ["writer"], "external": true}]
-	inside := object.union(request(writer, "POST", "/api/mail"), {"parsed_body": {"to": "bob@demo.local"}})
+	routes := [{"name": "send mail", "methods": ["POST"], "path": "/api/mail", "roles": ["writer"], "external": true, "scope": "email:send"}]
+	inside := object.union(under(request(writer, "POST", "/api/mail"), ["email:send"]), {"parsed_body": {"to": "bob@demo.local"}})
 	decide(inside).verdict == "allow" with data.agent.config.routes as routes
-	outside := object.union(request(writer, "POST", "/api/mail"), {"parsed_body": {"to": "eve@evil.example"}})
+	outside := object.union(under(request(writer, "POST", "/api/mail"), ["email:send"]), {"parsed_body": {"to": "eve@evil.example"}})
 	decide(outside).verdict == "step_up" with data.agent.config.routes as routes
-	no_body := request(writer, "POST", "/api/mail")
+	no_body := under(request(writer, "POST", "/api/mail"), ["email:send"])
 	decide(no_body).verdict == "step_up" with data.agent.config.routes as routes
 }
 
@@ -753,6 +830,7 @@ test_default_decision_is_a_deny if {
 		"verdict": "deny",
 		"reasons": ["the policy reached no decision for this request, so it is denied"],
 		"remember": [],
+		"write": true,
 	}
 }
 
@@ -762,16 +840,24 @@ test_every_answer_is_well_formed if {
 		request(reader, "GET", "/api/docs"),
 		request(reader, "POST", "/api/tickets"),
 		request(writer, "DELETE", "/api/records/1"),
+		under(request(writer, "POST", "/api/payments"), ["payments:write"]),
 		request(writer, "POST", "/api/payments"),
+		under(request(writer, "POST", "/api/tickets"), ["tickets:write"]),
+		object.union(under(request(writer, "DELETE", "/api/records/1"), ["records:delete"]), approval("approved")),
 		request(writer, "GET", "/api/../etc"),
 		tool_call(reader, "search_docs", {}),
 		tool_call(writer, "send_email", {"to": "eve@evil.example"}),
 		rpc_request(reader, "ping", null, {}),
 		object.union(request(reader, "GET", "/api/docs"), {"agent": null}),
+		object.union(under(request(writer, "POST", "/api/tickets"), ["tickets:write"]), {"session": session_state([], 10, 0)}),
+		object.union(request(reader, "GET", "/api/docs"), {"session": session_state([], 0, 120)}),
+		object.union(request(reader, "GET", "/api/docs"), {"session": "odd"}),
+		object.union(send("eve@evil.example"), session(["pii_read"])),
 	]
 	every inp in inputs {
 		d := decide(inp)
 		d.verdict in {"allow", "deny", "step_up"}
+		is_boolean(d.write)
 		count(d.reasons) > 0
 		every reason in d.reasons {
 			is_string(reason)
@@ -779,7 +865,18 @@ test_every_answer_is_well_formed if {
 		is_array(d.remember)
 		well_formed_step_up(d)
 		well_formed_headers(d)
+		well_formed_credential(d)
 	}
+}
+
+# A credential only on allow, with one scope, an audience and a ttl.
+well_formed_credential(d) if not "credential" in object.keys(d)
+
+well_formed_credential(d) if {
+	d.verdict == "allow"
+	is_string(d.credential.audience)
+	count(d.credential.scopes) == 1
+	d.credential.ttl_seconds > 0
 }
 
 well_formed_step_up(d) if {
@@ -789,8 +886,21 @@ well_formed_step_up(d) if {
 
 well_formed_step_up(d) if {
 	d.verdict == "step_up"
-	d.step_up.kind in {"approval", "acr"}
+	d.step_up.kind == "acr"
 	is_string(d.step_up.reason)
+	count(d.step_up.acr_values) > 0
+}
+
+well_formed_step_up(d) if {
+	d.verdict == "step_up"
+	d.step_up.kind == "approval"
+	is_string(d.step_up.reason)
+	is_string(d.step_up.data_class)
+	is_string(d.step_up.approvers.data_class)
+	is_array(d.step_up.redact)
+	every field in d.step_up.redact {
+		is_string(field)
+	}
 }
 
 well_formed_headers(d) if {

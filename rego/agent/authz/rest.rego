@@ -13,6 +13,7 @@ route := cfg.routes[route_index]
 route_name := sprintf("%v", [object.get(route, "name", sprintf("route %d", [route_index]))])
 
 rule := object.union(object.union(rule_defaults, route), {
+	"scoped": true,
 	"name": route_name,
 	"action": route_name,
 	"allow_reason": sprintf(

@@ -131,11 +131,16 @@ step_up_document := {
 	need := sort(acr_needs)[0]
 }
 
+# data_class is the rule's own class (what the request touches); approvers.data_class
+# the class approvers must be allowed for (the ratchet raises it to restricted).
+# redact names what approvers must not see (validated in checks.rego).
 step_up_document := {
 	"kind": "approval",
 	"ttl_seconds": min({need.ttl_seconds | some need in open_approvals}),
 	"reason": concat("; ", sort({need.reason | some need in open_approvals})),
 	"approvers": {"data_class": highest_class({need.data_class | some need in open_approvals})},
+	"data_class": rule.data_class,
+	"redact": sort({field | some field in rule.redact}),
 } if {
 	count(acr_needs) == 0
 	count(open_approvals) > 0

@@ -2,7 +2,7 @@
 #
 # OPA evaluates data.system.log.mask for every decision log event; each string
 # is a JSON pointer into the event (/input/... or /result/...) to erase.
-# x-approval-id and x-forwarded-client-cert are kept on purpose: an approval id
+# x-agent-approval-id and x-forwarded-client-cert are kept on purpose: an approval id
 # and a certificate chain are not secrets, and reviewers need them.
 package system.log
 

@@ -11,7 +11,7 @@ test_secret_headers_are_erased if {
 }
 
 test_approval_id_and_xfcc_are_kept if {
-	not sprintf("%s/x-approval-id", [headers]) in log.mask
+	not sprintf("%s/x-agent-approval-id", [headers]) in log.mask
 	not sprintf("%s/x-forwarded-client-cert", [headers]) in log.mask
 }
 

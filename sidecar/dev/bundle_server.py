@@ -1,0 +1,42 @@
+"""A bundle service: serves signed policy bundles to OPA over HTTP, with ETags for cheap polling.
+
+Any static file server works for OPA (nginx, S3, an OCI registry); this one is what the local
+stack and the tests run. OPA asks ``GET /bundles/<name>.tar.gz`` with ``If-None-Match`` and
+gets 304 while the file is unchanged, so publishing a revision is an atomic file replace.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from aiohttp import web
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def make_app(root: Path) -> web.Application:
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    # aiohttp's static handler answers If-None-Match with 304 and refuses paths outside root.
+    app.router.add_static("/bundles/", root / "bundles", follow_symlinks=False, show_index=False)
+    return app
+
+
+def publish(bundle: Path, root: Path, name: str) -> Path:
+    """Atomically replace ``root/bundles/<name>.tar.gz`` so OPA never reads half a file."""
+    target = root / "bundles" / f"{name}.tar.gz"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as out:
+        out.write(bundle.read_bytes())
+    os.replace(tmp, target)
+    return target
+
+
+def run_bundle_server(root: Path, host: str, port: int) -> None:
+    (root / "bundles").mkdir(parents=True, exist_ok=True)
+    web.run_app(make_app(root), host=host, port=port, access_log=None, print=None)

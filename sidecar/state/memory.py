@@ -1,0 +1,217 @@
+"""In-process state (default): one replica, lost on restart. Atomic by an asyncio lock."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from sidecar.state import (
+    GRACE_SECONDS,
+    ApprovalConflict,
+    ApprovalRecord,
+    ApprovalStatus,
+    ParentEnded,
+    SessionLimits,
+    SessionView,
+    TaskRecord,
+    TaskStatus,
+)
+
+PURGE_EVERY = 256
+
+
+@dataclass
+class _Session:
+    expires_at: float
+    started_at: int
+    calls: int = 0
+    writes: int = 0
+    inflight: dict[str, tuple[float, bool]] = field(default_factory=dict)  # reservation → (at, maybe write)
+    minute: deque[float] = field(default_factory=deque)
+    recent: deque[dict[str, Any]] = field(default_factory=deque)
+    labels: set[str] = field(default_factory=set)
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+        self._tasks: dict[str, TaskRecord] = {}
+        self._children: dict[str, set[str]] = {}
+        self._sessions: dict[str, _Session] = {}
+        self._approvals: dict[str, ApprovalRecord] = {}
+        self._writes = 0
+
+    async def create_task(self, task: TaskRecord) -> None:
+        async with self._lock:
+            if task.parent_id is not None:
+                parent = self._live(task.parent_id)
+                if parent is None or parent.status != "active":
+                    raise ParentEnded(task.parent_id)
+                self._children.setdefault(task.parent_id, set()).add(task.id)
+            self._tasks[task.id] = replace(task)
+            self._count_write()
+
+    async def get_task(self, task_id: str) -> TaskRecord | None:
+        async with self._lock:
+            task = self._live(task_id)
+            return replace(task) if task else None
+
+    async def end_task(self, task_id: str, status: TaskStatus, reason: str, now: int) -> list[str]:
+        async with self._lock:
+            ended: list[str] = []
+            queue, first = [task_id], True
+            while queue:
+                current = queue.pop(0)
+                task = self._live(current)
+                if task is None:
+                    continue
+                if task.status == "active":
+                    task.status = status if first else "revoked"
+                    task.end_reason = reason if first else f"ancestor task {task_id} ended: {reason}"
+                    task.ended_at = now
+                    ended.append(current)
+                first = False
+                queue.extend(sorted(self._children.get(current, ())))
+            return ended
+
+    # -- sessions --------------------------------------------------------------------------
+    async def reserve_call(
+        self, key: str, reservation: str, maybe_write: bool, now: float, ttl: int, limits: SessionLimits
+    ) -> SessionView:
+        async with self._lock:
+            session = self._sessions.get(key)
+            if session is None or session.expires_at < now:
+                session = self._sessions[key] = _Session(expires_at=now + ttl, started_at=int(now))
+            stale = now - limits.inflight_timeout_seconds
+            session.inflight = {r: v for r, v in session.inflight.items() if v[0] >= stale}
+            while session.minute and session.minute[0] < now - 60:
+                session.minute.popleft()
+            inflight_writes = sum(1 for _, write in session.inflight.values() if write)
+            view = SessionView(
+                key=key,
+                calls=session.calls + len(session.inflight),
+                writes=session.writes + inflight_writes,
+                calls_last_minute=len(session.minute) + len(session.inflight),
+                labels=sorted(session.labels),
+                recent=list(session.recent),
+                started_at=session.started_at,
+            )
+            session.inflight[reservation] = (now, maybe_write)
+            session.expires_at = max(session.expires_at, now + ttl)
+            self._count_write()
+            return view
+
+    async def commit_call(
+        self,
+        key: str,
+        reservation: str,
+        write: bool,
+        labels: list[str],
+        entry: dict[str, Any],
+        now: float,
+        ttl: int,
+        limits: SessionLimits,
+    ) -> None:
+        async with self._lock:
+            session = self._sessions.get(key)
+            if session is None:
+                session = self._sessions[key] = _Session(expires_at=now + ttl, started_at=int(now))
+            session.inflight.pop(reservation, None)
+            session.calls += 1
+            session.writes += int(write)
+            session.minute.append(now)
+            while len(session.minute) > limits.max_minute_entries:
+                session.minute.popleft()
+            if limits.recent_window:
+                session.recent.appendleft(entry)
+                while len(session.recent) > limits.recent_window:
+                    session.recent.pop()
+            for label in labels:
+                if len(session.labels) < limits.max_labels:
+                    session.labels.add(label)
+            session.expires_at = max(session.expires_at, now + ttl)
+
+    async def release_call(self, key: str, reservation: str) -> None:
+        async with self._lock:
+            session = self._sessions.get(key)
+            if session is not None:
+                session.inflight.pop(reservation, None)
+
+    # -- approvals -------------------------------------------------------------------------
+    async def create_approval(self, approval: ApprovalRecord) -> None:
+        async with self._lock:
+            self._approvals[approval.id] = replace(approval)
+            self._count_write()
+
+    async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
+        async with self._lock:
+            approval = self._approvals.get(approval_id)
+            if approval is None or approval.expires_at + GRACE_SECONDS < time.time():
+                return None
+            return replace(approval)
+
+    async def list_approvals(self, status: ApprovalStatus) -> list[ApprovalRecord]:
+        now = time.time()
+        async with self._lock:
+            return [
+                replace(a)
+                for a in sorted(self._approvals.values(), key=lambda a: a.created_at)
+                if a.status == status and a.expires_at > now
+            ]
+
+    async def decide_approval(
+        self, approval_id: str, status: ApprovalStatus, approver: dict[str, Any], reason: str | None, now: int
+    ) -> ApprovalRecord:
+        async with self._lock:
+            approval = self._approvals.get(approval_id)
+            if approval is None or approval.status != "pending" or approval.expires_at <= now:
+                raise ApprovalConflict(approval_id)
+            approval.status, approval.approver = status, approver
+            approval.decision_reason, approval.decided_at = reason, now
+            return replace(approval)
+
+    async def consume_approval(self, approval_id: str, now: int) -> ApprovalRecord:
+        async with self._lock:
+            approval = self._approvals.get(approval_id)
+            if approval is None or approval.status != "approved" or approval.expires_at <= now:
+                raise ApprovalConflict(approval_id)
+            approval.status = "consumed"
+            return replace(approval)
+
+    async def restore_approval(self, approval_id: str) -> None:
+        async with self._lock:
+            approval = self._approvals.get(approval_id)
+            if approval is not None and approval.status == "consumed":
+                approval.status = "approved"
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        return None
+
+    def _live(self, task_id: str) -> TaskRecord | None:
+        task = self._tasks.get(task_id)
+        if task is not None and task.expires_at + GRACE_SECONDS < time.time():
+            return None
+        return task
+
+    def _count_write(self) -> None:
+        self._writes += 1
+        if self._writes % PURGE_EVERY == 0:
+            self._purge()
+
+    def _purge(self) -> None:
+        """Drop what has expired, so memory stays bounded by live state."""
+        now = time.time()
+        cutoff = now - GRACE_SECONDS
+        for task_id in [t.id for t in self._tasks.values() if t.expires_at < cutoff]:
+            del self._tasks[task_id]
+            self._children.pop(task_id, None)
+        for key in [k for k, v in self._sessions.items() if v.expires_at < now]:
+            del self._sessions[key]
+        for approval_id in [a.id for a in self._approvals.values() if a.expires_at < cutoff]:
+            del self._approvals[approval_id]

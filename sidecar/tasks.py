@@ -1,0 +1,270 @@
+"""Task grants: narrow, short-lived authority for the task at hand, bound to the agent's SPIFFE ID.
+
+Opening and delegating are OPA decisions (``tasks.decision_path``); on top of the policy the
+code enforces what must never depend on it: a delegated grant only narrows (scopes ⊆ the
+parent's, expiry ≤ the parent's), depth is capped, and a token is only honoured for the
+agent it names while its task is active in the store.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from spiffe import SpiffeId
+
+from sidecar.config import TasksConfig
+from sidecar.identity import Identity
+from sidecar.keys import KeySet
+from sidecar.opa import OpaClient, OpaError
+from sidecar.state import ParentEnded, Store, TaskRecord
+from sidecar.tokens import TASK_TYP, TokenError, act_claim, sign, verify
+
+SCOPE = re.compile(r"^[A-Za-z0-9:._/-]{1,128}$")
+
+
+class TaskError(Exception):
+    """A task operation or a presented task token failed; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    scopes: list[str] = Field(min_length=1, max_length=64)
+    ttl_seconds: int = Field(gt=0)
+
+    @field_validator("scopes")
+    @classmethod
+    def _scope_shape(cls, value: list[str]) -> list[str]:
+        bad = [s for s in value if not SCOPE.match(s)]
+        if bad:
+            raise ValueError(f"invalid scope names {bad[:3]}")
+        return sorted(set(value))
+
+
+class OpenRequest(_Request):
+    purpose: str = Field(min_length=1, max_length=200)
+    intent: dict[str, Any] | None = None
+
+
+class DelegateRequest(_Request):
+    to: str
+
+
+@dataclass(frozen=True)
+class Grant:
+    task: TaskRecord
+    token: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {**task_view(self.task), "token": self.token}
+
+
+def task_input(task: TaskRecord) -> dict[str, Any]:
+    """``input.task`` for the policy."""
+    return {
+        "id": task.id,
+        "purpose": task.purpose,
+        "scopes": task.scopes,
+        "issued_at": task.issued_at,
+        "expires_at": task.expires_at,
+        "parent_id": task.parent_id,
+        "root_id": task.root_id,
+        "depth": task.depth,
+    }
+
+
+def task_view(task: TaskRecord) -> dict[str, Any]:
+    """The task as the API shows it (never the token)."""
+    expired = task.status == "active" and task.expires_at <= time.time()
+    return {
+        **task_input(task),
+        "agent": task.sub,
+        "delegation_chain": task.chain,
+        "status": "expired" if expired else task.status,
+        "ended_at": task.ended_at,
+        "end_reason": task.end_reason,
+    }
+
+
+def parse_request(model: type[_Request], body: Any) -> Any:
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise TaskError(400, f"invalid request: {where}: {first['msg']}") from None
+
+
+class TaskService:
+    def __init__(
+        self, config: TasksConfig, store: Store, keys: KeySet, opa: OpaClient, trust_domains: list[str]
+    ) -> None:
+        self._config = config
+        self._store = store
+        self._keys = keys
+        self._opa = opa
+        self._trust_domains = frozenset(trust_domains)
+
+    # -- the API ----------------------------------------------------------------------------
+    async def open(self, caller: Identity, body: Any) -> Grant:
+        request: OpenRequest = parse_request(OpenRequest, body)
+        decision = await self._ask(
+            {
+                "operation": "open",
+                "agent": caller.as_input(),
+                "request": request.model_dump(),
+                "parent": None,
+                "delegate_to": None,
+                "delegation": {"chain": [], "depth": 0},
+            },
+            request,
+        )
+        now = int(time.time())
+        task_id = str(uuid.uuid4())
+        task = TaskRecord(
+            id=task_id,
+            sub=str(caller.spiffe_id),
+            purpose=request.purpose,
+            scopes=decision["scopes"],
+            issued_at=now,
+            expires_at=now + decision["ttl_seconds"],
+            root_id=task_id,
+            intent=request.intent,
+        )
+        await self._store.create_task(task)
+        return Grant(task, self._token(task))
+
+    async def delegate(self, caller: Identity, task_id: str, body: Any) -> Grant:
+        request: DelegateRequest = parse_request(DelegateRequest, body)
+        parent = await self._owned(caller, task_id, holder_only=True)
+        if parent.status != "active" or parent.expires_at <= time.time():
+            raise TaskError(403, f"task {parent.id} is no longer active ({parent.end_reason or 'expired'})")
+        delegate = self._spiffe_id(request.to)
+        chain = [parent.sub, *parent.chain]
+        if delegate == parent.sub or delegate in chain:
+            raise TaskError(403, f"delegating task {parent.id} to {delegate} would form a cycle")
+        if len(chain) > self._config.max_delegation_depth:
+            raise TaskError(403, f"delegation depth {len(chain)} exceeds the limit {self._config.max_delegation_depth}")
+        widened = sorted(set(request.scopes) - set(parent.scopes))
+        if widened:
+            raise TaskError(403, f"delegation may only narrow: task {parent.id} does not hold {', '.join(widened)}")
+        decision = await self._ask(
+            {
+                "operation": "delegate",
+                "agent": caller.as_input(),
+                "request": {"purpose": parent.purpose, **request.model_dump(exclude={"to"}), "intent": None},
+                "parent": task_input(parent),
+                "delegate_to": delegate,
+                "delegation": {"chain": chain, "depth": len(chain)},
+            },
+            request,
+        )
+        now = int(time.time())
+        task = TaskRecord(
+            id=str(uuid.uuid4()),
+            sub=delegate,
+            purpose=parent.purpose,
+            scopes=decision["scopes"],
+            issued_at=now,
+            expires_at=min(parent.expires_at, now + decision["ttl_seconds"]),
+            parent_id=parent.id,
+            root_id=parent.root_id,
+            depth=parent.depth + 1,
+            chain=chain,
+        )
+        try:
+            await self._store.create_task(task)
+        except ParentEnded:
+            raise TaskError(403, f"task {parent.id} ended while delegating") from None
+        return Grant(task, self._token(task))
+
+    async def get(self, caller: Identity, task_id: str) -> TaskRecord:
+        return await self._owned(caller, task_id)
+
+    async def end(self, caller: Identity, task_id: str) -> list[str]:
+        task = await self._owned(caller, task_id)
+        reason = f"completed by {caller.spiffe_id}"
+        return await self._store.end_task(task.id, "completed", reason, int(time.time()))
+
+    # -- the check path -----------------------------------------------------------------------
+    async def verify_presented(self, token: str, caller: Identity | None) -> TaskRecord:
+        """The active task a presented token grants to ``caller``, or :class:`TaskError`."""
+        try:
+            claims = verify(self._keys, token, typ=TASK_TYP, issuer=self._config.issuer, audience=self._config.issuer)
+        except TokenError as exc:
+            if exc.expired:
+                raise TaskError(403, "task grant has expired") from exc
+            raise TaskError(401, f"task token rejected: {exc.reason}") from exc
+        if caller is None or claims["sub"] != str(caller.spiffe_id):
+            raise TaskError(403, "task token is bound to another agent")
+        task = await self._store.get_task(str(claims["jti"]))
+        if task is None or task.sub != claims["sub"]:
+            raise TaskError(403, "task is unknown or has expired")
+        if task.status != "active":
+            raise TaskError(403, f"task {task.id} was {task.status}: {task.end_reason}")
+        if task.expires_at <= time.time():
+            raise TaskError(403, "task grant has expired")
+        return task
+
+    # -- internals ---------------------------------------------------------------------------
+    async def _ask(self, input_doc: dict[str, Any], request: _Request) -> dict[str, Any]:
+        try:
+            answer = await self._opa.decide(input_doc, self._config.decision_path)
+        except OpaError as exc:
+            raise TaskError(503, exc.reason) from exc
+        result = answer.result
+        if not isinstance(result, dict) or result.get("verdict") not in ("allow", "deny"):
+            raise TaskError(503, "task policy answer is not a {verdict, reasons, scopes, ttl_seconds} object")
+        reasons = result.get("reasons")
+        if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
+            raise TaskError(503, "task policy answer has no reasons list")
+        if result["verdict"] == "deny":
+            raise TaskError(403, "; ".join(reasons) or "denied by policy")
+        scopes, ttl = result.get("scopes"), result.get("ttl_seconds")
+        if not isinstance(scopes, list) or not scopes or not set(scopes) <= set(request.scopes):
+            raise TaskError(503, "task policy granted scopes that were not requested")
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= request.ttl_seconds:
+            raise TaskError(503, "task policy granted an invalid ttl_seconds")
+        return {"scopes": sorted(scopes), "ttl_seconds": min(ttl, self._config.max_ttl_seconds)}
+
+    async def _owned(self, caller: Identity, task_id: str, holder_only: bool = False) -> TaskRecord:
+        task = await self._store.get_task(task_id)
+        who = str(caller.spiffe_id)
+        if task is None or not (task.sub == who or (not holder_only and who in task.chain)):
+            raise TaskError(404, f"no task {task_id} for {who}")
+        return task
+
+    def _spiffe_id(self, value: str) -> str:
+        try:
+            spiffe_id = SpiffeId(value)
+        except Exception as exc:
+            raise TaskError(400, "invalid request: to: not a SPIFFE ID") from exc
+        if spiffe_id.trust_domain.name not in self._trust_domains:
+            raise TaskError(403, f"trust domain {spiffe_id.trust_domain.name} is not trusted")
+        return str(spiffe_id)
+
+    def _token(self, task: TaskRecord) -> str:
+        claims: dict[str, Any] = {
+            "iss": self._config.issuer,
+            "aud": self._config.issuer,
+            "sub": task.sub,
+            "jti": task.id,
+            "iat": task.issued_at,
+            "exp": task.expires_at,
+            "purpose": task.purpose,
+            "scopes": task.scopes,
+        }
+        act = act_claim(task.chain)
+        if act:
+            claims["act"] = act
+        return sign(self._keys, claims, TASK_TYP)

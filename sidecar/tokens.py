@@ -1,0 +1,68 @@
+"""Sign and verify the sidecar's own JWTs (task tokens and upstream credentials) with :mod:`sidecar.keys`.
+
+Each kind has an explicit ``typ`` (RFC 8725 §3.11) so one can never be passed off as the other.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jwt
+
+from sidecar.keys import KeySet
+
+TASK_TYP = "task+jwt"
+CREDENTIAL_TYP = "at+jwt"  # RFC 9068 access token
+
+
+class TokenError(ValueError):
+    """The token is not one of ours, or not valid; the message never contains the token."""
+
+    def __init__(self, reason: str, *, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.expired = expired
+
+
+def sign(keys: KeySet, claims: dict[str, Any], typ: str) -> str:
+    key = keys.active()
+    return jwt.encode(claims, key.private, algorithm=key.algorithm, headers={"kid": key.kid, "typ": typ})
+
+
+def verify(keys: KeySet, token: str, *, typ: str, issuer: str, audience: str, max_bytes: int = 8192) -> dict[str, Any]:
+    """Signature (by ``kid`` among current keys, with that key's own algorithm), ``typ``, ``iss``, ``aud``, ``exp``."""
+    if len(token) > max_bytes:
+        raise TokenError(f"token is larger than {max_bytes} bytes")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenError("token is not a well-formed JWT") from exc
+    if header.get("typ") != typ:
+        raise TokenError(f"token type is not {typ}")
+    key = keys.by_kid(str(header.get("kid", "")))
+    if key is None:
+        raise TokenError("token was not signed by a key of this sidecar")
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            key.public,
+            algorithms=[key.algorithm],
+            audience=audience,
+            issuer=issuer,
+            options={"require": ["exp", "iat", "sub", "jti", "iss", "aud"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise TokenError("token has expired", expired=True) from exc
+    except jwt.InvalidSignatureError as exc:
+        raise TokenError("token signature does not verify") from exc
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"token is invalid ({type(exc).__name__})") from exc
+    return claims
+
+
+def act_claim(chain: list[str] | tuple[str, ...]) -> dict[str, Any] | None:
+    """RFC 8693 ``act`` nesting for a delegation chain given nearest actor first."""
+    act: dict[str, Any] | None = None
+    for actor in reversed(chain):
+        act = {"sub": actor, **({"act": act} if act else {})}
+    return act

@@ -1,0 +1,107 @@
+import os
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from sidecar.keys import KeySet, generate_key, write_key
+from sidecar.tokens import CREDENTIAL_TYP, TASK_TYP, TokenError, act_claim, sign, verify
+
+
+def claims(**extra: object) -> dict[str, object]:
+    now = int(time.time())
+    return {
+        "iss": "authz-sidecar",
+        "aud": "authz-sidecar",
+        "sub": "spiffe://d/a",
+        "jti": "t1",
+        "iat": now,
+        "exp": now + 60,
+        **extra,
+    }
+
+
+def test_generated_key_signs_and_publishes() -> None:
+    keys = KeySet(None, "ES256", 10)
+    token = sign(keys, claims(), TASK_TYP)
+    assert verify(keys, token, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")["sub"] == "spiffe://d/a"
+    [jwk] = keys.jwks()["keys"]
+    assert jwk["kid"] == keys.active().kid and jwk["alg"] == "ES256" and "d" not in jwk
+
+
+@pytest.mark.parametrize("algorithm", ["ES256", "ES384", "RS256"])
+def test_algorithms(tmp_path: Path, algorithm: str) -> None:
+    write_key(tmp_path / "k.pem", generate_key(algorithm))
+    keys = KeySet(tmp_path, "ES256", 10)
+    assert keys.active().algorithm == algorithm
+    verify(
+        keys, sign(keys, claims(), CREDENTIAL_TYP), typ=CREDENTIAL_TYP, issuer="authz-sidecar", audience="authz-sidecar"
+    )
+
+
+def test_rotation_with_overlap(tmp_path: Path) -> None:
+    write_key(tmp_path / "old.pem", generate_key("ES256"))
+    os.utime(tmp_path / "old.pem", (time.time() - 100, time.time() - 100))
+    keys = KeySet(tmp_path, "ES256", reload_seconds=0.01)
+    old_kid = keys.active().kid
+    old_token = sign(keys, claims(), TASK_TYP)
+    write_key(tmp_path / "new.pem", generate_key("ES256"))
+    time.sleep(0.02)
+    assert keys.active().kid != old_kid, "the newest key signs"
+    assert {k["kid"] for k in keys.jwks()["keys"]} == {old_kid, keys.active().kid}
+    verify(keys, old_token, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")  # overlap window
+    (tmp_path / "old.pem").unlink()
+    time.sleep(0.02)
+    with pytest.raises(TokenError, match="not signed by a key of this sidecar"):
+        verify(keys, old_token, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+
+
+def test_empty_key_dir_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "bad.pem").write_text("not a key")
+    with pytest.raises(Exception, match="no usable signing key"):
+        KeySet(tmp_path, "ES256", 10)
+
+
+@pytest.fixture
+def keys() -> KeySet:
+    return KeySet(None, "ES256", 10)
+
+
+def test_type_confusion_is_refused(keys: KeySet) -> None:
+    credential = sign(keys, claims(), CREDENTIAL_TYP)
+    with pytest.raises(TokenError, match="type"):
+        verify(keys, credential, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [({"exp": -5}, "expired"), ({"aud": "elsewhere"}, "invalid"), ({"iss": "someone"}, "invalid")],
+)
+def test_invalid_claims(keys: KeySet, override: dict[str, object], message: str) -> None:
+    if "exp" in override:
+        override = {"exp": int(time.time()) - 5}
+    token = sign(keys, claims(**override), TASK_TYP)
+    with pytest.raises(TokenError, match=message):
+        verify(keys, token, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+
+
+def test_missing_claims_tampering_and_foreign_keys(keys: KeySet) -> None:
+    no_jti = {k: v for k, v in claims().items() if k != "jti"}
+    with pytest.raises(TokenError):
+        verify(keys, sign(keys, no_jti, TASK_TYP), typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+    header, _payload, signature = sign(keys, claims(), TASK_TYP).split(".")
+    tampered = f"{header}.{sign(keys, claims(sub='spiffe://d/b'), TASK_TYP).split('.')[1]}.{signature}"
+    with pytest.raises(TokenError, match="signature"):
+        verify(keys, tampered, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+    other = KeySet(None, "ES256", 10)
+    with pytest.raises(TokenError, match="not signed by a key"):
+        verify(keys, sign(other, claims(), TASK_TYP), typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+    forged = jwt.encode(claims(), "s" * 32, algorithm="HS256", headers={"kid": keys.active().kid, "typ": TASK_TYP})
+    with pytest.raises(TokenError):
+        verify(keys, forged, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+
+
+def test_act_claim_nesting() -> None:
+    assert act_claim([]) is None
+    assert act_claim(["a", "b"]) == {"sub": "a", "act": {"sub": "b"}}
