@@ -23,7 +23,7 @@ from typing import Any
 from sidecar.dev.envoy_config import REPO_ROOT
 from sidecar.dev.tools import ToolMissing, find_tool
 
-SPIRE_VERSION = "v1.14.6"  # keep in step with SPIRE_VERSION in ./taskw
+SPIRE_VERSION = "v1.13.3"  # keep in step with SPIRE_VERSION in ./taskw
 TRUST_DOMAIN = "demo.local"
 NODE_ID = f"spiffe://{TRUST_DOMAIN}/host/local"
 DEMO_IDS = (

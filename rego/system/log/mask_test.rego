@@ -15,8 +15,13 @@ test_approval_id_and_xfcc_are_kept if {
 	not sprintf("%s/x-forwarded-client-cert", [headers]) in log.mask
 }
 
-test_shipped_mask_is_the_secret_headers if {
-	count(log.mask) == 5
+# The shipped data also erases raw bodies (the parsed form stays, for reviewers) and the
+# JSON-RPC arguments duplicated in parsed_body (input.mcp.arguments keeps them once).
+test_shipped_mask_is_the_secret_headers_and_raw_bodies if {
+	count(log.mask) == 8
+	"/input/attributes/request/http/body" in log.mask
+	"/input/attributes/request/http/rawBody" in log.mask
+	"/input/parsed_body/params/arguments" in log.mask
 }
 
 test_data_adds_pointers if {
