@@ -76,7 +76,16 @@ class SessionView:
     started_at: int
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: it is a fresh snapshot per call, and asdict's deep copy showed in profiles.
+        return {
+            "key": self.key,
+            "calls": self.calls,
+            "writes": self.writes,
+            "calls_last_minute": self.calls_last_minute,
+            "labels": self.labels,
+            "recent": self.recent,
+            "started_at": self.started_at,
+        }
 
 
 @dataclass

@@ -1,0 +1,88 @@
+"""Envoy ext_authz gRPC mode: ``envoy.service.auth.v3.Authorization/Check`` on ``grpc.aio``.
+
+Each Check becomes the same framework-free :class:`CheckRequest` the HTTP listener builds and
+goes through the same :meth:`Pipeline.check`; :mod:`sidecar.wire_grpc` maps the answer back.
+
+Peer identity: Envoy puts the verified mTLS peer's URI SAN in ``attributes.source.principal``.
+Like XFCC in HTTP mode it is trusted only together with the per-deployment secret, which Envoy
+sends as gRPC initial metadata (``grpc_service.initial_metadata``) under the configured
+``identity.xfcc.secret_header`` name. The secret travels to the identity resolver in that header
+slot; a header of that name sent by the client is always dropped first, so only Envoy's metadata
+can fill it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+
+from sidecar.pipeline import Pipeline
+from sidecar.request import CheckRequest
+from sidecar.wire_grpc import Unavailable, to_check_response
+
+log = logging.getLogger(__name__)
+
+
+def to_check_request(message: Any, metadata: tuple[tuple[str, str | bytes], ...], secret_header: str) -> CheckRequest:
+    """An Envoy ``CheckRequest`` (and the call's metadata) → the pipeline's :class:`CheckRequest`."""
+    http = message.attributes.request.http
+    headers: dict[str, str] = {}
+    if http.headers:
+        for name, value in http.headers.items():
+            _add(headers, name.lower(), value)
+    else:  # Envoy's encode_raw_headers: repeated values as separate entries
+        for entry in http.header_map.headers:
+            value = entry.raw_value.decode("utf-8", errors="replace") if entry.raw_value else entry.value
+            _add(headers, entry.key.lower(), value)
+    headers.pop(secret_header, None)
+    for key, value in metadata:
+        if key.lower() == secret_header and isinstance(value, str):
+            headers[secret_header] = value
+    if "host" not in headers and http.host:
+        headers["host"] = http.host
+    body = bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8")
+    return CheckRequest(
+        method=http.method,
+        path=http.path or "/",
+        headers=headers,
+        body=body,
+        peer_principal=message.attributes.source.principal or None,
+    )
+
+
+def _add(headers: dict[str, str], key: str, value: str) -> None:
+    headers[key] = f"{headers[key]},{value}" if key in headers else value
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
+    """The Check RPC, sharing the whole decision path with HTTP mode."""
+
+    def __init__(self, pipeline: Pipeline, secret_header: str) -> None:
+        self._pipeline = pipeline
+        self._secret_header = secret_header.lower()
+
+    async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            check = to_check_request(request, tuple(context.invocation_metadata() or ()), self._secret_header)
+        except Exception:  # an unreadable request must fail closed, never allow
+            log.exception("unreadable gRPC check request")
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "unreadable check request")
+        answer = await self._pipeline.check(check)
+        try:
+            return to_check_response(answer)
+        except Unavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, exc.reason)
+
+
+async def start_grpc_server(pipeline: Pipeline, host: str, port: int, secret_header: str) -> grpc.aio.Server:
+    """Start the Check service on ``host:port`` (plaintext: Envoy reaches it on loopback)."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(pipeline, secret_header), server)
+    address = f"{host}:{port}"
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen for gRPC on {address}")
+    await server.start()
+    return server

@@ -1,0 +1,77 @@
+"""The benchmark harness's own logic: request mix, wrk script, statistics and ratios (no processes)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import report
+from bench.load import LoadResult, lua_script
+from bench.mix import mcp_body, request_mix
+from bench.setups import LIFTED_LIMITS, policy_bundle
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("size", [1024, 2048, 65_536])
+def test_mcp_body_has_the_exact_size(size: int) -> None:
+    body = mcp_body(size)
+    assert len(body) == size
+    assert json.loads(body)["params"]["name"] == "search_docs"
+
+
+def test_mix_has_the_four_kinds_and_their_expected_statuses() -> None:
+    mix = request_mix("r", "w", "t")
+    assert [r.name for r in mix] == ["REST read", "REST write", "mcp tools/call 2 KiB", "deny"]
+    assert [r.expected(True) for r in mix] == [200, 201, 200, 403]
+    assert [r.expected(False) for r in mix] == [200, 201, 200, 201]
+    assert mix[1].headers["x-agent-task-token"] == "t"
+
+
+def test_lua_script_carries_every_request() -> None:
+    script = lua_script(request_mix("reader-token", "writer-token", None))
+    assert script.count("wrk.format(") == 4
+    assert '["authorization"] = "Bearer reader-token"' in script
+    assert '"tools/call"' in script and "done = function" in script
+
+
+def result(p50: float, p99: float, rps: float) -> LoadResult:
+    return LoadResult(int(rps), 1.0, p50, p50 * 1.5, p99, p50, 0, 0)
+
+
+def test_added_latency_and_ratios_against_direct_and_plugin() -> None:
+    results = report.Results(quick=True, connections=(1,))
+    for setup, (p50, p99, rps) in {
+        "envoy-direct": (0.2, 0.5, 4000),
+        "sidecar-http": (2.2, 4.5, 400),
+        "opa-envoy-plugin": (2.0, 3.7, 500),
+    }.items():
+        for factor in (0.9, 1.0, 1.1):
+            cell = results.cell(results.main, setup, 1)
+            cell.runs.append(result(p50 * factor, p99 * factor, rps * factor))
+    comp = report.comparisons(results)["c1"]["sidecar-http"]
+    assert comp["added_p50_ms"] == pytest.approx(2.0)
+    assert comp["added_p50_ms_vs_plugin"] == pytest.approx(2.0 / 1.8, abs=1e-3)
+    assert comp["added_p99_ms_vs_plugin"] == pytest.approx(4.0 / 3.2, abs=1e-3)
+    assert comp["rps_vs_plugin"] == pytest.approx(0.8)
+    assert results.main["sidecar-http"][1].spread("p50_ms") == pytest.approx(0.2)
+    targets = {t["target"]: t for t in report.comparisons(results)["targets"]}
+    assert targets["sidecar-http: added p50 vs plugin (c=1) ≤ 1.2"]["met"] is True
+    assert targets["sidecar-http: added p99 vs plugin (c=1) ≤ 1.5"]["met"] is True
+    markdown = report.to_markdown(results, report.to_json(results))
+    assert "| sidecar-http | 2.200 |" in markdown
+
+
+def test_bench_bundle_changes_data_only(tmp_path: Path) -> None:
+    bundle = policy_bundle(REPO / "rego", tmp_path / "b", 100)
+    data = json.loads((bundle / "agent" / "config" / "data.json").read_text())
+    agents = data["agents"]
+    assert len(agents) == 100
+    if "session" in data:
+        assert LIFTED_LIMITS.items() <= data["session"].items()
+    shipped = sorted(p.relative_to(REPO / "rego") for p in (REPO / "rego").rglob("*.rego") if "_test" not in p.name)
+    assert sorted(p.relative_to(bundle) for p in bundle.rglob("*.rego")) == shipped
+    assert "spiffe://demo.local/agent/reader" in agents
+    assert not list(bundle.rglob("*_test.rego"))
