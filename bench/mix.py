@@ -52,6 +52,12 @@ def mcp_call(reader_token: str, size: int) -> BenchRequest:
     return BenchRequest(f"mcp tools/call {size // 1024} KiB", "POST", "/mcp", headers, mcp_body(size))
 
 
+def read_under_task(reader_token: str, task_token: str) -> BenchRequest:
+    """One REST read made under a task grant: every call lands in that task's session history."""
+    headers = {"authorization": f"Bearer {reader_token}", "x-agent-task-token": task_token}
+    return BenchRequest("REST read under a task", "GET", "/api/docs/handbook", headers)
+
+
 def request_mix(reader_token: str, writer_token: str, task_token: str | None) -> list[BenchRequest]:
     reader = {"authorization": f"Bearer {reader_token}"}
     writer = {"authorization": f"Bearer {writer_token}", "content-type": "application/json"}

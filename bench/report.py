@@ -57,6 +57,7 @@ class Results:
     main: dict[str, dict[int, Cell]] = field(default_factory=dict)
     body: dict[str, dict[int, Cell]] = field(default_factory=dict)  # setup → body bytes → cell
     data: dict[str, dict[int, Cell]] = field(default_factory=dict)  # setup → agents → cell
+    session: dict[str, dict[int, Cell]] = field(default_factory=dict)  # setup → earlier calls in the task → cell
     notes: list[str] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
 
@@ -128,15 +129,16 @@ def targets(results: Results, comp: dict[str, Any]) -> list[dict[str, Any]]:
             first, last = counts[0], counts[-1]
             value = ratio(_median(results.data, setup, last, "p50_ms"), _median(results.data, setup, first, "p50_ms"))
             rows.append(_target(f"{setup}: p50 with {last} vs {first} agents in data", value, TARGET_FLAT, "≤"))
-    rows.append(
-        {
-            "target": "added latency flat across session history 1 → 10,000",
-            "value": None,
-            "limit": TARGET_FLAT,
-            "met": None,
-            "note": "not measured: needs the session state store (hook in bench/run.py)",
-        }
-    )
+    for setup in OURS:
+        lengths = sorted(results.session.get(setup, {}))
+        if len(lengths) >= 2:
+            first, last = lengths[0], lengths[-1]
+            value = ratio(added(results.session, setup, last, "p50_ms"), added(results.session, setup, first, "p50_ms"))
+            rows.append(
+                _target(
+                    f"{setup}: added p50 after {last} vs {first} earlier calls in the task", value, TARGET_FLAT, "≤"
+                )
+            )
     return rows
 
 
@@ -169,7 +171,9 @@ def to_json(results: Results) -> dict[str, Any]:
         "main": {s: {f"c{c}": cell.summary() for c, cell in cells.items()} for s, cells in results.main.items()},
         "body_size": {s: {str(b): cell.summary() for b, cell in cells.items()} for s, cells in results.body.items()},
         "policy_data": {s: {str(n): cell.summary() for n, cell in cells.items()} for s, cells in results.data.items()},
-        "session_history": None,
+        "session_history": {
+            s: {str(n): cell.summary() for n, cell in cells.items()} for s, cells in results.session.items()
+        },
         "comparisons": comparisons(results),
     }
 
@@ -222,11 +226,11 @@ def to_markdown(results: Results, document: dict[str, Any]) -> str:
         lines += _scaling_table("Body size (MCP tools/call only, 1 connection): p50 and added p50", results.body, "KiB")
     if results.data:
         lines += _scaling_table("Policy data size (the mix, 1 connection): p50", results.data, "agents")
+    if results.session:
+        lines += _scaling_table(
+            "Session history (a read under a task, 1 connection): p50 and added p50", results.session, "calls"
+        )
     lines += [
-        "## Session history",
-        "",
-        "Not measured yet: it needs the session state store (see the hook `session_history_run` in bench/run.py).",
-        "",
         "## Targets",
         "",
         "| target | value | met |",
@@ -245,7 +249,7 @@ def to_markdown(results: Results, document: dict[str, Any]) -> str:
 
 def _scaling_table(title: str, table: dict[str, dict[int, Cell]], unit: str) -> list[str]:
     keys = sorted({k for cells in table.values() for k in cells})
-    label = (lambda k: f"{k // 1024} KiB") if unit == "KiB" else (lambda k: f"{k} agents")
+    label = (lambda k: f"{k // 1024} KiB") if unit == "KiB" else (lambda k: f"{k} {unit}")
     lines = [f"## {title}", "", "| setup | " + " | ".join(label(k) for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for setup, cells in table.items():
         row = []
@@ -255,7 +259,7 @@ def _scaling_table(title: str, table: dict[str, dict[int, Cell]], unit: str) -> 
                 row.append("")
                 continue
             extra = ""
-            if unit == "KiB" and setup != DIRECT:
+            if unit in ("KiB", "calls") and setup != DIRECT:
                 extra = f" (+{_fmt(added(table, setup, key, 'p50_ms'))})"
             row.append(f"{_fmt(cell.median('p50_ms'))}{extra}")
         lines.append(f"| {setup} | " + " | ".join(row) + " |")
@@ -269,7 +273,7 @@ def plot(results: Results, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = len(results.connections) + (1 if results.body else 0) + (1 if results.data else 0)
+    panels = len(results.connections) + sum(1 for t in (results.body, results.data, results.session) if t)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.2), squeeze=False)
     setups = list(results.main)
     percentiles = ("p50_ms", "p90_ms", "p99_ms")
@@ -291,7 +295,12 @@ def plot(results: Results, path: Path) -> None:
         ax.set_title(f"{connections} connection{'s' if connections > 1 else ''}")
         ax.legend(fontsize=7)
     next_panel = len(results.connections)
-    for table, title, unit in ((results.body, "body size (p50)", "KiB"), (results.data, "agents in data (p50)", "")):
+    scaling = (
+        (results.body, "body size (p50)", "KiB"),
+        (results.data, "agents in data (p50)", ""),
+        (results.session, "earlier calls in the task (p50)", ""),
+    )
+    for table, title, unit in scaling:
         if not table:
             continue
         ax = axes[0][next_panel]

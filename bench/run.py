@@ -19,7 +19,8 @@ from pathlib import Path
 
 from bench import report
 from bench.load import LoadError, preflight, run_wrk, wrk_path
-from bench.mix import READER, TOKEN_TTL, WRITER, BenchRequest, mcp_call, request_mix
+from bench.mix import READER, TOKEN_TTL, WRITER, BenchRequest, mcp_call, read_under_task, request_mix
+from bench.report import DIRECT
 from bench.setups import DirectSetup, PluginSetup, Setup, SidecarSetup, policy_bundle
 from sidecar.dev.stack import DEFAULT_BUNDLE, StackError
 from sidecar.dev.tools import ToolMissing, find_tool
@@ -37,6 +38,7 @@ class Plan:
     body_repeats: int
     agent_counts: tuple[int, ...]
     data_setups: tuple[str, ...]
+    history_lengths: tuple[int, ...] = (1, 1000, 10_000)
 
     @classmethod
     def quick(cls) -> Plan:
@@ -58,16 +60,6 @@ class Plan:
 
 def log(message: str) -> None:
     print(f"bench: {message}", file=sys.stderr, flush=True)
-
-
-def session_history_run(setup: Setup, earlier_calls: int) -> None:
-    """HOOK (not implemented yet): put ``earlier_calls`` calls into one task's session history.
-
-    Needs the session/chain state store (another issue). When it exists: open a task, replay
-    ``earlier_calls`` allowed calls under it (or write them to the store directly), then run the
-    mix under that task and compare the added latency for 1 → 10,000 earlier calls.
-    """
-    raise NotImplementedError("session history scaling needs the session state store")
 
 
 def tool_version(name: str) -> str:
@@ -214,10 +206,30 @@ class Bench:
                 log(f"[data] {name:17} {agents:6} agents p50 {result.p50_ms:7.3f} ms")
 
     def session_scaling(self) -> None:
-        try:
-            session_history_run(next(iter(self.setups.values())), 1)
-        except NotImplementedError as exc:
-            self.results.notes.append(f"session history scaling not measured: {exc} (hook: bench/run.py)")
+        """Added latency of one read under a task whose session already holds 1 → 10,000 calls.
+
+        The history is made of real calls through Envoy (16 connections), so the state grows exactly
+        as in use; then the same read is measured at 1 connection."""
+        name = "sidecar-http"
+        if name not in self.setups or DIRECT not in self.setups:
+            self.results.notes.append("session history scaling not measured: sidecar-http or envoy-direct is missing")
+            return
+        setup = self.setups[name]
+        assert isinstance(setup, SidecarSetup)
+        grant = setup.open_task(READER, "research", ["docs:read"])
+        mix = [read_under_task(self.tokens[name][0], grant["token"])]
+        direct = [read_under_task(self.tokens[DIRECT][0], grant["token"])]
+        seconds = max(1.0, self.plan.seconds / 2)
+        made = 0
+        for length in self.plan.history_lengths:
+            while made < length - 1:  # grow the history with real calls until it holds length - 1 earlier calls
+                filler = run_wrk(setup.url, mix, 16, max(1.0, min(20.0, (length - made) / 400)), self.workdir)
+                made += filler.requests
+            self.results.cell(self.results.session, DIRECT, length).runs.append(self._run(DIRECT, direct, 1, seconds))
+            result = self._run(name, mix, 1, seconds)
+            made += result.requests
+            self.results.cell(self.results.session, name, length).runs.append(result)
+            log(f"[session] {name:17} {length:6} earlier calls p50 {result.p50_ms:7.3f} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
