@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sidecar import __version__
 from sidecar.approvals_cli import add_commands as add_approval_commands
+from sidecar.audit.command import add_command as add_audit_command
 from sidecar.config import ConfigError, load_config
 from sidecar.dev.commands import add_commands as add_platform_commands
 
@@ -40,6 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     check.set_defaults(run=_check_config)
 
     add_approval_commands(commands)
+    add_audit_command(commands)
 
     dev = commands.add_parser("dev", help="development trust domain, demo upstream, local stack")
     dev.add_argument("--dev-dir", type=Path, default=DEV_DIR, help="where dev keys live (default .dev)")
@@ -87,7 +89,7 @@ def _serve(args: argparse.Namespace) -> int:
     from sidecar.server import event_loop_factory, serve
 
     config = load_config(args.config)
-    setup_logging(config.log.level)
+    setup_logging(config.log.level, config.log.redact)
     with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
         runner.run(serve(config))
     return 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -129,6 +129,7 @@ class RequestBodyConfig(_Strict):
 class LogConfig(_Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     decisions: bool = True
+    redact: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # field names (sidecar/logs.py)
 
 
 class StateConfig(_Strict):

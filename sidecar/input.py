@@ -8,13 +8,21 @@ from __future__ import annotations
 
 import base64
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote
 
 from sidecar.body import ParsedBody
 from sidecar.identity import Identity
 from sidecar.request import CheckRequest
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# Credentials never reach OPA whole: OPA masks its decision log only while a policy with a mask
+# is loaded, so with no bundle (or one without system.log.mask) the input is logged as it is.
+# A JWT keeps its header and claims (io.jwt.decode still reads them; the sidecar has verified it)
+# but loses its signature, so nothing in the input can be replayed; other values keep only the
+# auth scheme. The verified identity and task are in input.agent and input.task.
+CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-agent-task-token", "x-api-key", "cookie"})
+SCHEMED_HEADERS = frozenset({"authorization", "proxy-authorization"})
+WITHHELD = "[withheld]"
 VERSION = {"ext_authz": "v3", "encoding": "protojson"}
 
 
@@ -31,9 +39,13 @@ def build_input(
     hidden_headers: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """The whole input document for one check."""
-    split = urlsplit(request.path)
-    parsed_path = unquote(split.path).lstrip("/").split("/")
-    headers = {k: v for k, v in request.headers.items() if k not in hidden_headers}
+    path, query = split_target(request.path)
+    parsed_path = unquote(path).lstrip("/").split("/")
+    headers = {
+        k: (without_secret(k, v) if k in CREDENTIAL_HEADERS else v)
+        for k, v in request.headers.items()
+        if k not in hidden_headers
+    }
     host = headers.get("host") or headers.get(":authority", "")
     http: dict[str, Any] = {
         "id": headers.get("x-request-id", ""),
@@ -60,7 +72,7 @@ def build_input(
             "request": {"http": http},
         },
         "parsed_path": parsed_path,
-        "parsed_query": parse_qs(split.query, keep_blank_values=True),
+        "parsed_query": parse_qs(query, keep_blank_values=True),
         "parsed_body": body.parsed_body,
         "truncated_body": request.body_truncated,
         "version": VERSION,
@@ -78,6 +90,26 @@ def build_input(
         "approval": approval,
         "intent": intent,
     }
+
+
+def without_secret(name: str, value: str) -> str:
+    """A credential header as the policy sees it: ``Bearer h.p.`` for a JWT, else ``Basic [withheld]``."""
+    scheme, rest = "", value.strip()
+    if name in SCHEMED_HEADERS and " " in rest:
+        scheme, _, rest = rest.partition(" ")
+        rest = rest.strip()
+    parts = rest.split(".")
+    shown = f"{parts[0]}.{parts[1]}." if len(parts) == 3 and parts[0] and parts[1] else WITHHELD
+    return f"{scheme} {shown}" if scheme else shown
+
+
+def split_target(target: str) -> tuple[str, str]:
+    """Path and query of an origin-form request target, exactly as Envoy routes it.
+
+    Not ``urlsplit``: it reads a leading ``//x/y`` as the authority ``x`` and path ``/y``, and drops
+    a ``#...`` fragment, so the policy would judge another path than the one the upstream gets."""
+    path, _, query = target.partition("?")
+    return path, query
 
 
 def normalise_host(host: str) -> str:

@@ -2,26 +2,82 @@
 
 The decision record carries ids, verdicts and reasons, never a token, a secret or a raw
 credential: the path is logged without its query string, headers are not logged at all.
+On top of that every line is scrubbed as it is written: fields named in ``log.redact`` (at any
+depth) become ``"[redacted]"``, and anything shaped like a JWT or a bearer credential in any
+string (messages, reasons, tracebacks) is replaced, whoever logged it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
 DECISION_LOGGER = logging.getLogger("authz.decision")
+REDACTED = "[redacted]"
+# A compact JWS/JWT (header.payload[.signature]), or an opaque token after "Bearer" (20+
+# token characters, at least one not a letter, so prose like "bearer credentials" survives).
+_CREDENTIAL = re.compile(
+    r"eyJ[A-Za-z0-9_-]{2,}\.[A-Za-z0-9_-]{2,}(?:\.[A-Za-z0-9_-]*)?"
+    r"|(?i:\bbearer\s+)(?=[A-Za-z0-9._~+/=-]*[0-9._~+/=-])[A-Za-z0-9._~+/=-]{20,}"
+)
+_MAX_DEPTH = 8
 
 
-def setup_logging(level: str) -> None:
+class RedactingJsonFormatter(JsonFormatter):
+    """JSON lines with the configured fields and every credential-shaped string redacted."""
+
+    def __init__(self, *args: Any, redact: Iterable[str] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.redact_fields = frozenset(name.lower() for name in redact)
+
+    def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        scrubbed: dict[str, Any] = self._scrub(log_data, 0)
+        return scrubbed
+
+    def _scrub(self, value: Any, depth: int) -> Any:
+        if isinstance(value, str):
+            return scrub_text(value)
+        if depth >= _MAX_DEPTH:
+            return value if isinstance(value, int | float | bool | None) else REDACTED
+        if isinstance(value, dict):
+            return {
+                key: REDACTED if str(key).lower() in self.redact_fields else self._scrub(item, depth + 1)
+                for key, item in value.items()
+            }
+        if isinstance(value, list | tuple):
+            return [self._scrub(item, depth + 1) for item in value]
+        return value
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with JWT- and bearer-shaped substrings replaced (cheap when there are none)."""
+    if "eyJ" not in text and "earer" not in text and "EARER" not in text:
+        return text
+    return _CREDENTIAL.sub(_replacement, text)
+
+
+def _replacement(match: re.Match[str]) -> str:
+    found = match.group(0)
+    if found.startswith("eyJ"):
+        return "[redacted jwt]"
+    scheme = found.split(None, 1)[0]
+    return f"{scheme} {REDACTED}"
+
+
+def setup_logging(level: str, redact: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stdout)
     handler.setFormatter(
-        JsonFormatter(
+        RedactingJsonFormatter(
             "{asctime}{levelname}{name}{message}",
             style="{",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            redact=redact,
         )
     )
     root = logging.getLogger()

@@ -14,7 +14,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from sidecar import metrics, wire
 from sidecar.approvals import ApprovalError, ApprovalService
@@ -23,7 +22,7 @@ from sidecar.credentials import CredentialMinter
 from sidecar.decision import DecisionError, Verdict, to_verdict
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityError, IdentityResolver
-from sidecar.input import build_input
+from sidecar.input import build_input, split_target
 from sidecar.intent import declared_intent
 from sidecar.logs import DecisionRecord
 from sidecar.mcp import BodyError
@@ -100,7 +99,7 @@ class Pipeline:
             decision_id=str(uuid.uuid4()),
             method=request.method,
             host=request.headers.get("host", ""),
-            path=urlsplit(request.path).path,
+            path=split_target(request.path)[0],
             request_id=request.headers.get("x-request-id", ""),
         )
         try:
@@ -147,6 +146,7 @@ class Pipeline:
             try:
                 call.task = await self._tasks.verify_presented(token, call.identity)
             except TaskError as exc:
+                record.task = exc.task_id  # a refused but genuine token: the audit shows it under its task
                 if exc.status == 401:
                     return self._unauthenticated(call, exc.reason, True)
                 return self._reject(record, exc.status, exc.reason, call.rpc)
@@ -333,6 +333,7 @@ class Pipeline:
                 fingerprint=call.fingerprint,
             )
         except ApprovalError as exc:
+            call.record.approval = _presented_id(approval_id)  # the refused retry is audited with its approval
             return self._reject(call.record, exc.status, exc.reason, call.rpc)
         except StoreError as exc:
             return self._unavailable(call.record, str(exc), call.rpc)
@@ -362,6 +363,14 @@ class Pipeline:
     def _unavailable(record: DecisionRecord, reason: str, rpc: wire.RpcContext | None) -> wire.WireResponse:
         record.verdict, record.reasons = "error", [reason]
         return wire.unavailable(reason, decision_id=record.decision_id, rpc=rpc)
+
+
+def _presented_id(value: str) -> str | None:
+    """An approval id as the agent sent it, if it has the shape of one (never arbitrary header text)."""
+    try:
+        return str(uuid.UUID(value)) if len(value) == 36 else None
+    except ValueError:
+        return None
 
 
 def _approval_input(approval: ApprovalRecord | None) -> dict[str, Any] | None:

@@ -30,10 +30,11 @@ SCOPE = re.compile(r"^[A-Za-z0-9:._/-]{1,128}$")
 class TaskError(Exception):
     """A task operation or a presented task token failed; ``status`` is the HTTP status to answer."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, *, task_id: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.task_id = task_id  # a verified token's task, so the refusal is logged (and audited) under it
 
 
 class _Request(BaseModel):
@@ -206,14 +207,14 @@ class TaskService:
                 raise TaskError(403, "task grant has expired") from exc
             raise TaskError(401, f"task token rejected: {exc.reason}") from exc
         if caller is None or claims["sub"] != str(caller.spiffe_id):
-            raise TaskError(403, "task token is bound to another agent")
+            raise TaskError(403, "task token is bound to another agent", task_id=str(claims["jti"]))
         task = await self._store.get_task(str(claims["jti"]))
         if task is None or task.sub != claims["sub"]:
-            raise TaskError(403, "task is unknown or has expired")
+            raise TaskError(403, "task is unknown or has expired", task_id=str(claims["jti"]))
         if task.status != "active":
-            raise TaskError(403, f"task {task.id} was {task.status}: {task.end_reason}")
+            raise TaskError(403, f"task {task.id} was {task.status}: {task.end_reason}", task_id=task.id)
         if task.expires_at <= time.time():
-            raise TaskError(403, "task grant has expired")
+            raise TaskError(403, "task grant has expired", task_id=task.id)
         return task
 
     # -- internals ---------------------------------------------------------------------------

@@ -33,6 +33,8 @@ def verify(keys: KeySet, token: str, *, typ: str, issuer: str, audience: str, ma
     """Signature (by ``kid`` among current keys, with that key's own algorithm), ``typ``, ``iss``, ``aud``, ``exp``."""
     if len(token) > max_bytes:
         raise TokenError(f"token is larger than {max_bytes} bytes")
+    if not token.isascii():  # base64url and dots only: other text would make the JWT library raise
+        raise TokenError("token is not a well-formed JWT")
     try:
         header = jwt.get_unverified_header(token)
     except jwt.PyJWTError as exc:

@@ -11,6 +11,7 @@ import pytest
 from sidecar.dev.redis_server import RedisServer
 from sidecar.dev.tools import ToolMissing, find_tool
 from sidecar.dev.trust_domain import DevTrustDomain
+from tests.redaction.ledger import SecretLedger, watch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,3 +58,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session", autouse=True)
+def secret_ledger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecretLedger]:
+    """Every secret the session uses and every log its stacks write (tests/redaction scans them last)."""
+    ledger = SecretLedger(tmp_path_factory.mktemp("collected-logs"))
+    with pytest.MonkeyPatch.context() as patch:
+        watch(patch, ledger)
+        yield ledger
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The redaction scan runs after every other test, so it sees every log they produced."""
+    last = [item for item in items if item.get_closest_marker("redaction_scan")]
+    if last:
+        items[:] = [item for item in items if item not in last] + last

@@ -99,6 +99,8 @@ class JwtSvidVerifier:
     def verify(self, token: str) -> VerifiedJwt:
         if len(token) > self._max_bytes:
             raise JwtSvidError(f"token is larger than {self._max_bytes} bytes")
+        if not token.isascii():  # a compact JWT is base64url and dots; anything else never reaches a parser
+            raise JwtSvidError("token is not a well-formed JWT")
         key = self._cache.key(token)
         cached = self._cache.get(key, self._bundles)
         if cached is not None:

@@ -15,8 +15,8 @@ test_approval_id_and_xfcc_are_kept if {
 	not sprintf("%s/x-forwarded-client-cert", [headers]) in log.mask
 }
 
-# The shipped data also erases raw bodies (the parsed form stays, for reviewers) and the
-# JSON-RPC arguments duplicated in parsed_body (input.mcp.arguments keeps them once).
+# The shipped data also erases raw bodies and the JSON-RPC arguments duplicated in parsed_body;
+# reviewers see input.mcp.arguments once, minus the fields a policy author marks secret.
 test_shipped_mask_is_the_secret_headers_and_raw_bodies if {
 	count(log.mask) == 8
 	"/input/attributes/request/http/body" in log.mask
