@@ -37,12 +37,13 @@ def build_input(
     session: dict[str, Any] | None = None,
     approval: dict[str, Any] | None = None,
     hidden_headers: frozenset[str] = frozenset(),
+    credential_headers: frozenset[str] = CREDENTIAL_HEADERS,
 ) -> dict[str, Any]:
     """The whole input document for one check."""
     path, query = split_target(request.path)
     parsed_path = unquote(path).lstrip("/").split("/")
     headers = {
-        k: (without_secret(k, v) if k in CREDENTIAL_HEADERS else v)
+        k: (without_secret(k, v) if k in credential_headers else v)
         for k, v in request.headers.items()
         if k not in hidden_headers
     }

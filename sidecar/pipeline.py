@@ -22,7 +22,7 @@ from sidecar.credentials import CredentialMinter
 from sidecar.decision import DecisionError, Verdict, to_verdict
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityError, IdentityResolver
-from sidecar.input import build_input, split_target
+from sidecar.input import CREDENTIAL_HEADERS, build_input, split_target
 from sidecar.intent import declared_intent
 from sidecar.logs import DecisionRecord
 from sidecar.mcp import BodyError
@@ -120,6 +120,8 @@ class Pipeline:
         record.stage = "body"
         if request.body_truncated and not self._allow_partial_body:
             return self._reject(record, 413, "request body is larger than the inspection limit", None)
+        if "," in request.headers.get("host", ""):  # RFC 9112: exactly one Host; routing and judging must agree
+            return self._reject(record, 400, "the request has more than one Host header", None)
         try:
             body = parse_body(request.body, request.headers, request.body_truncated)
         except BodyError as exc:
@@ -210,6 +212,7 @@ class Pipeline:
             session=reservation.view.to_json() if reservation else None,
             approval=_approval_input(call.approval),
             hidden_headers=self._hidden_headers,
+            credential_headers=CREDENTIAL_HEADERS | {self._task_header},
         )
         try:
             answer = await self._opa.decide(input_doc)

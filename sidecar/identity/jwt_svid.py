@@ -14,6 +14,8 @@ from spiffe import JwtSvid, SpiffeId, TrustDomain
 
 from sidecar.identity.bundles import BundleSource
 
+IAT_LEEWAY_SECONDS = 60
+
 
 class JwtSvidError(ValueError):
     """The JWT-SVID was presented but is not valid; the message says why (no token text)."""
@@ -132,6 +134,10 @@ class JwtSvidVerifier:
             raise JwtSvidError(f"no JWT bundle for trust domain {trust_domain.name}")
         if not isinstance(unverified.get("exp"), int | float):
             raise JwtSvidError("token has no numeric 'exp' claim")
+        issued = unverified.get("iat")
+        # The spiffe package does not check iat; a token "issued" in the future is not one to trust.
+        if issued is not None and (not isinstance(issued, int | float) or issued > time.time() + IAT_LEEWAY_SECONDS):
+            raise JwtSvidError("token 'iat' is in the future")
         try:
             svid = JwtSvid.parse_and_validate(token, bundle, self._audiences)
         except Exception as exc:  # the spiffe package raises several unrelated types

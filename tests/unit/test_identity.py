@@ -59,6 +59,7 @@ def _kid(td: DevTrustDomain) -> str:
             "not yet valid",
         ),
         (lambda td: td.mint_jwt("spiffe://demo.local.evil/agent/x"), "not trusted"),
+        (lambda td: td.mint_jwt(READER, extra_claims={"iat": int(time.time()) + 3600}), "future"),
         (lambda td: td.mint_jwt("https://demo.local/agent/x"), "not a SPIFFE ID"),
         (
             lambda td: (

@@ -129,3 +129,18 @@ def test_truncated_flag() -> None:
 )
 def test_normalise_host(host: str, expected: str) -> None:
     assert normalise_host(host) == expected
+
+
+def test_credential_headers_reach_the_policy_without_signatures() -> None:
+    req = request(**{"authorization": "Bearer aaa.bbb.ccc", "x-custom-task": "ddd.eee.fff", "x-api-key": "k"})
+    doc = build_input(
+        req,
+        identity=None,
+        body=EMPTY,
+        intent=None,
+        credential_headers=frozenset({"authorization", "x-custom-task", "x-api-key"}),
+    )
+    headers = doc["attributes"]["request"]["http"]["headers"]
+    assert headers["authorization"] == "Bearer aaa.bbb."
+    assert headers["x-custom-task"] == "ddd.eee."
+    assert headers["x-api-key"] == "[withheld]"
