@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from sidecar.opa import OpaClient
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
+from sidecar.signals import until_signalled
 from sidecar.state import Store
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
@@ -267,12 +267,8 @@ async def serve(config: Config) -> None:
             "grpc": f"{config.grpc.host}:{config.grpc.port}" if config.grpc.enabled else "off",
         },
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=1)

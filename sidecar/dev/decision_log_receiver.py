@@ -13,12 +13,13 @@ import gzip
 import io
 import json
 import logging
-import signal
 import zlib
 from pathlib import Path
 from typing import IO
 
 from aiohttp import web
+
+from sidecar.signals import until_signalled
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,7 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     runner = web.AppRunner(app, access_log=None, auto_decompress=False)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     try:
-        await stop.wait()
+        await until_signalled()
     finally:
         await runner.cleanup()

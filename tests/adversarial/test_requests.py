@@ -130,7 +130,7 @@ def test_two_host_headers_are_refused(attacker: Attacker) -> None:
     """Envoy joins two Host headers into one value; which host is meant is ambiguous (RFC 9112
     allows exactly one), so the sidecar refuses the request instead of judging a guess."""
     token = attacker.token(READER)
-    status, headers, body = attacker.raw_request(
+    status, _headers, body = attacker.raw_request(
         "GET /api/docs/x HTTP/1.1", ["Host: demo.local", "Host: evil.example", f"Authorization: Bearer {token}"]
     )
     assert status == 400, body
