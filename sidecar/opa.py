@@ -125,7 +125,7 @@ class OpaClient:
             async with session.get(f"{self._base}/v1/status") as response:
                 if response.status != 200:
                     return None
-                document = json.loads(await response.read())
+                document = loads(await response.read())
         except (TimeoutError, aiohttp.ClientError, ValueError):
             return None
         bundles = document.get("result", {}).get("bundles") if isinstance(document, dict) else None

@@ -22,7 +22,7 @@ from sidecar.credentials import CredentialMinter
 from sidecar.decision import DecisionError, Verdict, to_verdict
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityError, IdentityResolver
-from sidecar.input import CREDENTIAL_HEADERS, build_input, split_target
+from sidecar.input import CREDENTIAL_HEADERS, READ_ONLY_METHODS, build_input, split_target
 from sidecar.intent import declared_intent
 from sidecar.logs import DecisionRecord
 from sidecar.mcp import BodyError
@@ -58,7 +58,7 @@ class Call:
 
     @property
     def read_only(self) -> bool:
-        return self.request.method.upper() in ("GET", "HEAD", "OPTIONS")
+        return self.request.method.upper() in READ_ONLY_METHODS
 
 
 class Pipeline:

@@ -129,7 +129,7 @@ class JwtSvidVerifier:
             raise JwtSvidError("token subject is not a SPIFFE ID") from exc
         if trust_domain.name not in self._trust_domains:
             raise JwtSvidError(f"trust domain {trust_domain.name} is not trusted")
-        bundle = self._bundles.bundle_for(TrustDomain(trust_domain.name))
+        bundle = self._bundles.bundle_for(trust_domain)
         if bundle is None:
             raise JwtSvidError(f"no JWT bundle for trust domain {trust_domain.name}")
         if not isinstance(unverified.get("exp"), int | float):
@@ -143,7 +143,7 @@ class JwtSvidVerifier:
         except Exception as exc:  # the spiffe package raises several unrelated types
             raise JwtSvidError(_describe(exc)) from exc
         # The signature now covers the payload decoded above, so its claims are verified.
-        return VerifiedJwt(spiffe_id=svid.spiffe_id, claims=unverified), bundle, TrustDomain(trust_domain.name)
+        return VerifiedJwt(spiffe_id=svid.spiffe_id, claims=unverified), bundle, trust_domain
 
 
 def _describe(exc: Exception) -> str:

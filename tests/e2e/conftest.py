@@ -82,7 +82,6 @@ class FakeOpa(ThreadingHTTPServer):
         "allow-with-status-200": (200, b'{"result": {"verdict": "deny", "status": 200}}'),
     }
     mode = "garbage"
-    delay = 0.0
 
 
 class _Handler(BaseHTTPRequestHandler):
