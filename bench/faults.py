@@ -38,7 +38,7 @@ from typing import Any
 
 import requests
 
-from bench.traffic import WRITER, Traffic, count, recovery_seconds
+from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds
 from sidecar.dev.redis_server import RedisServer
 from sidecar.dev.stack import Ports, Stack
 
@@ -127,6 +127,7 @@ class Faults:
         self.proxy: OpaProxy | None = None
         self.stack: Stack | None = None
         self.traffic: Traffic | None = None
+        self.completed: list[Phase] = []  # phases measured so far (kept when a baseline check stops the run)
 
     @contextmanager
     def running(self) -> Iterator[Faults]:
@@ -165,7 +166,12 @@ class Faults:
     ) -> Phase:
         assert self.traffic is not None
         result = Phase(name, fault, expect_no_decision=no_decision)
+        settle_start = time.monotonic()
         time.sleep(self.settle_s)  # steady state before the fault
+        try:
+            self.traffic.check_baseline(settle_start)
+        except BaselineError as exc:
+            raise BaselineError(f"{name}: {exc}") from None
         start = time.monotonic()
         begin()
         fault_start = time.monotonic()
@@ -259,7 +265,7 @@ class Faults:
             ),
             ("redis-stopped", "Redis stopped, then started again", self.redis.stop, self.redis.start, True),
         ]
-        results = []
+        results = self.completed
         for name, fault, begin, end, no_decision in phases:
             if only and name not in only:
                 continue
@@ -385,8 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="authz-faults-") as tmp:
         faults = Faults(Path(tmp), args.fault_seconds, args.settle_seconds, args.rate)
-        with faults.running():
-            phases = faults.run_all(set(args.only) if args.only else None)
+        try:
+            with faults.running():
+                phases = faults.run_all(set(args.only) if args.only else None)
+        except BaselineError as exc:
+            if faults.completed:
+                print(table(faults.completed))
+            print(f"faults: stopped: {exc}", file=sys.stderr)
+            return 1
     print(table(phases))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from bench.traffic import MIX, WRITER, Traffic
+from bench.traffic import MIX, WRITER, BaselineError, Traffic
 from sidecar.dev.stack import Ports, Stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -96,7 +96,15 @@ def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:
     points: list[Point] = []
     with tempfile.TemporaryDirectory(prefix="authz-soak-") as tmp, Stack(Path(tmp), Ports.free()) as stack:
         pid = stack.processes["sidecar"].pid
-        traffic = Traffic(stack, rate=rate, deadline_s=seconds + 30).start()
+        traffic = Traffic(stack, rate=rate, deadline_s=seconds + 30)
+        began = traffic.clock()
+        traffic.start()
+        try:
+            traffic.check_baseline(began)  # before anything is measured: is the mix decided as expected?
+        except BaselineError as exc:
+            traffic.stop()
+            print(f"soak: stopped: {exc}", file=sys.stderr)
+            return 1
         lifecycle = TaskLifecycle(stack, traffic)
         lifecycle.start()
         started = time.monotonic()

@@ -13,6 +13,8 @@ import itertools
 import threading
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,13 @@ from sidecar.dev.stack import Stack
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
+TOKEN_TTL_S = 3600
+TOKEN_REFRESH_BEFORE_S = 600  # re-mint this long before expiry, as agents do
+BASELINE_SHARE = 0.9  # share of a kind's answers that must be its normal status before a fault
+
+
+class BaselineError(RuntimeError):
+    """The load's verdicts are wrong before any fault: measuring the fault would mean nothing."""
 
 
 @dataclass(frozen=True)
@@ -69,25 +78,28 @@ class Traffic:
     deadline_s: float = 600.0
     sessions: int = 64  # Mcp-Session-Id pool: keeps each session under the policy's rate ceiling
     samples: list[Sample] = field(default_factory=list)
+    clock: Callable[[], float] = time.monotonic  # only differences are used: its origin is arbitrary
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
-        self._tokens: dict[str, tuple[float, str]] = {}
+        self._tokens: dict[str, tuple[float, str]] = {}  # agent -> (re-mint at, token)
         self._session_ids = [str(uuid.uuid4()) for _ in range(self.sessions)]
 
     def token(self, agent: str) -> str:
-        """A JWT-SVID reused until it nears expiry, as agents do."""
+        """A JWT-SVID minted on first use and reused until it nears expiry, as agents do."""
         with self._lock:
-            minted, token = self._tokens.get(agent, (0.0, ""))
-            if time.monotonic() - minted > 3000:
-                token = self.stack.trust_domain.mint_jwt(agent, ttl=3600)
-                self._tokens[agent] = (time.monotonic(), token)
+            now = self.clock()
+            cached = self._tokens.get(agent)
+            if cached is not None and now < cached[0]:
+                return cached[1]
+            token = self.stack.trust_domain.mint_jwt(agent, ttl=TOKEN_TTL_S)
+            self._tokens[agent] = (now + TOKEN_TTL_S - TOKEN_REFRESH_BEFORE_S, token)
             return token
 
     def start(self) -> Traffic:
-        started = time.monotonic()
+        started = self.clock()
         for index in range(self.threads):
             worker = threading.Thread(target=self._run, args=(index, started), daemon=True)
             worker.start()
@@ -103,21 +115,21 @@ class Traffic:
         interval = self.threads / self.rate
         kinds = itertools.cycle(MIX[index % len(MIX) :] + MIX[: index % len(MIX)])
         sessions = itertools.cycle(self._session_ids[index :: self.threads] or self._session_ids)
-        next_at = time.monotonic()
+        next_at = self.clock()
         with requests.Session() as http:
-            while not self._stop.is_set() and time.monotonic() - started < self.deadline_s:
+            while not self._stop.is_set() and self.clock() - started < self.deadline_s:
                 kind = next(kinds)
                 self.record(kind, self._send(http, kind, next(sessions)))
                 next_at += interval
-                delay = next_at - time.monotonic()
+                delay = next_at - self.clock()
                 if delay > 0:
                     self._stop.wait(delay)
                 else:
-                    next_at = time.monotonic()  # behind schedule: do not burst to catch up
+                    next_at = self.clock()  # behind schedule: do not burst to catch up
 
     def _send(self, http: requests.Session, kind: Kind, session_id: str) -> tuple[float, int]:
         headers = {"authorization": "Bearer " + self.token(kind.agent), "mcp-session-id": session_id}
-        sent = time.monotonic()
+        sent = self.clock()
         try:
             response = http.request(
                 kind.method, self.stack.egress_url + kind.path, json=kind.body, headers=headers, timeout=5
@@ -129,7 +141,7 @@ class Traffic:
     def record(self, kind: Kind, result: tuple[float, int]) -> None:
         sent, status = result
         with self._lock:
-            self.samples.append(Sample(kind, sent, time.monotonic(), status))
+            self.samples.append(Sample(kind, sent, self.clock(), status))
 
     def snapshot(self) -> list[Sample]:
         with self._lock:
@@ -138,6 +150,42 @@ class Traffic:
     def between(self, start: float, end: float) -> list[Sample]:
         with self._lock:
             return [s for s in self.samples if start <= s.sent and s.done <= end]
+
+    def check_baseline(self, since: float, per_kind: int = 2, timeout_s: float = 15.0) -> None:
+        """Raise :class:`BaselineError` unless the answers since ``since`` are what the mix expects.
+
+        Waits until every kind was answered ``per_kind`` times (or ``timeout_s`` passed), so a
+        short window is judged on every kind. A fault phase measured on a load that was already
+        refused (every token rejected, say) would report "no 503" instead of the real cause.
+        """
+        deadline = self.clock() + timeout_s
+        while True:
+            window = self.between(since, self.clock())
+            seen = Counter(s.kind.name for s in window)
+            if all(seen[k.name] >= per_kind for k in MIX) or self.clock() >= deadline:
+                break
+            self._stop.wait(0.1)
+        problem = baseline_problem(window)
+        if problem:
+            raise BaselineError(problem)
+
+
+def baseline_problem(samples: list[Sample]) -> str | None:
+    """Why ``samples`` are not a healthy baseline of the mix, or None when they are."""
+    if not samples:
+        return "baseline: no request of the load was answered"
+    wrong = []
+    for kind in MIX:
+        statuses = Counter(s.status for s in samples if s.kind == kind)
+        total = sum(statuses.values())
+        if total == 0:
+            wrong.append(f"{kind.name}: never answered")
+        elif statuses[kind.normal] < BASELINE_SHARE * total:
+            seen = ", ".join(f"{status or 'no answer'} x{n}" for status, n in statuses.most_common())
+            wrong.append(f"{kind.name}: expected {kind.normal}, got {seen}")
+    if not wrong:
+        return None
+    return "baseline before the fault is not what the mix expects, so the run stops: " + "; ".join(wrong)
 
 
 def count(samples: list[Sample], no_decision: tuple[float, float] | None = None) -> dict[str, int]:

@@ -87,7 +87,7 @@ class KeySet:
         self._dir = keys_dir
         self._reload = reload_seconds
         self._lock = threading.Lock()
-        self._checked = 0.0
+        self._checked: float | None = None  # monotonic() of the last look; its origin is arbitrary
         self._stamp: tuple[tuple[str, int], ...] = ()
         if keys_dir is None:
             log.warning("credentials.keys_dir is not set: using a key generated at start (development only)")
@@ -109,7 +109,7 @@ class KeySet:
         return {"keys": [k.jwk() for k in self._keys]}
 
     def _maybe_reload(self) -> None:
-        if self._dir is None or time.monotonic() - self._checked < self._reload:
+        if self._dir is None or (self._checked is not None and time.monotonic() - self._checked < self._reload):
             return
         with self._lock:
             self._load()
