@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+from datetime import datetime, tzinfo
 from pathlib import Path
 
+import jwt
 import pytest
 
 from sidecar.dev.trust_domain import DevTrustDomain
-from sidecar.identity import jwt_svid
 from sidecar.identity.bundles import FileBundleSource
 from sidecar.identity.jwt_svid import JwtSvidError, JwtSvidVerifier
 
@@ -34,13 +35,34 @@ def test_a_verified_token_is_served_from_the_cache(trust_domain: DevTrustDomain)
 
 
 def test_entries_end_at_the_token_exp(trust_domain: DevTrustDomain, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the clock ends the entry: the verifier keeps its own bundle source, and that bundle is unchanged."""
     verifier = make_verifier(trust_domain.jwt_bundle)
     token = trust_domain.mint_jwt(READER, ttl=60)
     first = verifier.verify(token)
     exp = first.claims["exp"]
-    monkeypatch.setattr(jwt_svid.time, "time", lambda: exp + 1)
-    key = verifier._cache.key(token)
-    assert verifier._cache.get(key, FileBundleSource({"demo.local": trust_domain.jwt_bundle})) is None
+    entry = verifier._cache._entries[verifier._cache.key(token)]
+    assert verifier._bundles.bundle_for(entry.trust_domain) is entry.bundle, "the bundle must not be what ends it"
+
+    set_clock(monkeypatch, exp - 1)
+    assert verifier.verify(token) is first, "still cached one second before exp"
+
+    set_clock(monkeypatch, exp + 1)
+    with pytest.raises(JwtSvidError, match="expired"):
+        verifier.verify(token)
+    assert verifier._bundles.bundle_for(entry.trust_domain) is entry.bundle
+    assert not verifier._cache._entries, "the expired entry is dropped, and the failure is not cached"
+
+
+def set_clock(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
+    """Move the clock for jwt_svid (time.time) and for PyJWT's exp check (datetime.now), which spiffe uses."""
+
+    class Clock(datetime):
+        @classmethod
+        def now(cls, tz: tzinfo | None = None) -> Clock:
+            return cls.fromtimestamp(now, tz)
+
+    monkeypatch.setattr("sidecar.identity.jwt_svid.time.time", lambda: now)
+    monkeypatch.setattr(jwt.api_jwt, "datetime", Clock)
 
 
 def test_expired_token_is_rejected_even_after_a_success(trust_domain: DevTrustDomain) -> None:
