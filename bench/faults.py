@@ -38,7 +38,7 @@ from typing import Any
 
 import requests
 
-from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds
+from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds, traffic_bundle
 from sidecar.dev.redis_server import RedisServer
 from sidecar.dev.stack import Ports, Stack
 
@@ -142,7 +142,8 @@ class Faults:
             "AUTHZ_STATE__REDIS_URL": self.redis.url,
             "AUTHZ_STATE__TIMEOUT_MS": "300",
         }
-        self.stack = Stack(self.workdir / "stack", ports, sidecar_env=env, bundle_service=True)
+        bundle = traffic_bundle(self.workdir / "bundle")
+        self.stack = Stack(self.workdir / "stack", ports, bundle=bundle, sidecar_env=env, bundle_service=True)
         try:
             with self.stack:
                 self.traffic = Traffic(self.stack, rate=self.rate, deadline_s=1800).start()

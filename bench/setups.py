@@ -224,15 +224,24 @@ class PluginSetup(Setup):
         self.stack.start_authz()
 
 
-LIFTED_LIMITS = {"max_writes": 1_000_000_000, "max_calls_per_minute": 1_000_000_000}
+LIFTED_LIMITS = {
+    "max_writes": 1_000_000_000,
+    "max_calls_per_minute": 1_000_000_000,
+    "agent_max_calls_per_minute": 1_000_000_000,
+}
+# Steady traffic (bench/traffic.py) is one agent at tens of calls a second, spread over MCP
+# sessions that each stay under the per-session ceiling: only the per-agent ceiling is lifted.
+AGENT_CEILING_LIFTED = {"agent_max_calls_per_minute": 1_000_000_000}
 
 
-def policy_bundle(source: Path, target: Path, agents: int | None = None) -> Path:
+def policy_bundle(
+    source: Path, target: Path, agents: int | None = None, lifted: dict[str, int] = LIFTED_LIMITS
+) -> Path:
     """A copy of the shipped bundle for load: data only differs, the policy is unchanged.
 
-    - The session limits (``data.agent.config.session``) are raised out of reach: the benchmark
-      sends thousands of calls a second as one agent, which the demo policy rightly rate-limits.
-      They are still evaluated on every call.
+    - The session limits named in ``lifted`` (``data.agent.config.session``) are raised out of
+      reach: the benchmark sends thousands of calls a second as one agent, which the demo policy
+      rightly rate-limits. They are still evaluated on every call.
     - With ``agents``, ``data.agent.config.agents`` holds that many entries: the demo agents stay,
       synthetic readers fill up, so the policy does the same lookups on a bigger ``data``.
     """
@@ -241,7 +250,7 @@ def policy_bundle(source: Path, target: Path, agents: int | None = None) -> Path
     data_file = target / "agent" / "config" / "data.json"
     data = json.loads(data_file.read_text())
     if isinstance(data.get("session"), dict):
-        data["session"] = {**data["session"], **LIFTED_LIMITS}
+        data["session"] = {**data["session"], **lifted}
     registry: dict[str, Any] = data["agents"]
     template = next(iter(registry.values()))
     index = 0

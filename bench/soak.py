@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from bench.traffic import MIX, WRITER, BaselineError, Traffic
+from bench.traffic import MIX, WRITER, BaselineError, Traffic, traffic_bundle
 from sidecar.dev.stack import Ports, Stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -94,7 +94,10 @@ class TaskLifecycle(threading.Thread):
 
 def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:
     points: list[Point] = []
-    with tempfile.TemporaryDirectory(prefix="authz-soak-") as tmp, Stack(Path(tmp), Ports.free()) as stack:
+    with (
+        tempfile.TemporaryDirectory(prefix="authz-soak-") as tmp,
+        Stack(Path(tmp), Ports.free(), bundle=traffic_bundle(Path(tmp) / "bundle")) as stack,
+    ):
         pid = stack.processes["sidecar"].pid
         traffic = Traffic(stack, rate=rate, deadline_s=seconds + 30)
         began = traffic.clock()

@@ -1,28 +1,45 @@
 """Step-up approvals: a human (or an approval service) approves one exact request.
 
 On a ``step_up`` of kind ``approval`` the sidecar records a pending approval bound to the
-agent, its task and a fingerprint of the request. Approvers list and decide pending approvals;
-who may decide what is an OPA decision (``approvals.decision_path``), and neither the agent nor
-anyone in its delegation chain ever may. The agent retries the identical request with the
-approval id; the sidecar checks binding and fingerprint and consumes it atomically (single use).
+agent, its task and a fingerprint of the request (at most ``approvals.max_pending_per_agent``
+per agent; asking again for the same request returns the pending one). Approvers list and
+decide pending approvals; who may decide what is an OPA decision (``approvals.decision_path``),
+and neither the agent nor anyone in its delegation chain ever may. The agent retries the
+identical request with the approval id; the sidecar checks binding and fingerprint and consumes
+it atomically (single use).
+
+What approvers see of the request is bounded (``MAX_VIEW_ITEMS`` items per list,
+``MAX_VIEW_STRING`` characters per string), never silently: every cut says in place what it
+left out, and the record lists the cuts (``summary_cuts``). Before asking the policy, the
+sidecar tells it what the view would cut (``input.approval_view``), so a policy can refuse to
+ask a human to approve what they cannot see.
 """
 
 from __future__ import annotations
 
+import base64
 import copy
 import time
 import uuid
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
+from sidecar.body import ParsedBody
 from sidecar.config import ApprovalsConfig
 from sidecar.decision import StepUp
+from sidecar.fingerprint import BOUND_HEADERS
 from sidecar.identity.approvers import Approver
+from sidecar.input import split_target
+from sidecar.mcp import NAME_PARAM
 from sidecar.opa import OpaClient, OpaError
-from sidecar.state import ApprovalConflict, ApprovalRecord, Store
+from sidecar.request import CheckRequest
+from sidecar.state import ApprovalConflict, ApprovalRecord, Store, TaskRecord, TooManyApprovals
 from sidecar.webhook import Webhook
 
 REDACTED = "[redacted]"
-MAX_SUMMARY_STRING = 200
+MAX_VIEW_ITEMS = 50  # per list
+MAX_VIEW_STRING = 200  # characters per string
+MAX_LISTED_CUTS = 20  # pointers in input.approval_view.cut (cut_count counts them all)
 
 
 class ApprovalError(Exception):
@@ -49,14 +66,18 @@ class ApprovalService:
         agent: str,
         task_id: str | None,
         chain: tuple[str, ...],
-        fingerprint: str,
+        fingerprint: str | None,
         decision_id: str,
         reasons: list[str],
         summary: dict[str, Any],
     ) -> ApprovalRecord:
-        """Record a pending approval for this exact request."""
+        """The pending approval for this exact request: a new one, or the one this agent already
+        waits for. ``fingerprint`` is None when the request cannot be bound (a partial body)."""
+        if fingerprint is None:
+            raise ApprovalError(413, "an approval cannot be bound to a request whose body was only partly inspected")
         now = int(time.time())
         ttl = min(step_up.ttl_seconds or self._config.default_ttl_seconds, self._config.max_ttl_seconds)
+        shown, cuts = trim(redact(summary, step_up.redact))
         approval = ApprovalRecord(
             id=str(uuid.uuid4()),
             agent=agent,
@@ -66,18 +87,31 @@ class ApprovalService:
             expires_at=now + ttl,
             decision_id=decision_id,
             reasons=reasons,
-            summary=redact(summary, step_up.redact),
+            summary=shown,
+            summary_cuts=[cut.as_json() for cut in cuts],
             delegation_chain=list(chain),
             data_class=step_up.data_class or _as_str(step_up.approvers.get("data_class")),
             approvers=step_up.approvers,
         )
-        await self._store.create_approval(approval)
-        if self._webhook is not None:
-            self._webhook.notify("approval.pending", self.view(approval))
-        return approval
+        limit = self._config.max_pending_per_agent
+        try:
+            stored = await self._store.create_approval(approval, limit, now)
+        except TooManyApprovals as exc:
+            raise ApprovalError(
+                429,
+                f"agent {agent} already has {exc.pending} pending approvals (at most {limit}); "
+                "wait until approvers decide them or they expire",
+            ) from None
+        if stored.id == approval.id and self._webhook is not None:  # only a new approval is announced
+            self._webhook.notify("approval.pending", self.view(stored))
+        return stored
 
-    async def redeem(self, approval_id: str, *, agent: str, task_id: str | None, fingerprint: str) -> ApprovalRecord:
+    async def redeem(
+        self, approval_id: str, *, agent: str, task_id: str | None, fingerprint: str | None
+    ) -> ApprovalRecord:
         """Check an approval presented on a retry and consume it (single use)."""
+        if fingerprint is None:
+            raise ApprovalError(403, "an approval cannot be used for a request whose body was only partly inspected")
         approval = await self._store.get_approval(approval_id)
         if approval is None:
             raise ApprovalError(403, f"approval {approval_id} is unknown or has expired")
@@ -147,6 +181,7 @@ class ApprovalService:
             data["approver"] = {"kind": data["approver"]["kind"], "id": data["approver"]["id"]}
         if data["status"] == "pending" and approval.expires_at <= time.time():
             data["status"] = "expired"
+        data["summary_truncated"] = bool(approval.summary_cuts)
         return data
 
     def status_url(self, approval_id: str) -> str:
@@ -183,16 +218,51 @@ class ApprovalService:
         return "; ".join(r for r in reasons if isinstance(r, str)) if isinstance(reasons, list) else "denied by policy"
 
 
+def request_summary(
+    request: CheckRequest, body: ParsedBody, task: TaskRecord | None, chain: tuple[str, ...]
+) -> dict[str, Any]:
+    """What an approver sees of a request: everything the fingerprint binds (the MCP method and
+    all its params, the query, the headers that change how the body is read, a non-JSON body as
+    text), so nothing that is approved goes unseen. The MCP session id is bound, never shown."""
+    mcp = body.mcp
+    path, query = split_target(request.path)
+    shown_apart = {"arguments", NAME_PARAM.get(mcp.method, "name")} if mcp else set()
+    return {
+        "method": request.method,
+        "host": request.headers.get("host", ""),
+        "path": path,
+        "query": query or None,
+        "headers": {n: request.headers[n] for n in BOUND_HEADERS if n in request.headers and n != "mcp-session-id"},
+        "mcp_method": mcp.method if mcp else None,
+        "tool": mcp.name if mcp else None,
+        "arguments": mcp.arguments if mcp else None,
+        "params": {k: v for k, v in mcp.params.items() if k not in shown_apart} if mcp else None,
+        "body": None if mcp else _body_view(request.body, body.parsed_body),
+        "task_id": task.id if task else None,
+        "purpose": task.purpose if task else None,
+        "delegation_chain": list(chain),
+    }
+
+
+def _body_view(raw: bytes, parsed: Any) -> Any:
+    """A JSON body as parsed, any other as text, or base64 when it is not UTF-8."""
+    if parsed is not None or not raw:
+        return parsed
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"base64": base64.b64encode(raw).decode("ascii")}
+
+
 def redact(summary: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
-    """Hide what the policy marked (argument names, or JSON pointers into the body) and trim long strings."""
+    """Hide what the policy marked: argument names, or JSON pointers into the body."""
     result = copy.deepcopy(summary)
     for name in fields:
         if name.startswith("/"):
             _redact_pointer(result.get("body"), [p.replace("~1", "/").replace("~0", "~") for p in name[1:].split("/")])
         elif isinstance(result.get("arguments"), dict) and name in result["arguments"]:
             result["arguments"][name] = REDACTED
-    trimmed: dict[str, Any] = _trim(result)
-    return trimmed
+    return result
 
 
 def _redact_pointer(node: Any, parts: list[str]) -> None:
@@ -210,14 +280,82 @@ def _redact_pointer(node: Any, parts: list[str]) -> None:
         node[int(last)] = REDACTED
 
 
-def _trim(value: Any) -> Any:
-    if isinstance(value, str) and len(value) > MAX_SUMMARY_STRING:
-        return value[:MAX_SUMMARY_STRING] + "…"
+@dataclass(frozen=True)
+class Cut:
+    """Something the approver's view leaves out: at ``pointer`` (a JSON pointer into the
+    summary), ``hidden`` more list items or string characters than it shows."""
+
+    pointer: str
+    unit: Literal["items", "characters"]
+    hidden: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"pointer": self.pointer, "unit": self.unit, "hidden": self.hidden}
+
+
+def trim(summary: dict[str, Any]) -> tuple[dict[str, Any], list[Cut]]:
+    """The summary as approvers see it: long lists and strings cut, each cut saying so in place
+    ("… 37 more items not shown", "… [string truncated, 1,203 more characters]"), and the cuts."""
+    cuts: list[Cut] = []
+    shown: dict[str, Any] = _trim(summary, "", cuts)
+    return shown, cuts
+
+
+def approval_view(summary: dict[str, Any]) -> dict[str, Any] | None:
+    """``input.approval_view``: what the approver's view of this request would cut before any
+    redaction (the policy knows what it redacts), or None when it would show everything."""
+    pointers: list[str] = []
+    count = _count_cuts(summary, [], pointers)
+    if count == 0:
+        return None
+    return {"cut": pointers, "cut_count": count, "max_items": MAX_VIEW_ITEMS, "max_string": MAX_VIEW_STRING}
+
+
+def _trim(value: Any, pointer: str, cuts: list[Cut]) -> Any:
+    if isinstance(value, str) and len(value) > MAX_VIEW_STRING:
+        hidden = len(value) - MAX_VIEW_STRING
+        cuts.append(Cut(pointer, "characters", hidden))
+        return f"{value[:MAX_VIEW_STRING]}… [string truncated, {hidden:,} more characters]"
     if isinstance(value, dict):
-        return {k: _trim(v) for k, v in value.items()}
+        return {k: _trim(v, f"{pointer}/{_escape(k)}", cuts) for k, v in value.items()}
     if isinstance(value, list):
-        return [_trim(v) for v in value[:50]]
+        shown = [_trim(v, f"{pointer}/{i}", cuts) for i, v in enumerate(value[:MAX_VIEW_ITEMS])]
+        if len(value) > MAX_VIEW_ITEMS:
+            hidden = len(value) - MAX_VIEW_ITEMS
+            cuts.append(Cut(pointer, "items", hidden))
+            shown.append(f"… {hidden:,} more items not shown")
+        return shown
     return value
+
+
+def _count_cuts(value: Any, path: list[str], pointers: list[str]) -> int:
+    """How many cuts :func:`_trim` would make, listing the first pointers. It runs on every call,
+    so it copies nothing and builds a pointer only for a cut."""
+    count = 0
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path.append(_escape(key))
+            count += _count_cuts(item, path, pointers)
+            path.pop()
+        return count
+    if isinstance(value, list):
+        for i, item in enumerate(value[:MAX_VIEW_ITEMS]):
+            path.append(str(i))
+            count += _count_cuts(item, path, pointers)
+            path.pop()
+        cut = len(value) > MAX_VIEW_ITEMS
+    else:
+        cut = isinstance(value, str) and len(value) > MAX_VIEW_STRING
+    if cut:
+        count += 1
+        if len(pointers) < MAX_LISTED_CUTS:
+            pointers.append("".join(f"/{p}" for p in path))
+    return count
+
+
+def _escape(key: str) -> str:
+    """A key as a JSON pointer segment (RFC 6901)."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _as_str(value: Any) -> str | None:

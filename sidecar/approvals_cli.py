@@ -1,4 +1,10 @@
-"""``authz-sidecar approvals list|show|approve|reject``: the approver API for operators (requests)."""
+"""``authz-sidecar approvals list|show|approve|reject``: the approver API for operators (requests).
+
+Everything an approval holds may come from the agent (tool names, arguments, paths, even the
+policy's reasons quote them), so every text it prints is untrusted: quoted, with control and
+other invisible characters shown as escapes (``"\\u001b"``), never written to the terminal raw.
+``show`` prints JSON with every non-ASCII character escaped.
+"""
 
 from __future__ import annotations
 
@@ -38,18 +44,53 @@ def _list(args: argparse.Namespace) -> int:
     if not approvals:
         print("no pending approvals")
     for a in approvals:
-        what = a["summary"].get("tool") or f"{a['summary']['method']} {a['summary']['path']}"
-        print(f"{a['id']}  {a['agent']}  {what}  data class {a['data_class']}  expires {a['expires_at']}")
+        summary = a["summary"]
+        what = f"tool {quoted(summary['tool'])}" if summary.get("tool") else f"request {quoted(summary['method'])}"
+        print(
+            f"{quoted(a['id'])}  agent {quoted(a['agent'])}  {what}  path {quoted(summary['path'])}"
+            f"  data class {quoted(a['data_class'])}  expires {quoted(a['expires_at'])}"
+        )
         for reason in a["reasons"]:
-            print(f"    {reason}")
+            print(f"    reason {quoted(reason)}")
+        _print_cuts(a)
     return 0
+
+
+def quoted(value: Any) -> str:
+    """A string ``value`` as a double-quoted string an agent cannot use to steer a terminal or hide text:
+    quotes and backslashes escaped, every character Python does not call printable (controls,
+    format characters such as bidirectional overrides, separators) shown as ``\\uXXXX``."""
+    if not isinstance(value, str):
+        return json.dumps(value, ensure_ascii=True)  # a number or null as it is; JSON escapes any text inside
+    return '"' + "".join(_escaped(c) for c in value) + '"'
+
+
+def _escaped(char: str) -> str:
+    if char in '"\\':
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}"
+
+
+def _print_cuts(approval: dict[str, Any]) -> None:
+    """Say what the approver's view leaves out, from the record's own list (not from the summary,
+    whose text the agent chose)."""
+    for cut in approval.get("summary_cuts") or []:
+        print(f"    NOT SHOWN: {cut['hidden']:,} more {cut['unit']} at {quoted(cut['pointer'] or '/')}")
 
 
 def _show(args: argparse.Namespace) -> int:
     response = _call(args, "GET", f"/v1/approvals/{args.approval_id}")
     if response is None:
         return 1
-    print(json.dumps(response, indent=2))
+    # ASCII with every control character escaped (JSON leaves DEL as it is): nothing raw reaches the terminal.
+    print(json.dumps(response, indent=2, ensure_ascii=True).replace("\x7f", "\\u007f"))
+    if response.get("summary_cuts"):
+        print("WARNING: the request summary above is cut; the request holds more than it shows:", file=sys.stderr)
+        for cut in response["summary_cuts"]:
+            print(f"    {cut['hidden']:,} more {cut['unit']} at {quoted(cut['pointer'] or '/')}", file=sys.stderr)
     return 0
 
 
@@ -65,7 +106,7 @@ def _decide(args: argparse.Namespace, action: str) -> int:
     response = _call(args, "POST", f"/v1/approvals/{args.approval_id}/{action}", {"reason": args.reason})
     if response is None:
         return 1
-    print(f"approval {response['id']}: {response['status']}")
+    print(f"approval {quoted(response['id'])}: {quoted(response['status'])}")
     return 0
 
 
@@ -86,6 +127,6 @@ def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any]
             detail = response.json().get("error", response.text)
         except ValueError:
             detail = response.text
-        print(f"authz-sidecar approvals: {response.status_code}: {detail}", file=sys.stderr)
+        print(f"authz-sidecar approvals: {response.status_code}: {quoted(detail)}", file=sys.stderr)
         return None
     return response.json()

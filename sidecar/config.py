@@ -7,13 +7,14 @@ Every key and default is documented in docs/configuration.md.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from spiffe import TrustDomain
 
 ENV_PREFIX = "AUTHZ_"
@@ -26,6 +27,30 @@ class ConfigError(Exception):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_TCHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyz")
+
+
+def _header_name(value: str) -> str:
+    """Lower case, as every header lookup is: ``X-Agent-Task-Token`` must not silently match nothing."""
+    name = value.strip().lower()
+    if not name or not set(name) <= _TCHARS:
+        raise ValueError(f"{value!r} is not an HTTP header name")
+    return name
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener bound to ``host`` is reachable only from this network namespace."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:  # a host name other than localhost may resolve anywhere
+        return False
 
 
 class ListenConfig(_Strict):
@@ -67,7 +92,7 @@ class OpaConfig(_Strict):
 
 class XfccConfig(_Strict):
     trusted_secret_file: Path | None = None
-    secret_header: str = "x-authz-xfcc-secret"
+    secret_header: HeaderName = "x-authz-xfcc-secret"
 
 
 class JwtSvidConfig(_Strict):
@@ -124,6 +149,19 @@ class IdentityConfig(_Strict):
 class RequestBodyConfig(_Strict):
     max_bytes: int = Field(1_048_576, gt=0)
     allow_partial: bool = False
+    # Envoy's with_request_body.max_request_bytes, the same number rendered into its config: a
+    # body that fills the buffer is treated as truncated (the largest body judged whole is one
+    # byte less), because Envoy does not flag a body of exactly the limit as partial.
+    envoy_max_request_bytes: int = Field(65_536, gt=1)
+
+    @model_validator(mode="after")
+    def _buffer_within_reads(self) -> RequestBodyConfig:
+        if self.envoy_max_request_bytes > self.max_bytes:
+            raise ValueError(
+                f"envoy_max_request_bytes ({self.envoy_max_request_bytes}) exceeds max_bytes ({self.max_bytes}):"
+                " the sidecar would refuse check requests Envoy sends"
+            )
+        return self
 
 
 class LogConfig(_Strict):
@@ -143,7 +181,7 @@ class TasksConfig(_Strict):
     enabled: bool = True
     decision_path: str = "agent/tasks/decision"
     issuer: str = "authz-sidecar"
-    token_header: str = "x-agent-task-token"
+    token_header: HeaderName = "x-agent-task-token"
     max_ttl_seconds: int = Field(3600, gt=0)
     max_delegation_depth: int = Field(4, ge=0)
 
@@ -166,14 +204,18 @@ class SessionsConfig(_Strict):
     max_labels: int = Field(64, ge=0, le=10_000)
     idle_ttl_seconds: int = Field(3600, gt=0)
     inflight_timeout_seconds: int = Field(30, gt=0)
+    # The agent's own history (input.agent_history) remembers a label this long after it was last
+    # recorded: the longest label window a policy can use.
+    agent_label_retention_seconds: int = Field(86_400, gt=0)
 
 
 class ApprovalsConfig(_Strict):
     enabled: bool = True
     decision_path: str = "agent/approvals/decision"
-    header: str = "x-agent-approval-id"
+    header: HeaderName = "x-agent-approval-id"
     default_ttl_seconds: int = Field(900, gt=0)
     max_ttl_seconds: int = Field(86_400, gt=0)
+    max_pending_per_agent: int = Field(20, gt=0, le=10_000)
     public_url: str = "http://127.0.0.1:9191"
     webhook_url: str | None = None
     webhook_secret_file: Path | None = None
@@ -225,6 +267,22 @@ class Config(_Strict):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+
+    @model_validator(mode="after")
+    def _pod_identity_on_loopback_only(self) -> Config:
+        # The pod source names every caller without a credential as the pod: on a listener that
+        # others can reach, any of them would be the pod.
+        if "pod" not in self.identity.sources:
+            return self
+        exposed = [f"listen.host {self.listen.host!r}"] if not is_loopback(self.listen.host) else []
+        if self.grpc.enabled and not is_loopback(self.grpc.host):
+            exposed.append(f"grpc.host {self.grpc.host!r}")
+        if exposed:
+            raise ValueError(
+                "identity.sources has 'pod', which treats every caller of the check listener as the pod, so the"
+                f" listener must be loopback-only (127.0.0.1, ::1 or localhost), not {' and '.join(exposed)}"
+            )
+        return self
 
 
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> Config:

@@ -1,11 +1,16 @@
 """Just-in-time upstream credentials: a short JWT per allowed call, replacing the agent's own.
 
 ``sub`` is the agent, ``act`` its delegation chain, ``aud`` the target, ``scope`` just this
-action, ``exp`` seconds away; upstreams verify it with the sidecar's JWKS.
+action, ``exp`` seconds away; upstreams verify it with the sidecar's JWKS. Each credential is
+bound to the one request it was minted for (``req_method``, ``req_target``, ``req_body_sha256``,
+the idea of DPoP's ``htm``/``htu``/``ath``): an upstream that recomputes them from what it
+received refuses it for any other method, path, query or body (docs/tokens.md).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,6 +28,33 @@ class CredentialSpec:
     ttl_seconds: int
 
 
+# The claims that bind a credential to its request; upstreams compare them with what they received.
+METHOD_CLAIM = "req_method"
+TARGET_CLAIM = "req_target"
+BODY_CLAIM = "req_body_sha256"
+
+
+def body_sha256(body: bytes) -> str:
+    """Unpadded base64url SHA-256 of the exact body bytes (the empty body too)."""
+    return base64.urlsafe_b64encode(hashlib.sha256(body).digest()).rstrip(b"=").decode("ascii")
+
+
+@dataclass(frozen=True)
+class RequestBinding:
+    """The request a credential is minted for, in the form the upstream receives it.
+
+    ``target`` is the origin-form request target (path and query) exactly as Envoy forwards it:
+    not decoded or re-normalised, so an upstream compares it byte for byte with its raw target.
+    """
+
+    method: str
+    target: str
+    body: bytes
+
+    def claims(self) -> dict[str, str]:
+        return {METHOD_CLAIM: self.method, TARGET_CLAIM: self.target, BODY_CLAIM: body_sha256(self.body)}
+
+
 class CredentialMinter:
     def __init__(self, keys: KeySet, issuer: str, max_ttl_seconds: int) -> None:
         self._keys = keys
@@ -33,6 +65,7 @@ class CredentialMinter:
         self,
         spec: CredentialSpec,
         *,
+        request: RequestBinding,
         agent: str,
         chain: tuple[str, ...],
         decision_id: str,
@@ -54,6 +87,7 @@ class CredentialMinter:
             "exp": exp,
             "jti": str(uuid.uuid4()),
             "decision_id": decision_id,
+            **request.claims(),
         }
         if task_id:
             claims["task_id"] = task_id

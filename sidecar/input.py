@@ -35,7 +35,9 @@ def build_input(
     task: dict[str, Any] | None = None,
     delegation_chain: tuple[str, ...] = (),
     session: dict[str, Any] | None = None,
+    agent_history: dict[str, Any] | None = None,
     approval: dict[str, Any] | None = None,
+    approval_view: dict[str, Any] | None = None,
     hidden_headers: frozenset[str] = frozenset(),
     credential_headers: frozenset[str] = CREDENTIAL_HEADERS,
 ) -> dict[str, Any]:
@@ -78,17 +80,19 @@ def build_input(
         "truncated_body": request.body_truncated,
         "version": VERSION,
         "action": {
-            "method": request.method.upper(),
+            "method": request.method,  # as the upstream receives it; lower case is refused (request.py)
             "host": normalise_host(host),
             "path": "/" + "/".join(parsed_path),
-            "read_only": request.method.upper() in READ_ONLY_METHODS,
+            "read_only": request.method in READ_ONLY_METHODS,
         },
         "agent": identity.as_input() if identity else None,
         "delegation": {"chain": list(delegation_chain), "depth": len(delegation_chain)},
         "task": task,
         "session": session,
+        "agent_history": agent_history,
         "mcp": body.mcp.as_input() if body.mcp else None,
         "approval": approval,
+        "approval_view": approval_view,
         "intent": intent,
     }
 

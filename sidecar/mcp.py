@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 MAX_DEPTH = 64
@@ -28,6 +28,7 @@ class McpRequest:
     id: str | int | None
     is_notification: bool
     meta: dict[str, Any]
+    params: dict[str, Any] = field(default_factory=dict)  # all of them, for the approver's view
 
     def as_input(self) -> dict[str, Any]:
         return {
@@ -107,6 +108,7 @@ def parse_mcp(parsed: Any, headers: dict[str, str]) -> McpRequest | None:
         id=request_id,
         is_notification="id" not in parsed,
         meta=meta,
+        params=params,
     )
 
 

@@ -12,13 +12,14 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 from sidecar import metrics, wire
-from sidecar.approvals import ApprovalError, ApprovalService
+from sidecar.approvals import ApprovalError, ApprovalService, approval_view, request_summary
 from sidecar.body import ParsedBody, parse_body
-from sidecar.credentials import CredentialMinter
+from sidecar.credentials import CredentialMinter, RequestBinding
 from sidecar.decision import DecisionError, Verdict, to_verdict
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityError, IdentityResolver
@@ -27,7 +28,7 @@ from sidecar.intent import declared_intent
 from sidecar.logs import DecisionRecord
 from sidecar.mcp import BodyError
 from sidecar.opa import OpaClient, OpaError
-from sidecar.request import CheckRequest
+from sidecar.request import CheckRequest, request_line_problem
 from sidecar.sessions import Reservation, SessionTracker
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.tasks import TaskError, TaskService, task_input
@@ -50,15 +51,24 @@ class Call:
     approval: ApprovalRecord | None = None
 
     @property
-    def fingerprint(self) -> str:
-        headers = self.request.headers
+    def fingerprint(self) -> str | None:
+        """What an approval binds to; None when Envoy sent only part of the body (nothing binds it)."""
+        if self.request.body_truncated:
+            return None
+        request = self.request
+        jsonrpc = self.body.mcp is not None
         return request_fingerprint(
-            self.request.method, headers.get("host", ""), self.request.path, self.body.mcp, self.request.body
+            request.method, request.headers.get("host", ""), request.path, request.headers, request.body, jsonrpc
         )
+
+    @cached_property
+    def summary(self) -> dict[str, Any]:
+        """What an approver would see of the request (before the policy's redaction)."""
+        return request_summary(self.request, self.body, self.task, self.chain)
 
     @property
     def read_only(self) -> bool:
-        return self.request.method.upper() in READ_ONLY_METHODS
+        return self.request.method in READ_ONLY_METHODS
 
 
 class Pipeline:
@@ -70,6 +80,7 @@ class Pipeline:
         opa: OpaClient,
         *,
         allow_partial_body: bool,
+        body_buffer_limit: int,
         strip_jwt_svid: bool,
         hidden_headers: frozenset[str],
         tasks: TaskService | None = None,
@@ -83,6 +94,7 @@ class Pipeline:
         self._resolver = resolver
         self._opa = opa
         self._allow_partial_body = allow_partial_body
+        self._body_buffer_limit = body_buffer_limit
         self._strip_jwt_svid = strip_jwt_svid
         self._hidden_headers = hidden_headers
         self._tasks = tasks
@@ -116,8 +128,13 @@ class Pipeline:
         return response
 
     async def _decide(self, request: CheckRequest, record: DecisionRecord) -> wire.WireResponse:
-        # 1. The body: parsed once, never judged when Envoy sent only part of it.
+        # 1. The request line and body: parsed once, never judged when Envoy sent only part of it.
         record.stage = "body"
+        problem = request_line_problem(request.method, request.path)
+        if problem is not None:
+            return self._reject(record, 400, problem, None)
+        if len(request.body) >= self._body_buffer_limit and not request.body_truncated:
+            request = replace(request, at_buffer_limit=True)
         if request.body_truncated and not self._allow_partial_body:
             return self._reject(record, 413, "request body is larger than the inspection limit", None)
         if "," in request.headers.get("host", ""):  # RFC 9112: exactly one Host; routing and judging must agree
@@ -210,7 +227,9 @@ class Pipeline:
             task=task_input(call.task) if call.task else None,
             delegation_chain=call.chain,
             session=reservation.view.to_json() if reservation else None,
+            agent_history=reservation.history.to_json() if reservation else None,
             approval=_approval_input(call.approval),
+            approval_view=approval_view(call.summary) if self._approvals is not None and call.identity else None,
             hidden_headers=self._hidden_headers,
             credential_headers=CREDENTIAL_HEADERS | {self._task_header},
         )
@@ -255,8 +274,11 @@ class Pipeline:
             record.stage = "credential"
             if call.identity is None or self._minter is None:
                 return self._unavailable(record, "policy asked for a credential that cannot be minted here", call.rpc)
+            if call.request.body_truncated:  # the body hash would cover only the part Envoy buffered
+                return self._reject(record, 413, "request body is larger than a credential can be bound to", call.rpc)
             credential = self._minter.mint(
                 verdict.credential,
+                request=RequestBinding(call.request.method, call.request.path, call.request.body),
                 agent=str(call.identity.spiffe_id),
                 chain=call.chain,
                 decision_id=record.decision_id,
@@ -308,8 +330,10 @@ class Pipeline:
                 fingerprint=call.fingerprint,
                 decision_id=record.decision_id,
                 reasons=list(verdict.reasons),
-                summary=_summary(call),
+                summary=call.summary,
             )
+        except ApprovalError as exc:  # too many pending, or a request it cannot be bound to
+            return self._reject(record, exc.status, exc.reason, call.rpc)
         except StoreError as exc:
             return self._unavailable(record, str(exc), call.rpc)
         record.approval = pending.id  # the audit trail links the step-up to its approval
@@ -386,20 +410,4 @@ def _approval_input(approval: ApprovalRecord | None) -> dict[str, Any] | None:
         "reason": approval.decision_reason,
         "decided_at": approval.decided_at,
         "fingerprint": approval.fingerprint,
-    }
-
-
-def _summary(call: Call) -> dict[str, Any]:
-    """What an approver sees of the request (redacted by the policy's ``step_up.redact``)."""
-    mcp = call.body.mcp
-    return {
-        "method": call.request.method,
-        "host": call.request.headers.get("host", ""),
-        "path": call.record.path,
-        "tool": mcp.name if mcp else None,
-        "arguments": mcp.arguments if mcp else None,
-        "body": call.body.parsed_body if mcp is None else None,
-        "task_id": call.task.id if call.task else None,
-        "purpose": call.task.purpose if call.task else None,
-        "delegation_chain": list(call.chain),
     }

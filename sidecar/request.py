@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
+# ";" starts path parameters for Tomcat, Jetty and Spring (they strip "..;" to ".."), while Envoy
+# and the policy read it as an ordinary character: refused, raw or percent-encoded, everywhere
+# (Envoy's route, here, and the policy), so what is judged is what every upstream would serve.
+PATH_PARAMETER = re.compile(r";|%3b", re.IGNORECASE)
+LOWER_CASE = re.compile(r"[a-z]")
 
 
 @dataclass(frozen=True)
@@ -18,8 +24,25 @@ class CheckRequest:
     # gRPC mode: Envoy's attributes.source.principal (the mTLS peer's URI SAN); the identity
     # resolver trusts it only with the per-deployment secret, like XFCC.
     peer_principal: str | None = None
+    # The body filled Envoy's buffer (with_request_body.max_request_bytes): Envoy flags a partial
+    # body only when it holds more than it sent, so a body of exactly the limit may have a rest
+    # that reaches the upstream uninspected.
+    at_buffer_limit: bool = False
 
     @property
     def body_truncated(self) -> bool:
-        """Envoy sent only the first part of a larger body."""
-        return self.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true"
+        """Envoy sent only the first part of a larger body, or as much as its buffer holds."""
+        return self.at_buffer_limit or self.headers.get(PARTIAL_BODY_HEADER, "").lower() == "true"
+
+
+def request_line_problem(method: str, path: str) -> str | None:
+    """Why the method or path cannot be judged as the upstream would read it, or None.
+
+    Methods are case-sensitive, but servers disagree on a lower-case one (some upper-case it),
+    so the method judged must be the one sent, in upper case.
+    """
+    if LOWER_CASE.search(method):
+        return f"method {method[:32]!r} has lower-case letters; methods are refused unless upper case"
+    if PATH_PARAMETER.search(path.partition("?")[0]):
+        return "path parameters (';', raw or percent-encoded) are refused: servers disagree on what they mean"
+    return None

@@ -167,6 +167,7 @@ async def build_components(config: Config) -> Components:
         resolver,
         opa,
         allow_partial_body=config.request_body.allow_partial,
+        body_buffer_limit=config.request_body.envoy_max_request_bytes,
         strip_jwt_svid=identity.jwt_svid.strip_from_upstream,
         hidden_headers=frozenset({identity.xfcc.secret_header}),
         tasks=tasks,

@@ -5,18 +5,36 @@ its MCP session (``agent:<spiffe id>:<Mcp-Session-Id or "default">``). A call is
 before the policy is asked (so parallel calls see each other), then committed on allow or
 released otherwise. State per key is bounded: counters, a window of recent calls, a capped
 label set.
+
+Both keys above are partly the agent's choice (a new Mcp-Session-Id or a new task starts
+afresh), so each call is also reserved in the agent's own history, keyed by its verified SPIFFE
+ID only: its calls of the last minute and when it last got each label (``input.agent_history``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sidecar.config import SessionsConfig
 from sidecar.identity import Identity
-from sidecar.state import GRACE_SECONDS, SessionLimits, SessionView, Store, TaskRecord
+from sidecar.state import (
+    GRACE_SECONDS,
+    AgentHistory,
+    AgentLimits,
+    SessionLimits,
+    SessionView,
+    Store,
+    StoreError,
+    TaskRecord,
+)
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 MCP_SESSION_HEADER = "mcp-session-id"
 MAX_SESSION_ID = 128
@@ -24,7 +42,7 @@ MAX_SESSION_ID = 128
 
 @dataclass
 class Reservation:
-    """One call's place in its session, to commit or release exactly once."""
+    """One call's place in its session and in its agent's history, to commit or release exactly once."""
 
     store: Store
     key: str
@@ -32,16 +50,33 @@ class Reservation:
     ttl: int
     limits: SessionLimits
     view: SessionView
+    agent: str
+    agent_limits: AgentLimits
+    history: AgentHistory
     done: bool = False
 
     async def commit(self, write: bool, labels: list[str], entry: dict[str, Any]) -> None:
         self.done = True
-        await self.store.commit_call(self.key, self.id, write, labels, entry, time.time(), self.ttl, self.limits)
+        now = time.time()
+        await _both(
+            self.store.commit_call(self.key, self.id, write, labels, entry, now, self.ttl, self.limits),
+            self.store.commit_agent_call(self.agent, self.id, labels, now, self.agent_limits),
+        )
 
     async def release(self) -> None:
         if not self.done:
             self.done = True
-            await self.store.release_call(self.key, self.id)
+            await _both(self.store.release_call(self.key, self.id), self.store.release_agent_call(self.agent, self.id))
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run two store updates together; both are attempted, and a failure of either is raised."""
+    one, two = await asyncio.gather(first, second, return_exceptions=True)
+    if isinstance(one, BaseException):
+        raise one
+    if isinstance(two, BaseException):
+        raise two
+    return one, two
 
 
 class SessionTracker:
@@ -50,6 +85,11 @@ class SessionTracker:
         self._idle_ttl = config.idle_ttl_seconds
         self._limits = SessionLimits(
             recent_window=config.recent_window,
+            max_labels=config.max_labels,
+            inflight_timeout_seconds=config.inflight_timeout_seconds,
+        )
+        self._agent_limits = AgentLimits(
+            label_retention_seconds=config.agent_label_retention_seconds,
             max_labels=config.max_labels,
             inflight_timeout_seconds=config.inflight_timeout_seconds,
         )
@@ -66,6 +106,19 @@ class SessionTracker:
         else:
             session = headers.get(MCP_SESSION_HEADER, "default")[:MAX_SESSION_ID]
             key, ttl = f"agent:{identity.spiffe_id}:{session}", self._idle_ttl
-        reservation = str(uuid.uuid4())
-        view = await self._store.reserve_call(key, reservation, maybe_write, now, ttl, self._limits)
-        return Reservation(self._store, key, reservation, ttl, self._limits, view)
+        reservation, agent = str(uuid.uuid4()), str(identity.spiffe_id)
+        try:
+            view, history = await _both(
+                self._store.reserve_call(key, reservation, maybe_write, now, ttl, self._limits),
+                self._store.reserve_agent_call(agent, reservation, now, self._agent_limits),
+            )
+        except StoreError:
+            # One of the two may have been reserved: give it back (a failure here only delays that
+            # until the in-flight timeout, and the caller answers 503 either way).
+            await asyncio.gather(
+                self._store.release_call(key, reservation),
+                self._store.release_agent_call(agent, reservation),
+                return_exceptions=True,
+            )
+            raise
+        return Reservation(self._store, key, reservation, ttl, self._limits, view, agent, self._agent_limits, history)

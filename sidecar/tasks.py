@@ -4,13 +4,20 @@ Opening and delegating are OPA decisions (``tasks.decision_path``); on top of th
 code enforces what must never depend on it: a delegated grant only narrows (scopes ⊆ the
 parent's, expiry ≤ the parent's), depth is capped, and a token is only honoured for the
 agent it names while its task is active in the store.
+
+The policy also sees how many tasks the agent already has open (``input.open_tasks``: tasks it
+opened or delegated that are active and unexpired, plus its other requests in flight). The
+request holds a reservation while OPA is asked, so parallel requests cannot all slip under a cap.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,8 +28,10 @@ from sidecar.config import TasksConfig
 from sidecar.identity import Identity
 from sidecar.keys import KeySet
 from sidecar.opa import OpaClient, OpaError
-from sidecar.state import ParentEnded, Store, TaskRecord
+from sidecar.state import ParentEnded, Store, StoreError, TaskRecord
 from sidecar.tokens import TASK_TYP, TokenError, act_claim, sign, verify
+
+log = logging.getLogger(__name__)
 
 SCOPE = re.compile(r"^[A-Za-z0-9:._/-]{1,128}$")
 
@@ -119,30 +128,32 @@ class TaskService:
     # -- the API ----------------------------------------------------------------------------
     async def open(self, caller: Identity, body: Any) -> Grant:
         request: OpenRequest = parse_request(OpenRequest, body)
-        decision = await self._ask(
-            {
-                "operation": "open",
-                "agent": caller.as_input(),
-                "request": request.model_dump(),
-                "parent": None,
-                "delegate_to": None,
-                "delegation": {"chain": [], "depth": 0},
-            },
-            request,
-        )
-        now = int(time.time())
-        task_id = str(uuid.uuid4())
-        task = TaskRecord(
-            id=task_id,
-            sub=str(caller.spiffe_id),
-            purpose=request.purpose,
-            scopes=decision["scopes"],
-            issued_at=now,
-            expires_at=now + decision["ttl_seconds"],
-            root_id=task_id,
-            intent=request.intent,
-        )
-        await self._store.create_task(task)
+        async with self._slot(str(caller.spiffe_id)) as (slot, open_tasks):
+            decision = await self._ask(
+                {
+                    "operation": "open",
+                    "agent": caller.as_input(),
+                    "request": request.model_dump(),
+                    "parent": None,
+                    "delegate_to": None,
+                    "delegation": {"chain": [], "depth": 0},
+                    "open_tasks": open_tasks,
+                },
+                request,
+            )
+            now = int(time.time())
+            task_id = str(uuid.uuid4())
+            task = TaskRecord(
+                id=task_id,
+                sub=str(caller.spiffe_id),
+                purpose=request.purpose,
+                scopes=decision["scopes"],
+                issued_at=now,
+                expires_at=now + decision["ttl_seconds"],
+                root_id=task_id,
+                intent=request.intent,
+            )
+            await self._store.create_task(task, slot=slot)
         return Grant(task, self._token(task))
 
     async def delegate(self, caller: Identity, task_id: str, body: Any) -> Grant:
@@ -159,34 +170,38 @@ class TaskService:
         widened = sorted(set(request.scopes) - set(parent.scopes))
         if widened:
             raise TaskError(403, f"delegation may only narrow: task {parent.id} does not hold {', '.join(widened)}")
-        decision = await self._ask(
-            {
-                "operation": "delegate",
-                "agent": caller.as_input(),
-                "request": {"purpose": parent.purpose, **request.model_dump(exclude={"to"}), "intent": None},
-                "parent": task_input(parent),
-                "delegate_to": delegate,
-                "delegation": {"chain": chain, "depth": len(chain)},
-            },
-            request,
-        )
-        now = int(time.time())
-        task = TaskRecord(
-            id=str(uuid.uuid4()),
-            sub=delegate,
-            purpose=parent.purpose,
-            scopes=decision["scopes"],
-            issued_at=now,
-            expires_at=min(parent.expires_at, now + decision["ttl_seconds"]),
-            parent_id=parent.id,
-            root_id=parent.root_id,
-            depth=parent.depth + 1,
-            chain=chain,
-        )
-        try:
-            await self._store.create_task(task)
-        except ParentEnded:
-            raise TaskError(403, f"task {parent.id} ended while delegating") from None
+        # A delegated task counts against the delegator (its creator), never the delegate: no
+        # agent can fill another's cap by delegating to it.
+        async with self._slot(parent.sub) as (slot, open_tasks):
+            decision = await self._ask(
+                {
+                    "operation": "delegate",
+                    "agent": caller.as_input(),
+                    "request": {"purpose": parent.purpose, **request.model_dump(exclude={"to"}), "intent": None},
+                    "parent": task_input(parent),
+                    "delegate_to": delegate,
+                    "delegation": {"chain": chain, "depth": len(chain)},
+                    "open_tasks": open_tasks,
+                },
+                request,
+            )
+            now = int(time.time())
+            task = TaskRecord(
+                id=str(uuid.uuid4()),
+                sub=delegate,
+                purpose=parent.purpose,
+                scopes=decision["scopes"],
+                issued_at=now,
+                expires_at=min(parent.expires_at, now + decision["ttl_seconds"]),
+                parent_id=parent.id,
+                root_id=parent.root_id,
+                depth=parent.depth + 1,
+                chain=chain,
+            )
+            try:
+                await self._store.create_task(task, slot=slot)
+            except ParentEnded:
+                raise TaskError(403, f"task {parent.id} ended while delegating") from None
         return Grant(task, self._token(task))
 
     async def get(self, caller: Identity, task_id: str) -> TaskRecord:
@@ -218,6 +233,19 @@ class TaskService:
         return task
 
     # -- internals ---------------------------------------------------------------------------
+    @asynccontextmanager
+    async def _slot(self, creator: str) -> AsyncIterator[tuple[str, int]]:
+        """A reservation among ``creator``'s open tasks and its count, given back unless a task took it."""
+        slot = str(uuid.uuid4())
+        count = await self._store.reserve_task_slot(creator, slot, time.time())
+        try:
+            yield slot, count
+        finally:
+            try:
+                await self._store.release_task_slot(creator, slot)  # a no-op once create_task took it
+            except StoreError:
+                log.warning("could not release an open-task reservation; it expires on its own")
+
     async def _ask(self, input_doc: dict[str, Any], request: _Request) -> dict[str, Any]:
         try:
             answer = await self._opa.decide(input_doc, self._config.decision_path)

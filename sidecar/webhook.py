@@ -36,7 +36,9 @@ class Webhook:
         task.add_done_callback(self._tasks.discard)
 
     async def _send(self, event: str, payload: dict[str, Any]) -> None:
-        body = json.dumps({"event": event, "approval": payload}, separators=(",", ":")).encode()
+        # ASCII only: whatever shows it to a human (a chat, a ticket) never gets a raw control
+        # character or bidirectional override from the agent's request, only its \u escape.
+        body = json.dumps({"event": event, "approval": payload}, separators=(",", ":"), ensure_ascii=True).encode()
         headers = {
             "content-type": "application/json",
             "x-authz-event": event,

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.audit.chain import reconstruct
-from sidecar.audit.render import as_html, as_json, as_table
+from sidecar.audit.render import as_html, as_json, as_table, printable
 from sidecar.audit.sources import logs_dir_files, read_logs
 
 
@@ -44,11 +44,12 @@ def run(args: argparse.Namespace) -> int:
     files["upstream"] = list(args.upstream_log)
     if args.logs is not None:
         if not args.logs.is_dir():
-            print(f"authz-sidecar audit: {args.logs} is not a directory", file=sys.stderr)
+            print(f"authz-sidecar audit: {printable(str(args.logs))} is not a directory", file=sys.stderr)
             return 2
         for kind, paths in logs_dir_files(args.logs).items():
             files[kind] += paths
-    missing = [str(p) for paths in files.values() for p in paths if not p.is_file()]
+    # File names (a logs directory's listing too) are printed escaped, like everything else.
+    missing = [printable(str(p)) for paths in files.values() for p in paths if not p.is_file()]
     if missing:
         print(f"authz-sidecar audit: no such file: {', '.join(missing)}", file=sys.stderr)
         return 2
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", encoding="utf-8")
-        print(f"wrote {args.out} ({len(audit.chains)} chain(s), {len(audit.gaps)} gap(s))", file=sys.stderr)
+        counts = f"{len(audit.chains)} chain(s), {len(audit.gaps)} gap(s)"
+        print(f"wrote {printable(str(args.out))} ({counts})", file=sys.stderr)
     else:
         print(text)
     return 0

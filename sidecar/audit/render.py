@@ -1,15 +1,39 @@
-"""An audit as a terminal table, JSON, or one self-contained HTML file (no scripts, no external assets)."""
+r"""An audit as a terminal table, JSON, or one self-contained HTML file (no scripts, no external assets).
+
+Everything shown comes from logs that agents fill (paths, tool names, reasons): the table escapes
+control characters, so a tool named ``"\x1b[3A\x1b[J"`` cannot move the cursor and erase rows;
+JSON escapes them itself, and HTML escapes markup and control characters alike.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import html
 import json
+import re
 from typing import Any
 
 from sidecar.audit.chain import Audit, Chain, group_counts
 
 VERDICT_MARK = {"allow": "ALLOW", "deny": "DENY", "step_up": "STEP-UP", "error": "ERROR"}
+# C0 and C1 controls, DEL, and the format characters that reorder or hide text (bidi overrides and
+# isolates, line and paragraph separators, zero-width and byte-order marks).
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+
+
+def printable(text: str) -> str:
+    r"""``text`` with every control character written as an escape (``\x1b``, ``\u202e``)."""
+    return CONTROL.sub(_escape, text)
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def _e(text: str) -> str:
+    """HTML-escaped and printable: markup and control characters never reach the page raw."""
+    return html.escape(printable(text))
 
 
 def as_json(audit: Audit) -> str:
@@ -23,7 +47,7 @@ def _when(at: float | None) -> str:
 
 
 def _short(text: str | None, width: int) -> str:
-    text = text or "-"
+    text = printable(text or "-")  # escaped before measuring, so columns stay aligned
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -39,7 +63,7 @@ def as_table(audit: Audit) -> str:
     unattributed = [g for g in audit.gaps if all(g not in c.gaps for c in audit.chains)]
     if unattributed:
         lines.append(f"GAPS no chain accounts for ({len(unattributed)})")
-        lines += [f"  {_when(g.at)}  {g.kind:<18} {g.detail}" for g in unattributed]
+        lines += [f"  {_when(g.at)}  {printable(g.kind):<18} {printable(g.detail)}" for g in unattributed]
         lines.append("")
     totals = group_counts(audit.chains)
     lines.append(
@@ -47,15 +71,16 @@ def as_table(audit: Audit) -> str:
         f"{totals.get('denied', 0)} denied, {totals.get('step_up', 0)} step-up, {totals.get('errors', 0)} errors, "
         f"{totals.get('credentials_minted', 0)} credentials minted, {len(audit.gaps)} gap(s)"
     )
-    return "\n".join(lines)
+    # Each line is ours; anything a field smuggled into one (a newline too) is escaped here.
+    return "\n".join(printable(line) for line in lines)
 
 
 def _chain_table(chain: Chain) -> list[str]:
     summary = chain.summary()
-    title = f"{chain.kind.upper()} {chain.subject}"
+    title = f"{chain.kind.upper()} {printable(chain.subject)}"
     head = [
         title,
-        f"  agents: {', '.join(_agent(a) for a in summary['agents']) or '-'}   "
+        f"  agents: {printable(', '.join(_agent(a) for a in summary['agents'])) or '-'}   "
         f"span: {_when(summary['first_at'])} .. {_when(summary['last_at'])}",
         f"  {summary['calls']} calls ({summary['allowed']} allowed, {summary['denied']} denied, "
         f"{summary['step_up']} step-up, {summary['errors']} errors), {summary['delegations']} delegation(s), "
@@ -89,7 +114,7 @@ margin:.2rem .8rem .2rem 0;padding:.3rem .6rem;background:#f3f4f8;border-radius:
 
 
 def as_html(audit: Audit) -> str:
-    e = html.escape
+    e = _e
     totals = group_counts(audit.chains)
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
@@ -129,7 +154,7 @@ def as_html(audit: Audit) -> str:
 
 
 def _chain_html(chain: Chain) -> str:
-    e = html.escape
+    e = _e
     s = chain.summary()
     out = [f"<h2>{e(chain.kind)} <code>{e(chain.subject)}</code></h2>"]
     out.append(

@@ -22,6 +22,7 @@ READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
 ASSISTANT = "spiffe://demo.local/agent/assistant"
 TIMEOUT = 10
+TICKET = {"title": "Printer on fire"}  # the demo's write, replayed byte for byte by the thief step
 
 
 @dataclass
@@ -86,12 +87,13 @@ class Demo:
         headers = {"mcp-method": "tools/call", "mcp-name": tool}
         return self.call("POST", "/mcp", agent, task, json=body, headers=headers)
 
-    def replay_last_credential(self) -> requests.Response:
-        """Send the credential the upstream last accepted straight to it again, as a thief would."""
+    def replay_last_credential(self, body: dict[str, Any]) -> requests.Response:
+        """Send the credential the upstream last accepted straight to it again, as a thief would,
+        with the identical request it was bound to (any other is refused before the ``jti``)."""
         upstream = f"http://127.0.0.1:{self.stack.ports.upstream}"
         token = requests.get(f"{upstream}/debug/last-credential", timeout=TIMEOUT).json()["token"]
         return requests.post(
-            f"{upstream}/api/tickets", headers={"authorization": f"Bearer {token}"}, json={}, timeout=TIMEOUT
+            f"{upstream}/api/tickets", headers={"authorization": f"Bearer {token}"}, json=body, timeout=TIMEOUT
         )
 
 
@@ -180,9 +182,9 @@ SCRIPT = [
         "writer POST /api/tickets under the task",
         201,
         "allow",
-        lambda d: d.call("POST", "/api/tickets", WRITER, "triage", json={"title": "Printer on fire"}),
+        lambda d: d.call("POST", "/api/tickets", WRITER, "triage", json=TICKET),
     ),
-    Step("replay of that credential at the upstream", 401, "deny", lambda d: d.replay_last_credential()),
+    Step("replay of that credential at the upstream", 401, "deny", lambda d: d.replay_last_credential(TICKET)),
     Step(
         "writer DELETE /api/records/42 under the task",
         403,

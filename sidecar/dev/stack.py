@@ -343,6 +343,11 @@ class Stack:
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
             "grpc": {"enabled": self.mode == "grpc", "host": "127.0.0.1", "port": self.ports.sidecar_grpc},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
+            # The one number rendered into Envoy's with_request_body.max_request_bytes too.
+            "request_body": {
+                "max_bytes": max(1_048_576, self.max_body_bytes),
+                "envoy_max_request_bytes": self.max_body_bytes,
+            },
             "identity": {
                 "sources": ["xfcc", "jwt_svid"],
                 "trust_domains": [td.name],

@@ -1,21 +1,29 @@
 """The demo upstream: a small REST API and an MCP Streamable-HTTP tool server.
 
 It trusts only credentials minted by the sidecar: every write needs a valid one (signature
-from the sidecar's JWKS, ``aud``, ``exp``, ``typ``, never seen before), so an agent's own
-token, a replayed or an expired credential fail here. Every answer says what the upstream
-saw, so the demo and the e2e tests can show it, and every request is one JSON access line on
-stdout (``"logger": "upstream.access"``: method, path, decision id, agent, credential ``jti``;
-never a token), which ``authz-sidecar audit`` reads to find calls that reached the upstream
-without a decision.
+from the sidecar's JWKS, ``aud``, ``exp``, ``typ``, bound to this very request, never seen
+before), so an agent's own token, a replayed or an expired credential, or one minted for another
+method, path, query or body fail here. As the reference for upstream authors, it recomputes the
+binding from what it received (method, raw request target, body bytes) before it spends the
+``jti`` (docs/tokens.md). Every answer says what the upstream saw, so the demo and the e2e
+tests can show it, and every request is one JSON access line on stdout
+(``"logger": "upstream.access"``: method, path, decision id, agent, credential ``jti``; never a
+token), which ``authz-sidecar audit`` reads to find calls that reached the upstream without a
+decision.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
 import itertools
 import json
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
@@ -32,9 +40,53 @@ WRITE_TOOLS = {"create_ticket", "delete_record", "send_email"}
 # Headers some frameworks read as "use this method instead": Envoy removes them (envoy.yaml), the
 # access line says whether one ever arrived.
 METHOD_OVERRIDE_HEADERS = ("x-http-method-override", "x-http-method", "x-method-override")
+# Headers some frameworks route by instead of the request target (IIS, Symfony, Laravel): a
+# credential bound to one target must not be spent on a request that names another.
+# Envoy removes every one of these (envoy/envoy.yaml request_headers_to_remove).
+TARGET_OVERRIDE_HEADERS = (
+    "x-original-url",
+    "x-rewrite-url",
+    "x-original-uri",
+    "x-original-path",
+    "x-original-method",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "x-forwarded-prefix",
+    "x-envoy-original-path",
+    "x-envoy-original-url",
+)
+BINDING_CLAIMS = ("req_method", "req_target", "req_body_sha256")
 AUDIENCE = "demo-upstream"
 ISSUER = "authz-sidecar"
 _ids = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    """What this upstream received, in the terms of the sidecar's binding claims."""
+
+    method: str  # as received: methods are case-sensitive
+    target: str  # the raw request target (path and query), never decoded or normalised
+    body: bytes  # the body bytes as received (this app does not undo content codings)
+    headers: Mapping[str, str]
+
+
+def binding_mismatch(claims: Mapping[str, Any], request: ReceivedRequest) -> str | None:
+    """Which part of ``request`` differs from the one the credential was minted for, or None."""
+    method, target, body_hash = (claims.get(k) for k in BINDING_CLAIMS)
+    if not (isinstance(method, str) and isinstance(target, str) and isinstance(body_hash, str)):
+        return "the credential is not bound to a request"
+    if request.method != method:
+        return f"method {request.method!r}, minted for {method!r}"
+    if request.target != target:
+        return "request target (path or query) differs"
+    digest = base64.urlsafe_b64encode(hashlib.sha256(request.body).digest()).rstrip(b"=").decode("ascii")
+    if not hmac.compare_digest(digest, body_hash):
+        return "body differs"
+    overrides = [h for h in (*METHOD_OVERRIDE_HEADERS, *TARGET_OVERRIDE_HEADERS) if h in request.headers]
+    if overrides:  # Envoy removes them; one here would name another method or target than bound
+        return f"override header {overrides[0]} present"
+    return None
 
 
 class CredentialCheck:
@@ -45,8 +97,9 @@ class CredentialCheck:
         self._seen: set[str] = set()
         self.last_token: str | None = None  # demo only: lets the demo replay a credential
 
-    async def verify(self, authorization: str | None) -> dict[str, Any] | None:
-        """Verified claims, None when no credential was sent; raises ValueError when it is bad."""
+    async def verify(self, authorization: str | None, request: ReceivedRequest) -> dict[str, Any] | None:
+        """Verified claims, None when no credential was sent; raises ValueError when it is bad
+        or was minted for another request than ``request``."""
         if not authorization:
             return None
         scheme, _, token = authorization.partition(" ")
@@ -68,6 +121,9 @@ class CredentialCheck:
             )
         except jwt.PyJWTError as exc:
             raise ValueError(f"credential rejected: {type(exc).__name__}") from exc
+        mismatch = binding_mismatch(claims, request)
+        if mismatch is not None:  # before the jti is spent: the right request can still use it
+            raise ValueError(f"credential rejected: minted for another request ({mismatch})")
         if claims["jti"] in self._seen:
             raise ValueError("credential rejected: replayed (jti already used)")
         self._seen.add(claims["jti"])
@@ -105,6 +161,7 @@ async def access_log(request: web.Request, handler: Any) -> web.StreamResponse:
                 "authorization_present": "authorization" in request.headers,
                 "credential": {k: claims.get(k) for k in ("jti", "decision_id", "task_id", "sub")} if claims else None,
                 "method_override": [h for h in METHOD_OVERRIDE_HEADERS if h in request.headers],
+                "target_override": [h for h in TARGET_OVERRIDE_HEADERS if h in request.headers],
             }
             sys.stdout.write(json.dumps(line, separators=(",", ":")) + "\n")
             sys.stdout.flush()
@@ -112,8 +169,9 @@ async def access_log(request: web.Request, handler: Any) -> web.StreamResponse:
 
 async def _verified(request: web.Request, required: bool) -> dict[str, Any]:
     """What the upstream saw; raises 401 when a credential is bad, or missing where required."""
+    received = ReceivedRequest(request.method, request.raw_path, await request.read(), request.headers)
     try:
-        claims = await request.app[CHECK].verify(request.headers.get("authorization"))
+        claims = await request.app[CHECK].verify(request.headers.get("authorization"), received)
     except ValueError as exc:
         raise web.HTTPUnauthorized(text=json.dumps({"error": str(exc)}), content_type="application/json") from exc
     if required and claims is None:
@@ -123,11 +181,13 @@ async def _verified(request: web.Request, required: bool) -> dict[str, Any]:
         )
     credential = None
     if claims:
-        credential = {k: claims.get(k) for k in ("sub", "aud", "scope", "act", "task_id", "decision_id", "exp", "jti")}
+        shown = ("sub", "aud", "scope", "act", "task_id", "decision_id", "exp", "jti", *BINDING_CLAIMS)
+        credential = {k: claims.get(k) for k in shown}
     request[CLAIMS] = claims
     return {
         "method": request.method,
         "path": request.path,
+        "target": request.raw_path,
         "host": request.host,
         "decision_id": request.headers.get("x-authz-decision-id"),
         "spiffe_id": request.headers.get("x-authz-spiffe-id"),
@@ -222,4 +282,5 @@ def build_upstream(jwks_url: str | None = None) -> web.Application:
 
 
 def run_upstream(host: str, port: int, jwks_url: str | None = None) -> None:
-    web.run_app(build_upstream(jwks_url), host=host, port=port, access_log=None, print=None)
+    # auto_decompress off: the body hashed is the one received, as the sidecar hashed it.
+    web.run_app(build_upstream(jwks_url), host=host, port=port, access_log=None, print=None, auto_decompress=False)

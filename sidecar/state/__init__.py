@@ -6,6 +6,8 @@ which callers turn into a 503 — never an allow.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -88,6 +90,43 @@ class SessionView:
         }
 
 
+@dataclass(frozen=True)
+class AgentLimits:
+    """Bounds of the per-agent history (keyed by the verified SPIFFE ID only, whatever the session)."""
+
+    label_retention_seconds: int = 86_400
+    max_labels: int = 64
+    inflight_timeout_seconds: int = 30
+    max_minute_entries: int = 10_000
+
+
+@dataclass
+class AgentHistory:
+    """``input.agent_history``: what this agent did across all its sessions and tasks.
+
+    ``calls_last_minute`` counts its allowed calls of the last minute plus its other calls in
+    flight; ``labels`` maps each remembered label to when it was last recorded (unix seconds),
+    for labels recorded within the retention."""
+
+    calls_last_minute: int
+    labels: dict[str, int]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls_last_minute": self.calls_last_minute, "labels": dict(self.labels)}
+
+
+# An open-task request in flight stops counting against the agent's cap after this long.
+TASK_SLOT_TIMEOUT_SECONDS = 60
+
+
+def task_creator(task: TaskRecord) -> str:
+    """Who opened a task: the delegator for a delegated one (nearest first in ``chain``), else its holder.
+
+    The open-task cap counts tasks by creator, so delegations count against the delegator and
+    no agent can fill another's cap by delegating to it."""
+    return task.chain[0] if task.chain else task.sub
+
+
 @dataclass
 class ApprovalRecord:
     id: str
@@ -100,6 +139,7 @@ class ApprovalRecord:
     reasons: list[str]
     summary: dict[str, Any]
     delegation_chain: list[str] = field(default_factory=list)
+    summary_cuts: list[dict[str, Any]] = field(default_factory=list)  # what the approver's view leaves out
     data_class: str | None = None
     approvers: dict[str, Any] = field(default_factory=dict)
     status: ApprovalStatus = "pending"
@@ -114,16 +154,41 @@ class ApprovalRecord:
     def from_json(cls, data: dict[str, Any]) -> ApprovalRecord:
         return cls(**data)
 
+    @property
+    def same_request_key(self) -> str:
+        """Approvals with this key ask for the same thing: the agent, task and exact request, under
+        the same approver requirements (a request that now needs stronger approvers is asked anew)."""
+        bound = [self.agent, self.task_id, self.fingerprint, self.data_class, self.approvers]
+        return hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()
+
 
 class ApprovalConflict(Exception):
     """The approval is not in the state the operation needs (already decided, used, or expired)."""
 
 
+class TooManyApprovals(Exception):
+    """The agent already has as many pending approvals as it may; ``pending`` counts them."""
+
+    def __init__(self, agent: str, pending: int) -> None:
+        super().__init__(agent)
+        self.agent = agent
+        self.pending = pending
+
+
 class Store(Protocol):
     """What the governance features need from a state backend."""
 
-    async def create_task(self, task: TaskRecord) -> None:
-        """Store a new task; for a delegated task, atomically require an active parent (else ParentEnded)."""
+    async def create_task(self, task: TaskRecord, slot: str | None = None) -> None:
+        """Store a new task; for a delegated task, atomically require an active parent (else ParentEnded).
+
+        ``slot``: the creator's open-task reservation (:meth:`reserve_task_slot`) this task replaces."""
+
+    async def reserve_task_slot(self, agent: str, slot: str, now: float) -> int:
+        """Atomically count an open-task request of ``agent`` as in flight; returns how many tasks it
+        created that are still active and unexpired, plus its other requests in flight."""
+
+    async def release_task_slot(self, agent: str, slot: str) -> None:
+        """The request did not create a task: forget its reservation."""
 
     async def get_task(self, task_id: str) -> TaskRecord | None: ...
 
@@ -151,7 +216,21 @@ class Store(Protocol):
     async def release_call(self, key: str, reservation: str) -> None:
         """The call was not allowed (or failed): forget the reservation."""
 
-    async def create_approval(self, approval: ApprovalRecord) -> None: ...
+    async def reserve_agent_call(self, agent: str, reservation: str, now: float, limits: AgentLimits) -> AgentHistory:
+        """Like :meth:`reserve_call`, for the agent's own history (whatever the session or task)."""
+
+    async def commit_agent_call(
+        self, agent: str, reservation: str, labels: list[str], now: float, limits: AgentLimits
+    ) -> None:
+        """The call was allowed: count it in the agent's last minute and record when it got each label."""
+
+    async def release_agent_call(self, agent: str, reservation: str) -> None:
+        """The call was not allowed (or failed): forget the agent-level reservation."""
+
+    async def create_approval(self, approval: ApprovalRecord, max_pending: int, now: int) -> ApprovalRecord:
+        """Atomically: the agent's unexpired pending approval for the same request
+        (:attr:`ApprovalRecord.same_request_key`) if there is one, else ``approval``, stored; but
+        TooManyApprovals when the agent already has ``max_pending`` unexpired pending approvals."""
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None: ...
 

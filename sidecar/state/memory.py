@@ -10,6 +10,9 @@ from typing import Any
 
 from sidecar.state import (
     GRACE_SECONDS,
+    TASK_SLOT_TIMEOUT_SECONDS,
+    AgentHistory,
+    AgentLimits,
     ApprovalConflict,
     ApprovalRecord,
     ApprovalStatus,
@@ -18,6 +21,8 @@ from sidecar.state import (
     SessionView,
     TaskRecord,
     TaskStatus,
+    TooManyApprovals,
+    task_creator,
 )
 
 PURGE_EVERY = 256
@@ -35,6 +40,16 @@ class _Session:
     labels: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _Agent:
+    """One agent's own history, whatever its session or task (keyed by its SPIFFE ID)."""
+
+    expires_at: float
+    inflight: dict[str, float] = field(default_factory=dict)  # reservation → at
+    minute: deque[float] = field(default_factory=deque)
+    labels: dict[str, int] = field(default_factory=dict)  # label → last recorded (unix seconds)
+
+
 class MemoryStore:
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
@@ -42,9 +57,14 @@ class MemoryStore:
         self._children: dict[str, set[str]] = {}
         self._sessions: dict[str, _Session] = {}
         self._approvals: dict[str, ApprovalRecord] = {}
+        self._agents: dict[str, _Agent] = {}
+        self._created: dict[str, set[str]] = {}  # creator → ids of the tasks it opened or delegated
+        self._task_slots: dict[str, dict[str, float]] = {}  # creator → open-task reservation → at
+        self._pending_by_agent: dict[str, set[str]] = {}  # agent → ids of its pending approvals
+        self._same_request: dict[str, str] = {}  # ApprovalRecord.same_request_key → the latest id
         self._writes = 0
 
-    async def create_task(self, task: TaskRecord) -> None:
+    async def create_task(self, task: TaskRecord, slot: str | None = None) -> None:
         async with self._lock:
             if task.parent_id is not None:
                 parent = self._live(task.parent_id)
@@ -52,7 +72,27 @@ class MemoryStore:
                     raise ParentEnded(task.parent_id)
                 self._children.setdefault(task.parent_id, set()).add(task.id)
             self._tasks[task.id] = replace(task)
+            creator = task_creator(task)
+            self._created.setdefault(creator, set()).add(task.id)
+            if slot is not None:
+                self._task_slots.get(creator, {}).pop(slot, None)
             self._count_write()
+
+    async def reserve_task_slot(self, agent: str, slot: str, now: float) -> int:
+        async with self._lock:
+            created = self._created.get(agent, set())
+            created -= {i for i in created if not self._active(i, now)}
+            stale = now - TASK_SLOT_TIMEOUT_SECONDS
+            slots = {s: at for s, at in self._task_slots.get(agent, {}).items() if at >= stale}
+            count = len(created) + len(slots)
+            slots[slot] = now
+            self._task_slots[agent] = slots
+            self._count_write()
+            return count
+
+    async def release_task_slot(self, agent: str, slot: str) -> None:
+        async with self._lock:
+            self._task_slots.get(agent, {}).pop(slot, None)
 
     async def get_task(self, task_id: str) -> TaskRecord | None:
         async with self._lock:
@@ -140,11 +180,63 @@ class MemoryStore:
             if session is not None:
                 session.inflight.pop(reservation, None)
 
-    # -- approvals -------------------------------------------------------------------------
-    async def create_approval(self, approval: ApprovalRecord) -> None:
+    # -- the agent's own history -----------------------------------------------------------
+    async def reserve_agent_call(self, agent: str, reservation: str, now: float, limits: AgentLimits) -> AgentHistory:
         async with self._lock:
-            self._approvals[approval.id] = replace(approval)
+            state = self._agent(agent, now, limits)
+            stale = now - limits.inflight_timeout_seconds
+            state.inflight = {r: at for r, at in state.inflight.items() if at >= stale}
+            while state.minute and state.minute[0] < now - 60:
+                state.minute.popleft()
+            cutoff = now - limits.label_retention_seconds
+            state.labels = {label: at for label, at in state.labels.items() if at >= cutoff}
+            history = AgentHistory(len(state.minute) + len(state.inflight), dict(state.labels))
+            state.inflight[reservation] = now
             self._count_write()
+            return history
+
+    async def commit_agent_call(
+        self, agent: str, reservation: str, labels: list[str], now: float, limits: AgentLimits
+    ) -> None:
+        async with self._lock:
+            state = self._agent(agent, now, limits)
+            state.inflight.pop(reservation, None)
+            state.minute.append(now)
+            while len(state.minute) > limits.max_minute_entries:
+                state.minute.popleft()
+            for label in labels:
+                if label in state.labels or len(state.labels) < limits.max_labels:
+                    state.labels[label] = int(now)
+
+    async def release_agent_call(self, agent: str, reservation: str) -> None:
+        async with self._lock:
+            state = self._agents.get(agent)
+            if state is not None:
+                state.inflight.pop(reservation, None)
+
+    def _agent(self, agent: str, now: float, limits: AgentLimits) -> _Agent:
+        """The agent's history, created on first use; kept while anything in it can still count."""
+        state = self._agents.get(agent)
+        if state is None:
+            state = self._agents[agent] = _Agent(expires_at=now)
+        state.expires_at = max(state.expires_at, now + max(60, limits.label_retention_seconds))
+        return state
+
+    # -- approvals -------------------------------------------------------------------------
+    async def create_approval(self, approval: ApprovalRecord, max_pending: int, now: int) -> ApprovalRecord:
+        async with self._lock:
+            key = approval.same_request_key
+            existing = self._same_request.get(key)
+            if existing is not None and self._is_pending(existing, now):
+                return replace(self._approvals[existing])
+            pending = {i for i in self._pending_by_agent.get(approval.agent, ()) if self._is_pending(i, now)}
+            if len(pending) >= max_pending:
+                raise TooManyApprovals(approval.agent, len(pending))
+            self._approvals[approval.id] = replace(approval)
+            self._pending_by_agent[approval.agent] = pending | {approval.id}
+            self._same_request[key] = approval.id
+            self._count_write()
+            return replace(approval)
 
     async def get_approval(self, approval_id: str) -> ApprovalRecord | None:
         async with self._lock:
@@ -171,6 +263,7 @@ class MemoryStore:
                 raise ApprovalConflict(approval_id)
             approval.status, approval.approver = status, approver
             approval.decision_reason, approval.decided_at = reason, now
+            self._pending_by_agent.get(approval.agent, set()).discard(approval_id)
             return replace(approval)
 
     async def consume_approval(self, approval_id: str, now: int) -> ApprovalRecord:
@@ -193,11 +286,19 @@ class MemoryStore:
     async def close(self) -> None:
         return None
 
+    def _is_pending(self, approval_id: str, now: int) -> bool:
+        approval = self._approvals.get(approval_id)
+        return approval is not None and approval.status == "pending" and approval.expires_at > now
+
     def _live(self, task_id: str) -> TaskRecord | None:
         task = self._tasks.get(task_id)
         if task is not None and task.expires_at + GRACE_SECONDS < time.time():
             return None
         return task
+
+    def _active(self, task_id: str, now: float) -> bool:
+        task = self._tasks.get(task_id)
+        return task is not None and task.status == "active" and task.expires_at > now
 
     def _count_write(self) -> None:
         self._writes += 1
@@ -213,5 +314,20 @@ class MemoryStore:
             self._children.pop(task_id, None)
         for key in [k for k, v in self._sessions.items() if v.expires_at < now]:
             del self._sessions[key]
+        for agent in [a for a, v in self._agents.items() if v.expires_at < now]:
+            del self._agents[agent]
+        for creator, created in list(self._created.items()):
+            created.intersection_update(self._tasks.keys())
+            if not created:
+                del self._created[creator]
+        stale = now - TASK_SLOT_TIMEOUT_SECONDS
+        for creator in [c for c, slots in self._task_slots.items() if all(at < stale for at in slots.values())]:
+            del self._task_slots[creator]
         for approval_id in [a.id for a in self._approvals.values() if a.expires_at < cutoff]:
             del self._approvals[approval_id]
+        for agent, ids in list(self._pending_by_agent.items()):
+            ids.intersection_update(self._approvals)
+            if not ids:
+                del self._pending_by_agent[agent]
+        for key in [k for k, i in self._same_request.items() if i not in self._approvals]:
+            del self._same_request[key]

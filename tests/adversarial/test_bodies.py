@@ -3,8 +3,12 @@ and tool arguments shaped like prompt injections that try to set what the sideca
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import socket
+import time
+import uuid
 from typing import Any
 
 import pytest
@@ -198,38 +202,216 @@ def test_oversized_chunked_body_is_never_judged(attacker: Attacker) -> None:
     assert response.status_code == 413
 
 
-def test_body_at_the_limit_is_judged_whole(attacker: Attacker) -> None:
-    """Exactly at the buffer limit is not partial: it is judged (and allowed) as the whole request."""
+def _search_body(size: int) -> bytes:
+    """An allowed MCP call (search_docs) of exactly ``size`` bytes."""
     base = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
         "params": {"name": "search_docs", "arguments": {"q": ""}},
     }
-    size = attacker.stack.max_body_bytes - len(json.dumps(base))
-    base["params"]["arguments"]["q"] = "x" * size  # type: ignore[index]
+    base["params"]["arguments"]["q"] = "x" * (size - len(json.dumps(base)))  # type: ignore[index]
     body = json.dumps(base).encode()
-    assert len(body) == attacker.stack.max_body_bytes
-    response = _post(attacker, body, "application/json")
+    assert len(body) == size
+    return body
+
+
+def test_body_one_byte_under_the_limit_is_judged_whole(attacker: Attacker) -> None:
+    response = _post(attacker, _search_body(attacker.stack.max_body_bytes - 1), "application/json")
     assert response.status_code == 200, response.text[:200]
 
 
-def test_content_length_shorter_than_the_body(attacker: Attacker) -> None:
-    """The rest of the bytes become a second request on the connection, judged (and refused) on its own."""
-    token = attacker.token(READER)
-    first = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
-    status, _, rest = attacker.raw_request(
+@pytest.mark.parametrize("over", [0, 1], ids=["at-limit", "limit-plus-one"])
+def test_body_that_fills_the_buffer_is_never_judged_whole(attacker: Attacker, over: int) -> None:
+    """Envoy flags a partial body only when it holds more than it sent, so at exactly its limit
+    the sidecar cannot know the body is whole: treated as truncated (413), like one byte more."""
+    response = _post(attacker, _search_body(attacker.stack.max_body_bytes + over), "application/json")
+    assert response.status_code == 413, response.text[:200]
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_remainder_after_a_pause_never_reaches_the_upstream(attacker: Attacker, framing: str) -> None:
+    """The first ``limit`` bytes are an allowed call; the rest (turning it into a forbidden one
+    for a lenient server) arrives after Envoy has sent the check. It is refused, and the upstream
+    never sees the request."""
+    limit = attacker.stack.max_body_bytes
+    first = _search_body(limit)
+    rest = b' ,"smuggled": {"name": "delete_record"}'
+    head = [
         "POST /mcp HTTP/1.1",
-        [
-            "Host: demo.local",
-            f"Authorization: Bearer {token}",
-            "Content-Type: application/json",
-            f"Content-Length: {len(first)}",
-        ],
-        first + b"DELETE /api/records/1 HTTP/1.1\r\nHost: demo.local\r\n\r\n",
-    )
-    assert status == 200
-    assert b"deleted" not in rest, "the smuggled DELETE carries no identity and is never allowed"
+        "Host: demo.local",
+        f"Authorization: Bearer {attacker.token(READER)}",
+        "Content-Type: application/json",
+        "Connection: close",
+    ]
+    if framing == "chunked":
+        head.append("Transfer-Encoding: chunked")
+        parts = [f"{limit:x}\r\n".encode() + first + b"\r\n", f"{len(rest):x}\r\n".encode() + rest + b"\r\n0\r\n\r\n"]
+    else:
+        head.append(f"Content-Length: {limit + len(rest)}")
+        parts = [first, rest]
+    before = len(attacker.upstream_lines())
+    received = b""
+    with socket.create_connection(("127.0.0.1", attacker.stack.ports.egress), timeout=1.5) as conn:
+        conn.sendall("\r\n".join([*head, "", ""]).encode() + parts[0])
+        time.sleep(0.5)  # Envoy's buffer is full: the check is under way before the rest arrives
+        try:
+            received = conn.recv(65_536)  # an answer already, before the rest is sent?
+        except TimeoutError:
+            received = b""  # none: the check allowed and Envoy waits for the rest
+        if not received:
+            with contextlib.suppress(OSError):
+                conn.sendall(parts[1])
+        conn.settimeout(5)
+        with contextlib.suppress(OSError):  # Envoy may close with a reset once it answered
+            while chunk := conn.recv(65_536):
+                received += chunk
+    status = int(received.split(b" ", 2)[1])
+    assert status == 413, received[:300]
+    time.sleep(0.3)
+    assert len(attacker.upstream_lines()) == before, "the upstream must not see the request"
+
+
+def _exchange(attacker: Attacker, data: bytes, idle_s: float = 1.5) -> list[tuple[int, dict[str, str], bytes]]:
+    """Send ``data`` on one keep-alive connection; every answer that comes back, in order.
+
+    Reads until Envoy closes the connection or stays silent for ``idle_s``: a request smuggled
+    through would show up as one answer more than the requests Envoy should have seen.
+    """
+    received = b""
+    with socket.create_connection(("127.0.0.1", attacker.stack.ports.egress), timeout=idle_s) as conn:
+        conn.sendall(data)
+        while True:
+            try:
+                chunk = conn.recv(65_536)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            received += chunk
+    answers = []
+    while received:
+        head, separator, rest = received.partition(b"\r\n\r\n")
+        assert separator, f"a partial answer: {received[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {
+            name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])
+        }
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            body = b""
+            while True:
+                size_line, _, rest = rest.partition(b"\r\n")
+                size = int(size_line.split(b";")[0], 16)
+                body, rest = body + rest[:size], rest[size + 2 :]
+                if size == 0:
+                    break
+        else:
+            length = int(headers.get("content-length", len(rest)))
+            body, rest = rest[:length], rest[length:]
+        answers.append((int(lines[0].split()[1]), headers, body))
+        received = rest
+    return answers
+
+
+def _smuggled(attacker: Attacker, marker: str) -> bytes:
+    """A request the reader is allowed (the upstream serves and logs it): only its path is new."""
+    return (
+        f"GET /api/docs/{marker} HTTP/1.1\r\nHost: demo.local\r\nAuthorization: Bearer {attacker.token(READER)}\r\n\r\n"
+    ).encode()
+
+
+def _upstream_paths(attacker: Attacker) -> list[str]:
+    return [line["path"] for line in attacker.upstream_lines()]
+
+
+def _chunked(data: bytes) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n0\r\n\r\n"
+
+
+# id -> (framing headers, body) of an allowed GET whose body holds a whole second request
+HIDDEN_REQUESTS: dict[str, Any] = {
+    "body-is-a-request": lambda s: ([f"Content-Length: {len(s)}"], s),
+    "cl-te": lambda s: ([f"Content-Length: {len(s) + 5}", "Transfer-Encoding: chunked"], b"0\r\n\r\n" + s),
+    "te-cl": lambda s: (["Transfer-Encoding: chunked", "Content-Length: 4"], _chunked(s)),
+    "te-chunked-identity": lambda s: (
+        [f"Content-Length: {len(s) + 5}", "Transfer-Encoding: chunked, identity"],
+        b"0\r\n\r\n" + s,
+    ),
+    "te-obfuscated-name": lambda s: (
+        [f"Content-Length: {len(s) + 5}", "Transfer-Encoding : chunked"],
+        b"0\r\n\r\n" + s,
+    ),
+    "te-xchunked": lambda s: ([f"Content-Length: {len(s) + 5}", "Transfer-Encoding: xchunked"], b"0\r\n\r\n" + s),
+    "two-content-lengths": lambda s: ([f"Content-Length: {len(s)}", "Content-Length: 0"], s),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HIDDEN_REQUESTS))
+def test_a_request_hidden_in_a_body_is_never_served(attacker: Attacker, case: str) -> None:
+    """The reader's allowed GET carries, in its body, a second allowed GET with its own path.
+
+    Whatever the framing trick, Envoy answers exactly once on the kept-alive connection (the
+    front request, or a 400 for ambiguous framing) and the upstream never serves the hidden path:
+    a parser split that turned the body into a request would show up as a second answer or as the
+    hidden path in the upstream's access log.
+    """
+    front, hidden = f"front-{uuid.uuid4()}", f"hidden-{uuid.uuid4()}"
+    framing, body = HIDDEN_REQUESTS[case](_smuggled(attacker, hidden))
+    head = [f"GET /api/docs/{front} HTTP/1.1", "Host: demo.local", f"Authorization: Bearer {attacker.token(READER)}"]
+    answers = _exchange(attacker, "\r\n".join([*head, *framing, "", ""]).encode() + body)
+    assert len(answers) == 1, [(status, answer[:120]) for status, _, answer in answers]
+    status, headers, answer = answers[0]
+    if status == 200:
+        assert json.loads(answer)["upstream_saw"]["path"] == f"/api/docs/{front}"
+        assert attacker.upstream_saw(headers["x-authz-decision-id"])["path"] == f"/api/docs/{front}"
+    else:
+        assert status == 400, (status, answer[:200])
+    assert f"/api/docs/{hidden}" not in _upstream_paths(attacker), f"{case}: the hidden request was served"
+
+
+def test_content_length_shorter_than_the_body(attacker: Attacker) -> None:
+    """The bytes after Content-Length are a second request on the kept-alive connection: judged on
+    its own (its own decision, on its own path), never under the first request's decision."""
+    first = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+    marker = f"pipelined-{uuid.uuid4()}"
+    head = [
+        "POST /mcp HTTP/1.1",
+        "Host: demo.local",
+        f"Authorization: Bearer {attacker.token(READER)}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(first)}",
+    ]
+    second = _smuggled(attacker, marker).replace(b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n")
+    answers = _exchange(attacker, "\r\n".join([*head, "", ""]).encode() + first + second)
+    assert [status for status, _, _ in answers] == [200, 200], [(s, a[:120]) for s, _, a in answers]
+    first_id, second_id = (headers["x-authz-decision-id"] for _, headers, _ in answers)
+    assert first_id != second_id
+    assert json.loads(answers[1][2])["upstream_saw"]["path"] == f"/api/docs/{marker}"
+    served = attacker.upstream_saw(second_id)
+    assert (served["method"], served["path"]) == ("GET", f"/api/docs/{marker}")
+    assert attacker.opa_event(second_id)["input"]["action"]["path"] == f"/api/docs/{marker}"
+    assert attacker.upstream_saw(first_id)["path"] == "/mcp"
+    assert _upstream_paths(attacker).count(f"/api/docs/{marker}") == 1
+
+
+def test_an_unidentified_request_after_the_body_is_refused(attacker: Attacker) -> None:
+    """The same, with a second request that carries no identity: it must not ride on the first
+    request's identity or decision. The upstream serves reads without any credential, so only
+    the sidecar stands between this GET and the upstream's log."""
+    first = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).encode()
+    marker = f"anonymous-{uuid.uuid4()}"
+    head = [
+        "POST /mcp HTTP/1.1",
+        "Host: demo.local",
+        f"Authorization: Bearer {attacker.token(READER)}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(first)}",
+    ]
+    second = f"GET /api/docs/{marker} HTTP/1.1\r\nHost: demo.local\r\nConnection: close\r\n\r\n".encode()
+    answers = _exchange(attacker, "\r\n".join([*head, "", ""]).encode() + first + second)
+    assert [status for status, _, _ in answers] == [200, 401], [(s, a[:120]) for s, _, a in answers]
+    assert json.loads(answers[1][2])["reasons"] == ["no agent identity was presented"]
+    assert f"/api/docs/{marker}" not in _upstream_paths(attacker)
 
 
 # -- prompt-injection-shaped tool arguments ---------------------------------------------------

@@ -68,6 +68,7 @@ def test_task_token_stolen_and_used_over_mtls(attacker: Attacker, writer_task: d
     """The binding holds whatever the identity source: here the reader's mTLS certificate."""
     response = attacker.ingress(READER, "POST", "/api/tickets", json={}, headers={TASK: writer_task["token"]})
     assert response.status_code == 403
+    assert verdict(response)["reasons"] == ["task token is bound to another agent"], "refused for the binding"
 
 
 def test_task_token_without_any_identity(attacker: Attacker, writer_task: dict[str, Any]) -> None:
@@ -285,3 +286,113 @@ def test_self_approval_and_approval_by_the_chain(attacker: Attacker, cleanup: di
     assert asked.status_code == 401
     child_approval = asked.json()["step_up"]["approval_id"]
     assert attacker.decide_approval(child_approval, who=attacker.bearer(WRITER)) == 403
+
+
+# -- what an approval binds, and what approvers are shown -------------------------------------------
+
+
+def _ask(attacker: Attacker, token: str, body: dict[str, Any], **headers: str) -> Any:
+    return attacker.send("POST", "/mcp", {**attacker.bearer(WRITER), TASK: token, **headers}, json=body)
+
+
+def _approved(attacker: Attacker, token: str, body: dict[str, Any], **headers: str) -> str:
+    asked = _ask(attacker, token, body, **headers)
+    assert asked.status_code == 401, asked.text
+    approval_id: str = verdict(asked)["step_up"]["approval_id"]
+    assert attacker.decide_approval(approval_id) == 200
+    return approval_id
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        pytest.param({"_meta": {"progressToken": "other"}}, "params._meta was not bound", id="meta"),
+        pytest.param({"cascade": True}, "a param beside name and arguments was not bound", id="extra-param"),
+    ],
+)
+def test_approval_for_changed_jsonrpc_params(
+    attacker: Attacker, cleanup: dict[str, Any], change: dict[str, Any], why: str
+) -> None:
+    """Every JSON-RPC param is bound, not only the tool's name and arguments."""
+    body = attacker.mcp_body("delete_record", {"id": "201"}, _meta={"progressToken": "p-1"})
+    approval_id = _approved(attacker, cleanup["token"], body)
+    changed = {**body, "params": {**body["params"], **change}}
+    response = _ask(attacker, cleanup["token"], changed, **{APPROVAL: approval_id})
+    assert response.status_code == 403, why
+    assert "different request" in verdict(response)["reasons"][0]
+    retry = {**body, "id": 1234}  # only the JSON-RPC id may change
+    assert _ask(attacker, cleanup["token"], retry, **{APPROVAL: approval_id}).status_code == 200
+
+
+def test_approval_for_the_same_body_read_differently(attacker: Attacker, cleanup: dict[str, Any]) -> None:
+    """The same bytes under another content type are another request for the upstream."""
+    body = attacker.mcp_body("delete_record", {"id": "202"})
+    approval_id = _approved(attacker, cleanup["token"], body)
+    sent = {**attacker.bearer(WRITER), TASK: cleanup["token"], APPROVAL: approval_id, "content-type": "text/plain"}
+    response = attacker.send("POST", "/mcp", sent, data=json.dumps(body))
+    assert response.status_code == 403, "the content type was not bound"
+    assert "different request" in verdict(response)["reasons"][0]
+
+
+@pytest.mark.parametrize(
+    ("host", "target", "why"),
+    [
+        pytest.param("127.0.0.1:1", "/api/records/203", "the port was dropped from the host", id="host-port"),
+        pytest.param("tools.demo.local", "/api/records/203", "another host", id="host"),
+        pytest.param(None, "/api/records/203?cascade=all", "the query was not bound", id="query"),
+    ],
+)
+def test_approval_for_another_host_or_query(
+    attacker: Attacker, cleanup: dict[str, Any], host: str | None, target: str, why: str
+) -> None:
+    approval_id = _pending(attacker, cleanup["token"], "203")
+    assert attacker.decide_approval(approval_id) == 200
+    headers = {APPROVAL: approval_id, **({"host": host} if host else {})}
+    sent = {**attacker.bearer(WRITER), TASK: cleanup["token"], **headers}
+    response = attacker.send("DELETE", target, sent)
+    assert response.status_code == 403, why
+    assert "different request" in verdict(response)["reasons"][0]
+
+
+def test_the_dangerous_id_behind_fifty_harmless_ones(attacker: Attacker, cleanup: dict[str, Any]) -> None:
+    """An approver's view shows 50 items of a list: a request it would have to cut is never put to a human."""
+    ids = [f"harmless-{i}" for i in range(86)] + ["the-dangerous-one"]
+    response = _ask(attacker, cleanup["token"], attacker.mcp_body("delete_record", {"id": ids}))
+    assert response.status_code == 403, response.text
+    reason = verdict(response)["reasons"][0]
+    assert "too large to show an approver in full (/arguments/id would be cut)" in reason
+    opa_saw = attacker.opa_event(verdict(response)["decision_id"])["input"]["approval_view"]
+    assert opa_saw == {"cut": ["/arguments/id"], "cut_count": 1, "max_items": 50, "max_string": 200}
+    # What the policy redacts is hidden anyway: a long email body still goes to a human.
+    email = {"to": "eve@elsewhere.example", "subject": "hi", "body": "x" * 5000}
+    task = attacker.open_task(WRITER, "outreach", ["email:send"])
+    sent = attacker.send(
+        "POST", "/mcp", {**attacker.bearer(WRITER), TASK: task["token"]}, json=attacker.mcp_body("send_email", email)
+    )
+    assert sent.status_code == 401, sent.text
+    assert verdict(sent)["step_up"]["status"] == "pending"
+
+
+def test_an_agent_cannot_flood_approvers(attacker: Attacker) -> None:
+    """Asking again for the same request returns the pending approval; past 20 pending, a 429."""
+    task = attacker.open_task(WRITER, "cleanup", ["records:delete"])
+    asked: list[str] = []
+    try:
+        first = _pending(attacker, task["token"], "300")
+        asked.append(first)
+        assert _pending(attacker, task["token"], "300") == first, "the same request, the same approval"
+        refused = None
+        for record in range(301, 330):
+            response = _delete(attacker, WRITER, task["token"], str(record))
+            if response.status_code != 401:
+                refused = response
+                break
+            asked.append(response.json()["step_up"]["approval_id"])
+        assert refused is not None and len(asked) <= 20, f"{len(asked)} pending approvals and no refusal"
+        assert refused.status_code == 429, refused.text
+        reason = verdict(refused)["reasons"][0]
+        assert f"agent {WRITER} already has 20 pending approvals (at most 20)" in reason
+        assert _pending(attacker, task["token"], "300") == first, "a pending request is still answered"
+    finally:
+        for approval_id in asked:  # the module's other cases ask for approvals as the writer too
+            attacker.decide_approval(approval_id, approve=False)

@@ -44,6 +44,14 @@ PATH_TRICKS: dict[str, tuple[str | None, str]] = {
     "/api/docs/x%00": (None, "an encoded NUL"),
     "/api/tickets#/../docs/x": (None, "a fragment in the request target"),
     "/api/docs/x#frag": (None, "any fragment"),
+    # Path parameters that survive normalisation: Tomcat, Jetty and Spring strip ";..." from a
+    # segment, Envoy does not, so Envoy's route refuses them before any decision.
+    "/api/docs/handbook;jsessionid=1": (None, "a path parameter on the last segment"),
+    "/api/docs;v=1/handbook": (None, "a path parameter inside the path"),
+    "/api/docs/..%3B/records/1": (None, "an encoded ';' after '..' (a lenient server decodes it)"),
+    "/api/docs/%3b/records/1": (None, "a lower-case encoded ';'"),
+    "/api/docs/.;/records/1": ("/api/docs/records/1", "'.;' is a dot segment for Envoy too"),
+    "/api/docs/..;x/records/1": ("/api/records/1", "Envoy reads '..;x' as a dot segment, and so is it judged"),
 }
 
 
@@ -61,7 +69,33 @@ def test_path_tricks_are_judged_as_routed(attacker: Attacker, target: str) -> No
     served = attacker.upstream_saw(decision_id)
     assert judged["path"] == served["path"] == routed, why
     rule = json.loads(body)["upstream_saw"]["rule"]
-    assert rule == ("list tickets" if routed == "/api/tickets" else "read docs"), why
+    rules = {"/api/tickets": "list tickets", "/api/records/1": "read record"}
+    assert rule == rules.get(routed, "read docs"), why
+
+
+def test_dot_dot_semicolon_is_judged_as_the_record_it_reaches(attacker: Attacker) -> None:
+    """``/api/docs/..;/records/1``: a parameter-stripping server serves /api/records/1, so that
+    is what must be judged: under the "read record" rule, with its restricted label remembered,
+    never under "read docs"."""
+    status, headers, body = _get(attacker, "/api/docs/..;/records/1")
+    decision_id = headers["x-authz-decision-id"]
+    event = attacker.opa_event(decision_id)
+    assert event["input"]["action"]["path"] == attacker.upstream_saw(decision_id)["path"] == "/api/records/1"
+    assert status == 200, body[:200]
+    assert json.loads(body)["upstream_saw"]["rule"] == "read record"
+    assert "pii_read" in event["result"]["remember"], "the restricted read is remembered for the ratchet"
+
+
+@pytest.mark.parametrize("method", ["get", "Get", "pOST", "delete"])
+def test_lower_case_methods_never_reach_a_decision_or_the_upstream(attacker: Attacker, method: str) -> None:
+    """Servers disagree on lower-case methods (some upper-case them): refused before any decision."""
+    before = len(attacker.upstream_lines())
+    status, headers, _ = attacker.raw_request(
+        f"{method} /api/docs/handbook HTTP/1.1", ["Host: demo.local", f"Authorization: Bearer {attacker.token(READER)}"]
+    )
+    assert status == 400
+    assert "x-authz-decision-id" not in headers
+    assert len(attacker.upstream_lines()) == before
 
 
 @pytest.mark.parametrize(
@@ -149,6 +183,32 @@ def test_method_override_headers_never_reach_the_upstream(attacker: Attacker, he
     assert attacker.opa_event(decision_id)["input"]["action"]["method"] == "GET"
     saw = attacker.upstream_saw(decision_id)
     assert saw["method"] == "GET" and saw["method_override"] == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "X-Original-URI",
+        "X-Original-Path",
+        "X-Forwarded-URI",
+        "X-Forwarded-Path",
+        "X-Forwarded-Prefix",
+        "X-Envoy-Original-Path",
+        "X-Envoy-Original-URL",
+        "X-Original-Method",
+    ],
+)
+def test_url_override_headers_never_reach_the_upstream(attacker: Attacker, header: str) -> None:
+    """/api/docs/x is judged; IIS, Symfony, Laravel and Spring would serve the header's target
+    (or method) instead. Envoy removes every such header before the upstream."""
+    value = "DELETE" if header.endswith("Method") else "/api/records/1"
+    response = attacker.send("GET", "/api/docs/x", {**attacker.bearer(READER), header: value})
+    assert response.status_code == 200
+    saw = attacker.upstream_saw(response.headers["x-authz-decision-id"])
+    assert saw["path"] == "/api/docs/x"
+    assert saw["target_override"] == [] and saw["method_override"] == [], f"{header} reached the upstream"
 
 
 @pytest.mark.parametrize(

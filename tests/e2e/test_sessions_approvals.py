@@ -31,9 +31,18 @@ def redis_stack(tmp_path_factory: pytest.TempPathFactory, redis_server: RedisSer
         yield running
 
 
+@pytest.fixture(scope="module")
+def memory_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A stack of this module's own: what agents did in other modules' tests (the session-wide
+    ``stack``) stays in their per-agent history, and the ratchet cases need a writer that has
+    read no restricted data yet."""
+    with Stack(tmp_path_factory.mktemp("memory-stack"), Ports.free()) as running:
+        yield running
+
+
 @pytest.fixture(params=["memory", "redis"])
 def any_stack(request: pytest.FixtureRequest) -> Stack:
-    fixture = "stack" if request.param == "memory" else "redis_stack"
+    fixture = "memory_stack" if request.param == "memory" else "redis_stack"
     stack: Stack = request.getfixturevalue(fixture)
     return stack
 
@@ -97,6 +106,11 @@ def test_ratchet_after_a_restricted_read(any_stack: Stack) -> None:
     data = after.json()["error"]["data"]
     assert data["verdict"] == "step_up" and data["step_up"]["kind"] == "approval"
     assert after.json()["id"] == 1, "a JSON-RPC error with the request's id"
+    # A new task is a new session, not a new agent: the read is in the writer's own history.
+    fresh = grant(writer.open("outreach", ["email:send"]))
+    again = mcp(writer, fresh["token"], "send_email", email)
+    assert again.status_code == 401, again.text
+    assert "in another session or task" in again.json()["error"]["data"]["reasons"][0]
 
 
 def mcp(
@@ -144,9 +158,13 @@ def test_approval_flow_single_use(any_stack: Stack) -> None:
     other_task = grant(writer.open("cleanup", ["records:delete"]))
     wrong_task = writer.call("DELETE", "/api/records/42", other_task["token"], headers=retry)
     assert wrong_task.status_code == 403 and "another task" in wrong_task.json()["reasons"][0]
+    # The assistant holds a grant for this very task (delegated, records:delete), so only the
+    # approval's binding to the writer stands between it and the delete.
     assistant = Agent(any_stack, ASSISTANT)
-    wrong_agent = assistant.call("DELETE", "/api/records/42", headers=retry)
-    assert wrong_agent.status_code == 403
+    delegated = grant(writer.delegate(task["id"], ASSISTANT, ["records:delete"]))
+    wrong_agent = assistant.call("DELETE", "/api/records/42", delegated["token"], headers=retry)
+    assert wrong_agent.status_code == 403, wrong_agent.text
+    assert "requested by another agent" in wrong_agent.json()["reasons"][0]
 
     allowed = writer.call("DELETE", "/api/records/42", task["token"], headers=retry)
     assert allowed.status_code == 200, allowed.text

@@ -137,3 +137,41 @@ def test_hostile_text_is_escaped_in_html_and_kept_in_the_table(tmp_path: Path) -
     page = as_html(audit)
     assert hostile not in page and "&lt;script&gt;" in page
     assert "d-1" in as_table(audit)
+
+
+ERASE = "\u001b[3A\u001b[J"  # cursor up three lines, erase to the end of the screen
+
+
+def _hostile_audit(tmp_path: Path) -> Any:
+    lines = [
+        _decision("d-0", "allow", method="GET", path="/api/docs/a"),
+        _decision("d-1", "deny", tool=ERASE, path="/mcp", reasons=[f"denied{ERASE}"], agent=f"{AGENT}\u202e"),
+        _decision("d-2", "deny", path="/x\r\nALLOW  forged row\u0007", reasons=["fine\u0085\u2028next"]),
+    ]
+    opa = [_opa("d-1", {"verdict": "deny", "reasons": [f"no {ERASE}"]})]
+    upstream = [_upstream(None, f"/api/{ERASE}", "GET")]  # a gap, listed with its path
+    files = {"sidecar": [_write(tmp_path, "sidecar.log", lines)], "opa": [_write(tmp_path, "opa.log", opa)]}
+    return reconstruct(read_logs(**files, upstream=[_write(tmp_path, "upstream.log", upstream)]))
+
+
+def test_table_escapes_control_characters(tmp_path: Path) -> None:
+    """A tool name (or path, reason, agent) of escape sequences cannot rewrite the terminal: every
+    control character is printed as its escape, and injected line breaks add no rows."""
+    audit = _hostile_audit(tmp_path)
+    table = as_table(audit)
+    printed = table.replace("\n", "")
+    assert not [c for c in printed if ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or c in "\u202e\u2028"]
+    assert "\\x1b[3A\\x1b[J" in table and "\\x0d\\x0aALLOW  forged row\\x07" in table
+    assert "\\u202e" in table and "\\x85\\u2028" in table
+    assert not any(line.startswith("ALLOW") for line in table.splitlines()), "no forged row"
+
+
+def test_html_escapes_markup_and_control_characters(tmp_path: Path) -> None:
+    audit = _hostile_audit(tmp_path)
+    page = as_html(audit)
+    assert "\u001b" not in page and "\u202e" not in page and "\u0007" not in page
+    assert "\\x1b[3A\\x1b[J" in page
+    hostile = "<script>alert(1)</script>"
+    sidecar = _write(tmp_path, "markup.log", [_decision("d-3", "deny", path=f"/x/{hostile}{ERASE}")])
+    page = as_html(reconstruct(read_logs(sidecar=[sidecar])))
+    assert hostile not in page and "&lt;script&gt;" in page and "\u001b" not in page

@@ -67,3 +67,60 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
 def test_unknown_env_key_is_an_error() -> None:
     with pytest.raises(ConfigError, match=r"opa\.nope: unknown key"):
         load_config(environ={"AUTHZ_OPA__NOPE": "1"})
+
+
+POD = {"sources": ["pod"], "pod": {"spiffe_id": "spiffe://demo.local/agent/a"}}
+
+
+@pytest.mark.parametrize(
+    ("raw", "exposed"),
+    [
+        ({"listen": {"host": "0.0.0.0"}}, "listen.host '0.0.0.0'"),
+        ({"listen": {"host": "::"}}, "listen.host '::'"),
+        ({"listen": {"host": "10.0.0.7"}}, "listen.host '10.0.0.7'"),
+        ({"listen": {"host": "sidecar.internal"}}, "listen.host 'sidecar.internal'"),
+        ({"grpc": {"enabled": True, "host": "0.0.0.0"}}, "grpc.host '0.0.0.0'"),
+    ],
+)
+def test_pod_identity_needs_a_loopback_check_listener(raw: dict[str, object], exposed: str) -> None:
+    """The pod source names every caller as the pod: anyone reaching the listener would be it."""
+    with pytest.raises(ConfigError, match=f"identity.sources has 'pod'.*must be loopback-only.*not {exposed}"):
+        validate_config({"identity": POD, **raw})
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"listen": {"host": "127.0.0.1"}},
+        {"listen": {"host": "::1"}},
+        {"listen": {"host": "localhost"}, "grpc": {"enabled": True, "host": "127.0.0.2"}},
+        {"grpc": {"enabled": False, "host": "0.0.0.0"}},  # not listening at all
+    ],
+)
+def test_pod_identity_on_loopback_is_accepted(raw: dict[str, object]) -> None:
+    assert validate_config({"identity": POD, **raw}).identity.sources == ["pod"]
+
+
+def test_other_sources_may_listen_anywhere() -> None:
+    """XFCC and JWT-SVIDs are verified per request, so the listener's reach does not name anyone."""
+    assert validate_config({"listen": {"host": "0.0.0.0"}}).listen.host == "0.0.0.0"
+
+
+def test_header_names_are_lower_case() -> None:
+    """Lookups use lower-case names: X-Agent-Task-Token would match nothing, and the token (with its
+    signature) would reach OPA as an ordinary header instead of being verified and withheld."""
+    env = {
+        "AUTHZ_TASKS__TOKEN_HEADER": "X-Agent-Task-Token",
+        "AUTHZ_APPROVALS__HEADER": "X-Agent-Approval-ID",
+        "AUTHZ_IDENTITY__XFCC__SECRET_HEADER": "X-Authz-XFCC-Secret",
+    }
+    config = load_config(environ=env)
+    assert config.tasks.token_header == "x-agent-task-token"
+    assert config.approvals.header == "x-agent-approval-id"
+    assert config.identity.xfcc.secret_header == "x-authz-xfcc-secret"
+
+
+@pytest.mark.parametrize("name", ["", "x agent", "x-agent:token", "x-agent\r\nx-evil", "x-ägent"])
+def test_header_names_must_be_header_names(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"tasks\.token_header: .*is not an HTTP header name"):
+        validate_config({"tasks": {"token_header": name}})

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
 
 import pytest
 
-from sidecar.state import ApprovalConflict, ApprovalRecord, ParentEnded, SessionLimits, Store, StoreError, TaskRecord
+from sidecar.state import (
+    TASK_SLOT_TIMEOUT_SECONDS,
+    AgentLimits,
+    ApprovalConflict,
+    ApprovalRecord,
+    ParentEnded,
+    SessionLimits,
+    Store,
+    StoreError,
+    TaskRecord,
+    TooManyApprovals,
+)
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
 
@@ -119,16 +131,100 @@ async def test_stale_reservations_expire(store: Store) -> None:
     assert view.writes == 0, "a reservation never committed or released stops counting after the timeout"
 
 
+# -- the agent's own history, whatever its session ---------------------------------------------
+
+AGENT_LIMITS = AgentLimits(label_retention_seconds=3600, max_labels=2, inflight_timeout_seconds=30)
+
+
+def some_agent() -> str:
+    return f"spiffe://demo.local/agent/{uuid.uuid4().hex[:12]}"
+
+
+async def test_agent_history_spans_its_sessions(store: Store) -> None:
+    agent, other, now = some_agent(), some_agent(), time.time()
+    # The same reservation ids under three different session keys: the agent's history sees all.
+    for i in range(3):
+        await store.reserve_call(f"agent:{agent}:{uuid.uuid4()}", f"r{i}", False, now, 60, LIMITS)
+    views = [await store.reserve_agent_call(agent, f"r{i}", now, AGENT_LIMITS) for i in range(3)]
+    assert [v.calls_last_minute for v in views] == [0, 1, 2]
+    await store.release_agent_call(agent, "r0")
+    await store.commit_agent_call(agent, "r1", ["pii_read"], now, AGENT_LIMITS)
+    view = await store.reserve_agent_call(agent, "r3", now, AGENT_LIMITS)
+    assert view.calls_last_minute == 2, "r1 committed, r2 in flight"
+    assert view.labels == {"pii_read": int(now)}
+    fresh = await store.reserve_agent_call(other, "o", now, AGENT_LIMITS)
+    assert fresh.to_json() == {"calls_last_minute": 0, "labels": {}}, "another agent starts from nothing"
+
+
+async def test_parallel_agent_reservations_see_each_other(store: Store) -> None:
+    agent, now = some_agent(), time.time()
+    views = await asyncio.gather(*(store.reserve_agent_call(agent, f"r{i}", now, AGENT_LIMITS) for i in range(20)))
+    assert sorted(v.calls_last_minute for v in views) == list(range(20))
+
+
+async def test_agent_history_windows_and_bounds(store: Store) -> None:
+    agent, now = some_agent(), time.time()
+    await store.reserve_agent_call(agent, "old", now - 3000, AGENT_LIMITS)
+    await store.commit_agent_call(agent, "old", ["pii_read"], now - 3000, AGENT_LIMITS)
+    await store.reserve_agent_call(agent, "a", now - 100, AGENT_LIMITS)
+    await store.commit_agent_call(agent, "a", ["x"], now - 100, AGENT_LIMITS)
+    view = await store.reserve_agent_call(agent, "b", now, AGENT_LIMITS)
+    assert view.calls_last_minute == 0, "calls older than a minute no longer count"
+    assert view.labels == {"pii_read": int(now - 3000), "x": int(now - 100)}, "labels outlive the minute"
+    # At most max_labels labels: a new one is not added, a known one gets its new time.
+    await store.commit_agent_call(agent, "b", ["y", "pii_read"], now, AGENT_LIMITS)
+    view = await store.reserve_agent_call(agent, "c", now, AGENT_LIMITS)
+    assert (view.calls_last_minute, view.labels) == (1, {"pii_read": int(now), "x": int(now - 100)})
+    # Past the retention a label is forgotten.
+    later = await store.reserve_agent_call(agent, "d", now + 3590, AGENT_LIMITS)
+    assert later.labels == {"pii_read": int(now)}
+    assert later.calls_last_minute == 0, "the in-flight reservation c went stale, b is older than a minute"
+
+
+async def test_open_tasks_are_counted_per_creator(store: Store) -> None:
+    creator, delegate, now = some_agent(), some_agent(), time.time()
+    assert await store.reserve_task_slot(creator, "s1", now) == 0
+    assert await store.reserve_task_slot(creator, "s2", now) == 1, "s1 is in flight"
+    first = task(sub=creator)
+    await store.create_task(first, slot="s1")  # s1 becomes the task
+    await store.release_task_slot(creator, "s2")
+    assert await store.reserve_task_slot(creator, "s3", now) == 1
+    await store.release_task_slot(creator, "s3")
+    # A delegated task counts against the delegator, never against the delegate.
+    child = task(first, sub=delegate)
+    await store.create_task(child)
+    assert await store.reserve_task_slot(creator, "s4", now) == 2
+    await store.release_task_slot(creator, "s4")
+    assert await store.reserve_task_slot(delegate, "x", now) == 0
+    # Ended and expired tasks are not open.
+    await store.end_task(child.id, "completed", "done", int(now))
+    assert await store.reserve_task_slot(creator, "s5", now) == 1
+    await store.release_task_slot(creator, "s5")
+    assert await store.reserve_task_slot(creator, "s6", first.expires_at) == 0
+
+
+async def test_parallel_task_slots_see_each_other_and_stale_ones_expire(store: Store) -> None:
+    creator, now = some_agent(), time.time()
+    counts = await asyncio.gather(*(store.reserve_task_slot(creator, f"s{i}", now) for i in range(20)))
+    assert sorted(counts) == list(range(20))
+    later = now + TASK_SLOT_TIMEOUT_SECONDS + 1
+    assert await store.reserve_task_slot(creator, "fresh", later) == 0, "never-released reservations stop counting"
+
+
 # -- approvals --------------------------------------------------------------------------------
 
 
-def approval(ttl: int = 600) -> ApprovalRecord:
+AGENT = "spiffe://demo.local/agent/writer"
+MAX_PENDING = 20
+
+
+def approval(ttl: int = 600, agent: str = AGENT, task_id: str = "t1", fingerprint: str | None = None) -> ApprovalRecord:
     now = int(time.time())
     return ApprovalRecord(
         id=str(uuid.uuid4()),
-        agent="spiffe://demo.local/agent/writer",
-        task_id="t1",
-        fingerprint="sha256:x",
+        agent=agent,
+        task_id=task_id,
+        fingerprint=fingerprint or f"sha256:{uuid.uuid4().hex}",
         created_at=now,
         expires_at=now + ttl,
         decision_id="d1",
@@ -139,7 +235,7 @@ def approval(ttl: int = 600) -> ApprovalRecord:
 
 async def test_approval_lifecycle(store: Store) -> None:
     a = approval()
-    await store.create_approval(a)
+    assert (await store.create_approval(a, MAX_PENDING, int(time.time()))).id == a.id
     assert a.id in [p.id for p in await store.list_approvals("pending")]
     with pytest.raises(ApprovalConflict):
         await store.consume_approval(a.id, int(time.time()))  # not approved yet
@@ -157,12 +253,72 @@ async def test_approval_lifecycle(store: Store) -> None:
 
 async def test_expired_approvals_cannot_be_decided_or_used(store: Store) -> None:
     a = approval(ttl=1)
-    await store.create_approval(a)
+    await store.create_approval(a, MAX_PENDING, int(time.time()))
     later = a.expires_at + 1
     with pytest.raises(ApprovalConflict):
         await store.decide_approval(a.id, "approved", {}, None, later)
     b = approval()
-    await store.create_approval(b)
+    await store.create_approval(b, MAX_PENDING, int(time.time()))
     await store.decide_approval(b.id, "approved", {}, None, int(time.time()))
     with pytest.raises(ApprovalConflict):
         await store.consume_approval(b.id, b.expires_at + 1)
+
+
+async def test_asking_again_for_the_same_request_returns_the_pending_approval(store: Store) -> None:
+    now = int(time.time())
+    first = approval(fingerprint="sha256:same")
+    first.summary_cuts = [{"pointer": "/arguments/ids", "unit": "items", "hidden": 37}]
+    assert (await store.create_approval(first, MAX_PENDING, now)).id == first.id
+    again = await store.create_approval(approval(fingerprint="sha256:same"), MAX_PENDING, now)
+    assert again.id == first.id and again.summary_cuts == first.summary_cuts
+    assert [a.id for a in await store.list_approvals("pending") if a.fingerprint == "sha256:same"] == [first.id]
+    # Another task, another agent or stronger approvers is another approval.
+    other_task = approval(task_id="t2", fingerprint="sha256:same")
+    assert (await store.create_approval(other_task, MAX_PENDING, now)).id == other_task.id
+    other_agent = approval(agent="spiffe://demo.local/agent/reader", fingerprint="sha256:same")
+    assert (await store.create_approval(other_agent, MAX_PENDING, now)).id == other_agent.id
+    stronger = approval(fingerprint="sha256:same")
+    stronger.approvers = {"data_class": "restricted"}
+    assert (await store.create_approval(stronger, MAX_PENDING, now)).id == stronger.id
+    # Once decided (or expired) it is no longer pending: asking again asks anew.
+    await store.decide_approval(first.id, "rejected", {"kind": "oidc", "id": "i#alice"}, "no", now)
+    anew = approval(fingerprint="sha256:same")
+    assert (await store.create_approval(anew, MAX_PENDING, now)).id == anew.id
+    later = approval(fingerprint="sha256:same")
+    assert (await store.create_approval(later, MAX_PENDING, anew.expires_at)).id == later.id
+
+
+async def test_pending_approvals_are_capped_per_agent(store: Store) -> None:
+    agent, now = f"spiffe://demo.local/agent/{uuid.uuid4().hex[:8]}", int(time.time())
+    held = [approval(agent=agent) for _ in range(3)]
+    for a in held:
+        await store.create_approval(a, 3, now)
+    with pytest.raises(TooManyApprovals) as refused:
+        await store.create_approval(approval(agent=agent), 3, now)
+    assert (refused.value.agent, refused.value.pending) == (agent, 3)
+    # The same request is still answered (nothing new is stored), other agents are not affected.
+    same = approval(agent=agent, fingerprint=held[0].fingerprint)
+    assert (await store.create_approval(same, 3, now)).id == held[0].id
+    await store.create_approval(approval(agent="spiffe://demo.local/agent/other"), 3, now)
+    # A decided approval frees its slot; so does an expired one.
+    await store.decide_approval(held[0].id, "approved", {"kind": "oidc", "id": "i#alice"}, None, now)
+    await store.create_approval(approval(agent=agent), 3, now)
+    with pytest.raises(TooManyApprovals):
+        await store.create_approval(approval(agent=agent), 3, now)
+    await store.create_approval(approval(agent=agent), 3, held[1].expires_at)
+
+
+async def test_parallel_requests_cannot_exceed_the_cap_or_duplicate(store: Store) -> None:
+    agent, now = f"spiffe://demo.local/agent/{uuid.uuid4().hex[:8]}", int(time.time())
+
+    async def create(a: ApprovalRecord) -> str:
+        try:
+            return (await store.create_approval(a, 5, now)).id
+        except TooManyApprovals:
+            return "refused"
+
+    distinct = await asyncio.gather(*(create(approval(agent=agent)) for _ in range(30)))
+    assert len([i for i in distinct if i != "refused"]) == 5
+    agent = f"spiffe://demo.local/agent/{uuid.uuid4().hex[:8]}"
+    same = await asyncio.gather(*(create(approval(agent=agent, fingerprint="sha256:one")) for _ in range(30)))
+    assert len(set(same)) == 1 and same[0] != "refused"

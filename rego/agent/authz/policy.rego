@@ -115,9 +115,17 @@ request_denies contains "request body is larger than the inspection limit; a par
 request_denies contains msg if {
 	not path_normalised
 	msg := sprintf(
-		"path %v is not normalised (it has a \".\", \"..\", empty or backslash segment)",
+		"path %v is not normalised (it has a \".\", \"..\", empty, backslash or ';' segment)",
 		[object.get(input, ["action", "path"], "(none)")],
 	)
+}
+
+# Methods are case-sensitive and servers disagree on lower-case ones: the method judged is
+# the method sent, and only an upper-case one is judged at all.
+request_denies contains msg if {
+	method := object.get(input, ["action", "method"], "")
+	upper(method) != method
+	msg := sprintf("method %v has lower-case letters; only upper-case methods are judged", [method])
 }
 
 # action.path is exactly "/" + parsed_path joined with "/", and no segment is odd.
@@ -143,6 +151,13 @@ odd_segment if {
 odd_segment if {
 	some segment in input.parsed_path
 	contains(segment, "\\")
+}
+
+# Tomcat, Jetty and Spring strip ";params" from a segment ("..;" becomes ".."), Envoy does not:
+# a path parameter is never judged (Envoy's route and the sidecar refuse it too).
+odd_segment if {
+	some segment in input.parsed_path
+	contains(segment, ";")
 }
 
 # ---------------------------------------------------------------------------

@@ -329,17 +329,17 @@ test_truncated_body if {
 }
 
 test_dot_dot_segment if {
-	decide(request(reader, "GET", "/api/docs/../records/1")).reasons == [`path /api/docs/../records/1 is not normalised (it has a ".", "..", empty or backslash segment)`]
+	decide(request(reader, "GET", "/api/docs/../records/1")).reasons == [`path /api/docs/../records/1 is not normalised (it has a ".", "..", empty, backslash or ';' segment)`]
 }
 
 test_dot_segment if {
 	decide(request(reader, "GET", "/api/./docs")).verdict == "deny"
-	decide(request(reader, "GET", "/api/./docs")).reasons == [`path /api/./docs is not normalised (it has a ".", "..", empty or backslash segment)`]
+	decide(request(reader, "GET", "/api/./docs")).reasons == [`path /api/./docs is not normalised (it has a ".", "..", empty, backslash or ';' segment)`]
 }
 
 test_empty_segments if {
 	every path in ["/api//docs", "/api/docs/", "//api/docs"] {
-		decide(request(reader, "GET", path)).reasons == [sprintf(`path %s is not normalised (it has a ".", "..", empty or backslash segment)`, [path])]
+		decide(request(reader, "GET", path)).reasons == [sprintf(`path %s is not normalised (it has a ".", "..", empty, backslash or ';' segment)`, [path])]
 	}
 }
 
@@ -347,9 +347,27 @@ test_backslash_segment if {
 	decide(request(reader, "GET", `/api/docs/..\records`)).verdict == "deny"
 }
 
+# "..;" is ".." to Tomcat, Jetty and Spring, which strip path parameters: never judged.
+test_path_parameter_segments if {
+	every path in ["/api/docs/..;/records/1", "/api/docs;x/handbook", "/api/docs/handbook;jsessionid=1"] {
+		decide(request(reader, "GET", path)).reasons == [sprintf(`path %s is not normalised (it has a ".", "..", empty, backslash or ';' segment)`, [path])]
+	}
+}
+
+test_lower_case_method_is_not_judged if {
+	d := decide(request(reader, "get", "/api/docs/handbook"))
+	d.verdict == "deny"
+	"method get has lower-case letters; only upper-case methods are judged" in d.reasons
+}
+
+test_missing_method_is_not_judged if {
+	inp := request(reader, "GET", "/api/docs/handbook")
+	decide(object.remove(inp, {"action"})).verdict == "deny"
+}
+
 test_action_path_must_match_parsed_path if {
 	inp := object.union(request(reader, "GET", "/api/docs"), {"parsed_path": ["api", "records", "1"]})
-	decide(inp).reasons == [`path /api/docs is not normalised (it has a ".", "..", empty or backslash segment)`]
+	decide(inp).reasons == [`path /api/docs is not normalised (it has a ".", "..", empty, backslash or ';' segment)`]
 }
 
 test_parsed_path_missing if {
@@ -358,13 +376,13 @@ test_parsed_path_missing if {
 
 test_action_missing if {
 	d := decide(object.remove(request(reader, "GET", "/api/docs"), {"action"}))
-	d.reasons == [`path (none) is not normalised (it has a ".", "..", empty or backslash segment)`]
+	d.reasons == [`path (none) is not normalised (it has a ".", "..", empty, backslash or ';' segment)`]
 }
 
 test_request_reasons_are_all_listed if {
 	inp := object.union(request(reader, "GET", "/api/../x"), {"truncated_body": true})
 	decide(inp).reasons == [
-		`path /api/../x is not normalised (it has a ".", "..", empty or backslash segment)`,
+		`path /api/../x is not normalised (it has a ".", "..", empty, backslash or ';' segment)`,
 		"request body is larger than the inspection limit; a partial body is never judged",
 	]
 }

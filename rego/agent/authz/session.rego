@@ -7,6 +7,10 @@
 # in flight (the sidecar reserves before it asks), never the current call: so
 # "at most N writes" denies a write once writes >= N. The ratchet in
 # step_up.rego reads input.session.labels.
+#
+# Both the session key and the task are the agent's choice (a new Mcp-Session-Id
+# or a new task starts afresh), so the agent's own history, keyed by its
+# verified SPIFFE ID only, is limited too (input.agent_history, below).
 package agent.authz
 
 session := input.session if is_object(input.session)
@@ -108,4 +112,90 @@ access_denies contains msg if {
 		"session.max_calls_per_minute in the policy data is not a whole number >= 0 (%v), so calls in a session are denied",
 		[max_calls_per_minute],
 	)
+}
+
+# ---------------------------------------------------------------------------
+# The agent's own history, whatever its session or task
+#
+# input.agent_history is null or absent (the sidecar keeps none for this call:
+# no agent history limit applies) or {calls_last_minute, labels}:
+# calls_last_minute counts the agent's allowed calls of the last minute in all
+# its sessions and tasks plus its other calls in flight, never the current
+# call; labels maps each label remembered for the agent to when it was last
+# recorded (unix seconds). The ratchet in step_up.rego reads the labels too.
+
+agent_history := input.agent_history if is_object(input.agent_history)
+
+request_denies contains msg if {
+	input.agent_history != null
+	not agent_history
+	msg := sprintf(
+		"input.agent_history is neither null nor an agent history object (%v)",
+		[type_name(input.agent_history)],
+	)
+}
+
+request_denies contains msg if {
+	agent_history
+	not whole_number(object.get(agent_history, "calls_last_minute", null))
+	msg := sprintf(
+		"input.agent_history.calls_last_minute is not a whole number >= 0 (%s)",
+		[json.marshal(object.get(agent_history, "calls_last_minute", null))],
+	)
+}
+
+request_denies contains msg if {
+	agent_history
+	not label_times(object.get(agent_history, "labels", null))
+	msg := sprintf(
+		"input.agent_history.labels is not an object of labels to unix seconds (%s)",
+		[json.marshal(object.get(agent_history, "labels", null))],
+	)
+}
+
+label_times(labels) if {
+	is_object(labels)
+	every at in labels {
+		whole_number(at)
+	}
+}
+
+# A ceiling on the agent's calls a minute, across all its sessions and tasks.
+max_agent_calls_per_minute := object.get(session_settings, "agent_max_calls_per_minute", null)
+
+access_denies contains msg if {
+	agent_history
+	whole_number(max_agent_calls_per_minute)
+	agent_history.calls_last_minute >= max_agent_calls_per_minute
+	msg := sprintf(
+		"agent %s made %v calls in the last minute across all its sessions and tasks; the limit per agent is %v",
+		[agent_name, agent_history.calls_last_minute, max_agent_calls_per_minute],
+	)
+}
+
+access_denies contains msg if {
+	agent_history
+	max_agent_calls_per_minute != null
+	not whole_number(max_agent_calls_per_minute)
+	msg := sprintf(
+		"session.agent_max_calls_per_minute in the policy data is not a whole number >= 0 (%v), so every call of an agent is denied",
+		[max_agent_calls_per_minute],
+	)
+}
+
+# The labels recorded for the agent within session.agent_label_window_seconds.
+# Absent, null or not a whole number >= 0: every label the sidecar still
+# remembers counts (sessions.agent_label_retention_seconds), the stricter reading.
+label_window := object.get(session_settings, "agent_label_window_seconds", null)
+
+agent_labels_recent contains label if {
+	some label, at in agent_history.labels
+	in_label_window(at)
+}
+
+in_label_window(_) if not whole_number(label_window)
+
+in_label_window(at) if {
+	whole_number(label_window)
+	(time.now_ns() / 1000000000) - at <= label_window
 }

@@ -338,3 +338,138 @@ test_step_up_document_keys if {
 	object.keys(d.step_up) == {"kind", "ttl_seconds", "reason", "approvers", "data_class", "redact"}
 	authz.decision.write == true with input as {}
 }
+
+# ---------------------------------------------------------------------------
+# The agent's own history (input.agent_history): a per-agent ceiling and the
+# ratchet, whatever the session or task. A new Mcp-Session-Id or a new task is
+# an empty session; the agent's history is not.
+
+history_clock := 1700000000
+
+history_now_ns := history_clock * 1000000000
+
+with_history(inp, calls, labels) := object.union(inp, {"agent_history": {"calls_last_minute": calls, "labels": labels}})
+
+docs_read := request(reader, "GET", "/api/docs")
+
+agent_rate_reason(n, limit) := sprintf(
+	"agent spiffe://demo.local/agent/reader made %d calls in the last minute across all its sessions and tasks; the limit per agent is %d",
+	[n, limit],
+)
+
+test_agent_calls_below_the_ceiling_are_allowed if {
+	decide(with_history(in_session(docs_read, 0, 0), 119, {})).verdict == "allow"
+}
+
+test_agent_ceiling_holds_in_a_fresh_session if {
+	decide(with_history(in_session(docs_read, 0, 0), 120, {})) == {
+		"verdict": "deny",
+		"reasons": [agent_rate_reason(120, 120)],
+		"remember": [],
+		"write": false,
+	}
+	decide(with_history(docs_read, 500, {})).reasons == [agent_rate_reason(500, 120)]
+	decide(with_history(under(docs_read, ["docs:read"]), 120, {})).reasons == [agent_rate_reason(120, 120)]
+}
+
+test_agent_ceiling_beside_the_session_ceiling if {
+	decide(with_history(in_session(docs_read, 0, 120), 130, {})).reasons == [
+		"agent spiffe://demo.local/agent/reader made 120 calls in the last minute; the limit is 120",
+		agent_rate_reason(130, 120),
+	]
+}
+
+test_agent_ceiling_from_data if {
+	decide(with_history(docs_read, 5, {})).reasons == [agent_rate_reason(5, 5)] with data.agent.config.session.agent_max_calls_per_minute as 5
+	decide(with_history(docs_read, 5000, {})).verdict == "allow" with data.agent.config.session.agent_max_calls_per_minute as null
+}
+
+test_unreadable_agent_ceiling_denies_calls if {
+	every limit in ["120", -1, 2.5, [120]] {
+		d := decide(with_history(docs_read, 0, {})) with data.agent.config.session.agent_max_calls_per_minute as limit
+		d.reasons == [sprintf(
+			"session.agent_max_calls_per_minute in the policy data is not a whole number >= 0 (%v), so every call of an agent is denied",
+			[limit],
+		)]
+	}
+}
+
+# Limits on the agent's history apply only when the sidecar passes one.
+test_no_agent_history_no_agent_limits if {
+	decide(docs_read).verdict == "allow" with data.agent.config.session.agent_max_calls_per_minute as 0
+	decide(object.union(docs_read, {"agent_history": null})).verdict == "allow" with data.agent.config.session.agent_max_calls_per_minute as 0
+	decide(object.union(docs_read, {"agent_history": null})).verdict == "allow" with data.agent.config.session.agent_max_calls_per_minute as "x"
+}
+
+test_agent_history_that_is_not_an_object if {
+	decide(object.union(docs_read, {"agent_history": "agent:x"})) == {
+		"verdict": "deny",
+		"reasons": ["input.agent_history is neither null nor an agent history object (string)"],
+		"remember": [],
+		"write": false,
+	}
+	decide(object.union(docs_read, {"agent_history": []})).reasons == ["input.agent_history is neither null nor an agent history object (array)"]
+}
+
+test_agent_history_with_bad_fields if {
+	decide(object.union(docs_read, {"agent_history": {}})).reasons == [
+		"input.agent_history.calls_last_minute is not a whole number >= 0 (null)",
+		"input.agent_history.labels is not an object of labels to unix seconds (null)",
+	]
+	decide(with_history(docs_read, -1, {"pii_read": "yesterday"})).reasons == [
+		"input.agent_history.calls_last_minute is not a whole number >= 0 (-1)",
+		`input.agent_history.labels is not an object of labels to unix seconds ({"pii_read":"yesterday"})`,
+	]
+	decide(with_history(docs_read, 0, ["pii_read"])).reasons == [`input.agent_history.labels is not an object of labels to unix seconds (["pii_read"])`]
+	decide(with_history(docs_read, 1.5, {"pii_read": 1.5})).verdict == "deny"
+}
+
+elsewhere_reason := "agent spiffe://demo.local/agent/writer read restricted data (pii_read) in another session or task; a human must approve before it may call tool send_email"
+
+# A restricted read outside this task (no task, another MCP session, an earlier task) still arms the ratchet.
+test_ratchet_after_a_restricted_read_elsewhere if {
+	inp := with_history(object.union(send("bob@demo.local"), session([])), 3, {"pii_read": history_clock - 60})
+	d := decide(inp) with time.now_ns as history_now_ns
+	d.verdict == "step_up"
+	d.reasons == [elsewhere_reason]
+	d.step_up == {
+		"kind": "approval",
+		"ttl_seconds": 900,
+		"reason": elsewhere_reason,
+		"approvers": {"data_class": "restricted"},
+		"data_class": "internal",
+		"redact": ["body"],
+	}
+	decide(with_history(send("bob@demo.local"), 0, {"pii_read": history_clock})).reasons == [elsewhere_reason] with time.now_ns as history_now_ns
+	decide(object.union(inp, approval("approved"))).verdict == "allow" with time.now_ns as history_now_ns
+}
+
+# A label this session holds is this task's reason, not "elsewhere" as well.
+test_ratchet_names_the_task_when_the_task_read_it if {
+	inp := with_history(object.union(send("bob@demo.local"), session(["pii_read"])), 0, {"pii_read": history_clock})
+	decide(inp).reasons == ["agent spiffe://demo.local/agent/writer already read restricted data in this task (pii_read); a human must approve before it may call tool send_email"] with time.now_ns as history_now_ns
+}
+
+test_ratchet_elsewhere_only_for_restricted_labels_and_external_calls if {
+	decide(with_history(send("bob@demo.local"), 0, {"docs_read": history_clock})).verdict == "allow" with time.now_ns as history_now_ns
+	ticket_history := with_history(ticket, 0, {"pii_read": history_clock})
+	decide(ticket_history).verdict == "allow" with time.now_ns as history_now_ns
+}
+
+test_label_window_from_data if {
+	at_edge := with_history(send("bob@demo.local"), 0, {"pii_read": history_clock - 86400})
+	decide(at_edge).verdict == "step_up" with time.now_ns as history_now_ns
+	older := with_history(send("bob@demo.local"), 0, {"pii_read": history_clock - 86401})
+	decide(older).verdict == "allow" with time.now_ns as history_now_ns
+	decide(at_edge).verdict == "allow" with time.now_ns as history_now_ns with data.agent.config.session.agent_label_window_seconds as 3600
+	decide(at_edge).verdict == "step_up" with time.now_ns as history_now_ns with data.agent.config.session.agent_label_window_seconds as 90000
+}
+
+# Without a readable window every label the sidecar still remembers counts (the stricter reading).
+test_without_a_label_window_every_remembered_label_counts if {
+	inp := with_history(send("bob@demo.local"), 0, {"pii_read": history_clock - 10000000})
+	every window in [null, "1d", -1, 1.5] {
+		d := decide(inp) with time.now_ns as history_now_ns with data.agent.config.session.agent_label_window_seconds as window
+		d.reasons == [elsewhere_reason]
+	}
+}

@@ -38,6 +38,22 @@ approval_needs contains need if {
 	}
 }
 
+# The same when the agent read it in another session or task within the label
+# window: a new task or Mcp-Session-Id forgets nothing (input.agent_history).
+approval_needs contains need if {
+	rule.external == true
+	count(restricted_labels_elsewhere) > 0
+	need := {
+		"kind": "approval",
+		"reason": sprintf(
+			"agent %s read restricted data (%s) in another session or task; a human must approve before it may %s",
+			[agent_name, join(restricted_labels_elsewhere), rule.action],
+		),
+		"ttl_seconds": default_ttl,
+		"data_class": "restricted",
+	}
+}
+
 approval_needs contains need if {
 	rule.external == true
 	count(outside_recipients) > 0
@@ -166,6 +182,11 @@ restricted_labels_seen := {label |
 	label in cfg.restricted_labels
 }
 
+restricted_labels_elsewhere := {label |
+	some label in agent_labels_recent
+	label in cfg.restricted_labels
+} - restricted_labels_seen
+
 internal_domains := {d | some d in cfg.internal_email_domains}
 
 # Every value of the rule's recipient arguments (a string or a list of strings).
@@ -194,3 +215,62 @@ internal_address(address) if {
 	parts[0] != ""
 	lower(parts[1]) in internal_domains
 }
+
+# ---------------------------------------------------------------------------
+# A human can only approve what they can see. The sidecar says what its
+# approver's view of this request would cut (input.approval_view: JSON pointers
+# into the approval summary, before redaction, at most 20, and cut_count of all
+# of them; null when nothing would be cut). A cut inside a field the rule redacts
+# hides nothing the approver could have seen; any other cut refuses the step-up.
+
+access_denies contains msg if {
+	count(open_approvals) > 0
+	count(unshown_cuts) > 0
+	msg := sprintf(
+		"agent %s's request is too large to show an approver in full (%s would be cut), so no human is asked to approve it",
+		[agent_name, join(unshown_cuts)],
+	)
+}
+
+approval_view := input.approval_view if is_object(input.approval_view)
+
+unshown_cuts contains cut if {
+	some cut in approval_view.cut
+	not redacted_cut(cut)
+}
+
+# Cuts counted but not listed cannot be checked against the redaction.
+unshown_cuts contains sprintf("%v more", [approval_view.cut_count - count(approval_view.cut)]) if {
+	approval_view.cut_count > count(approval_view.cut)
+}
+
+unshown_cuts contains "an unreadable input.approval_view" if {
+	input.approval_view != null
+	not readable_approval_view
+}
+
+readable_approval_view if {
+	is_array(approval_view.cut)
+	every cut in approval_view.cut {
+		is_string(cut)
+	}
+	is_number(approval_view.cut_count)
+}
+
+# An argument name the rule redacts: /arguments/<name> and everything inside it.
+redacted_cut(cut) if {
+	some name in rule.redact
+	not startswith(name, "/")
+	within(cut, concat("/", ["", "arguments", replace(replace(name, "~", "~0"), "/", "~1")]))
+}
+
+# A JSON pointer into the body the rule redacts: /body<pointer> and everything inside it.
+redacted_cut(cut) if {
+	some pointer in rule.redact
+	startswith(pointer, "/")
+	within(cut, concat("", ["/body", pointer]))
+}
+
+within(cut, pointer) if cut == pointer
+
+within(cut, pointer) if startswith(cut, concat("", [pointer, "/"]))

@@ -87,6 +87,14 @@ depth := input.delegation.depth
 
 max_ttl := object.get(cfg, ["tasks", "max_ttl_seconds"], null)
 
+# How many tasks the agent already has open, as the sidecar counts them: the
+# tasks it opened or delegated that are active and unexpired, plus its other
+# task requests in flight, never this one. A delegation counts against the
+# delegator. So "at most N" denies once open_tasks >= N.
+open_tasks := object.get(input, "open_tasks", null)
+
+max_open := object.get(cfg, ["tasks", "max_open_per_agent"], null)
+
 # Like agent.authz: without a configured maximum, no delegation at all.
 max_depth := n if {
 	n := settings.max_delegation_depth
@@ -166,6 +174,15 @@ request_denies contains "the policy sets no valid tasks.max_ttl_seconds, so it g
 	not whole_positive(max_ttl)
 }
 
+request_denies contains msg if {
+	max_open != null
+	not whole_number(open_tasks)
+	msg := sprintf(
+		"the task request does not say how many tasks agent %s has open (input.open_tasks is %s), so the policy's cap cannot be checked",
+		[agent_name, json.marshal(open_tasks)],
+	)
+}
+
 valid_parent if {
 	string_list(parent.scopes)
 	is_string(parent.purpose)
@@ -203,6 +220,28 @@ policy_denies contains msg if {
 	msg := sprintf(
 		"agent %s may not %s: the new task would carry a delegation chain of depth %v, deeper than the maximum of %v",
 		[agent_name, doing, depth, max_depth],
+	)
+}
+
+# At most tasks.max_open_per_agent open tasks per agent: each task is a fresh
+# session (its own write limit), so without a cap a new task would be a way
+# around the limits. Absent or null: no cap.
+policy_denies contains msg if {
+	whole_number(max_open)
+	whole_number(open_tasks)
+	open_tasks >= max_open
+	msg := sprintf(
+		"agent %s may not %s: it already has %v open tasks, the most the policy allows per agent (%v); complete one first",
+		[agent_name, doing, open_tasks, max_open],
+	)
+}
+
+policy_denies contains msg if {
+	max_open != null
+	not whole_number(max_open)
+	msg := sprintf(
+		"tasks.max_open_per_agent in the policy data is not a whole number >= 0 (%v), so no task is granted",
+		[max_open],
 	)
 }
 
@@ -391,6 +430,12 @@ string_list(values) if {
 whole_positive(n) if {
 	is_number(n)
 	n > 0
+	n == floor(n)
+}
+
+whole_number(n) if {
+	is_number(n)
+	n >= 0
 	n == floor(n)
 }
 

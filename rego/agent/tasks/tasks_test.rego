@@ -31,6 +31,7 @@ open(id, purpose, scopes, ttl) := {
 	"parent": null,
 	"delegate_to": null,
 	"delegation": {"chain": [], "depth": 0},
+	"open_tasks": 0,
 }
 
 # The caller's own task, expiring `left` seconds from now.
@@ -55,6 +56,7 @@ delegate(id, to, p, scopes, ttl) := {
 	"parent": p,
 	"delegate_to": to,
 	"delegation": {"chain": [id], "depth": 1},
+	"open_tasks": 0,
 }
 
 # A caller that was itself delegated to through `chain` delegates further.
@@ -504,4 +506,60 @@ test_shipped_task_settings if {
 		writer: [reader, "spiffe://demo.local/agent/ops/*", assistant],
 		assistant: [reader],
 	}
+}
+
+# ---------------------------------------------------------------------------
+# At most tasks.max_open_per_agent (50) open tasks per agent
+
+with_open(inp, n) := object.union(inp, {"open_tasks": n})
+
+cap_reason(id, doing, n, cap) := sprintf(
+	"agent %s may not %s: it already has %v open tasks, the most the policy allows per agent (%v); complete one first",
+	[id, doing, n, cap],
+)
+
+test_open_below_the_cap if {
+	decide(with_open(open(writer, "triage", ["docs:read"], 600), 49)).verdict == "allow"
+}
+
+test_open_at_the_cap_is_denied if {
+	decide(with_open(open(writer, "triage", ["docs:read"], 600), 50)) == denied([cap_reason(writer, "open a task", 50, 50)])
+	decide(with_open(open(writer, "triage", ["docs:read"], 600), 70)).reasons == [cap_reason(writer, "open a task", 70, 50)]
+}
+
+# Delegating creates a task too; the sidecar counts it against the delegator.
+test_delegating_at_the_cap_is_denied if {
+	inp := with_open(delegate(writer, reader, triage, ["docs:read"], 300), 50)
+	decide(inp).reasons == [cap_reason(writer, sprintf("delegate a task to %s", [reader]), 50, 50)]
+	decide(with_open(delegate(writer, reader, triage, ["docs:read"], 300), 49)).verdict == "allow"
+}
+
+test_cap_from_data if {
+	decide(with_open(open(writer, "triage", ["docs:read"], 600), 2)).reasons == [cap_reason(writer, "open a task", 2, 2)] with data.agent.config.tasks.max_open_per_agent as 2
+	decide(with_open(open(writer, "triage", ["docs:read"], 600), 0)).reasons == [cap_reason(writer, "open a task", 0, 0)] with data.agent.config.tasks.max_open_per_agent as 0
+	decide(with_open(open(writer, "triage", ["docs:read"], 600), 5000)).verdict == "allow" with data.agent.config.tasks.max_open_per_agent as null
+}
+
+test_unreadable_cap_grants_nothing if {
+	every cap in ["50", -1, 2.5, true] {
+		d := decide(open(writer, "triage", ["docs:read"], 600)) with data.agent.config.tasks.max_open_per_agent as cap
+		d.reasons == [sprintf("tasks.max_open_per_agent in the policy data is not a whole number >= 0 (%v), so no task is granted", [cap])]
+	}
+}
+
+# The count must be there and readable whenever there is a cap to check.
+test_open_tasks_missing_or_unreadable if {
+	every n in [null, -1, "3", 1.5] {
+		d := decide(with_open(open(writer, "triage", ["docs:read"], 600), n))
+		d.reasons == [sprintf(
+			"the task request does not say how many tasks agent %s has open (input.open_tasks is %s), so the policy's cap cannot be checked",
+			[writer, json.marshal(n)],
+		)]
+	}
+	missing := object.remove(open(writer, "triage", ["docs:read"], 600), {"open_tasks"})
+	decide(missing).reasons == [sprintf(
+		"the task request does not say how many tasks agent %s has open (input.open_tasks is null), so the policy's cap cannot be checked",
+		[writer],
+	)]
+	decide(missing).verdict == "allow" with data.agent.config.tasks.max_open_per_agent as null
 }
