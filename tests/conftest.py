@@ -15,6 +15,8 @@ from tests.redaction.ledger import SecretLedger, watch
 
 REPO = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["tests.ci_skips", "pytester"]
+
 
 @pytest.fixture(scope="session")
 def trust_domain(tmp_path_factory: pytest.TempPathFactory) -> DevTrustDomain:

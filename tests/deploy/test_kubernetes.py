@@ -233,7 +233,8 @@ def _find(node: Any, filter_name: str) -> Any:
 def test_sidecar_config_loads_and_matches_the_pod(rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path) -> None:
     _, docs = rendered
     sidecar_cm = config_map(docs, "authz-sidecar")
-    if sidecar_cm is None:
+    if sidecar_cm is None:  # only where no pod runs the sidecar (the shared services)
+        assert not any(c["name"] == "authz-sidecar" for _, s in pod_specs(docs) for c in s["containers"])
         return
     path = tmp_path / "sidecar.yaml"
     path.write_text(sidecar_cm["data"]["sidecar.yaml"])
@@ -256,7 +257,8 @@ def test_sidecar_config_loads_and_matches_the_pod(rendered: tuple[str, list[dict
 def test_opa_pulls_signed_bundles_and_ships_decision_logs(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
     opa_cm = config_map(docs, "authz-opa")
-    if opa_cm is None:
+    if opa_cm is None:  # only where no pod runs OPA (the shared services)
+        assert not any(c["name"] == "opa" for _, s in pod_specs(docs) for c in s["containers"])
         return
     opa = yaml.safe_load(opa_cm["data"]["opa.yaml"])
     bundle = opa["bundles"]["authz"]

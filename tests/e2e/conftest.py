@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +17,7 @@ pytestmark = pytest.mark.e2e
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
+SIDECAR_OPA_TIMEOUT_MS = 300  # broken_opa_stack's opa.timeout_ms; Envoy's ext_authz timeout is 2 s
 
 
 @pytest.fixture(scope="session")
@@ -82,6 +84,16 @@ class FakeOpa(ThreadingHTTPServer):
         "allow-with-status-200": (200, b'{"result": {"verdict": "deny", "status": 200}}'),
     }
     mode = "garbage"
+    # "slow": answer an allow after this long. Between the sidecar's OPA timeout in
+    # ``broken_opa_stack`` (SIDECAR_OPA_TIMEOUT_MS) and Envoy's ext_authz timeout (2 s), so the
+    # sidecar's timeout is the one that fires, and ignoring it would let the allow through.
+    slow_seconds = 1.0
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """In "slow" mode the sidecar hangs up first (its timeout): expected, not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -93,7 +105,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers.get("content-length", 0)))
         if self.server.mode == "slow":
-            threading.Event().wait(2.0)
+            threading.Event().wait(self.server.slow_seconds)
             self._send(200, b'{"result": true}')
             return
         self._send(*FakeOpa.modes[self.server.mode])
@@ -120,6 +132,9 @@ def fake_opa() -> Iterator[FakeOpa]:
 
 @pytest.fixture(scope="session")
 def broken_opa_stack(tmp_path_factory: pytest.TempPathFactory, fake_opa: FakeOpa) -> Iterator[Stack]:
-    env = {"AUTHZ_OPA__URL": f"http://127.0.0.1:{fake_opa.server_address[1]}", "AUTHZ_OPA__TIMEOUT_MS": "300"}
+    env = {
+        "AUTHZ_OPA__URL": f"http://127.0.0.1:{fake_opa.server_address[1]}",
+        "AUTHZ_OPA__TIMEOUT_MS": str(SIDECAR_OPA_TIMEOUT_MS),
+    }
     with Stack(tmp_path_factory.mktemp("broken-opa"), Ports.free(), sidecar_env=env) as running:
         yield running

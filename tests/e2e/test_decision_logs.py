@@ -34,11 +34,23 @@ def policy_with_log_mask(tmp_path: Path) -> Path:
     return copy
 
 
+REVISION = "decision-logs-rev-7"  # the revision the test publishes: each event must name it
+
+
 @pytest.fixture(scope="module")
 def logged_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("decision-logs")
     policy = policy_with_log_mask(workdir)
-    with Stack(workdir / "stack", Ports.free(), bundle=policy, bundle_service=True, decision_log_service=True) as s:
+    stack = Stack(
+        workdir / "stack",
+        Ports.free(),
+        bundle=policy,
+        bundle_service=True,
+        decision_log_service=True,
+        publish_on_start=False,
+    )
+    assert stack.publish_bundle(revision=REVISION) == REVISION
+    with stack as s:
         yield s
 
 
@@ -106,7 +118,7 @@ def test_decision_logs_are_masked_complete_and_correlated(logged_stack: Stack) -
     for decision_id, response in zip(seen, responses, strict=True):
         event = by_id[decision_id]
         assert event["path"] == stack.decision_path
-        assert event["bundles"] == {"authz": {"revision": event["bundles"]["authz"]["revision"]}}
+        assert event["bundles"] == {"authz": {"revision": REVISION}}
         headers = event["input"]["attributes"]["request"]["http"]["headers"]
         assert "authorization" not in headers
         assert "/input/attributes/request/http/headers/authorization" in event["erased"]

@@ -199,10 +199,11 @@ def test_jwt_bundle_rotation_is_picked_up_without_restart(spiffe_stack: tuple[St
     assert stack.processes["sidecar"].pid == sidecar_pid and stack.processes["sidecar"].poll() is None
 
 
+# SPIRE rotates X.509-SVIDs at half their TTL (1 h here), so rotation is driven on the test server.
+@pytest.mark.parametrize("spiffe_stack", ["test-workload-api"], indirect=True)
 def test_envoy_certificate_rotation_is_reloaded(spiffe_stack: tuple[Stack, Provider]) -> None:
     stack, provider = spiffe_stack
-    if provider.rotate_x509 is None:
-        pytest.skip("SPIRE rotates X.509-SVIDs at half their TTL (1 h here); rotation is driven on the test server")
+    assert provider.rotate_x509 is not None
     envoy_pid = stack.processes["envoy"].pid
     svid, bundle = x509_svid(provider, WRITER)
     _, _, served_before = mtls_get(stack, "/api/docs/a", *svid_pems(svid), bundle)

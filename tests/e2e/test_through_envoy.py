@@ -12,6 +12,7 @@ import requests
 
 from sidecar.dev.stack import Stack
 from sidecar.dev.trust_domain import DevTrustDomain
+from tests.adversarial.conftest import Attacker
 from tests.e2e.conftest import READER, WRITER, Client
 
 pytestmark = pytest.mark.e2e
@@ -141,8 +142,12 @@ def test_client_xfcc_on_egress_is_stripped_not_trusted(client: Client) -> None:
     xfcc = {"x-forwarded-client-cert": f"URI={WRITER}"}
     assert client.request("GET", "/api/docs/handbook", headers=xfcc).status_code == 401
     # With a reader token, the forged writer XFCC must not turn the reader into the writer.
+    # The writer's task token makes the difference visible: taken as the writer, the write would be
+    # allowed (201); as the reader it is refused because the token is bound to another agent.
+    xfcc["x-agent-task-token"] = client.task_token(WRITER, "triage", ["tickets:write"])
     response = client.request("POST", "/api/tickets", READER, headers=xfcc, json={"title": "x"})
-    assert response.status_code == 403
+    assert response.status_code == 403, response.text
+    assert body(response)["reasons"] == ["task token is bound to another agent"]
 
 
 def test_spoofed_authz_headers_never_reach_upstream(client: Client) -> None:
@@ -222,13 +227,42 @@ def test_oversized_body_is_never_judged(client: Client) -> None:
     }
     response = client.request("POST", "/mcp", READER, json=big)
     assert response.status_code == 413
-    assert body(response)["error"]["data"]["verdict"] == "deny" if "jsonrpc" in response.text else True
+    # The sidecar's refusal (not Envoy's own 413): a partial body is never parsed, so the answer is
+    # plain JSON, not a JSON-RPC error.
+    document = body(response)
+    assert document["verdict"] == "deny"
+    assert document["reasons"] == ["request body is larger than the inspection limit"]
+    assert document["decision_id"] == response.headers["x-authz-decision-id"]
 
 
-def test_path_normalisation_matches_routing(client: Client) -> None:
-    # Envoy normalises before asking; the reader cannot write by walking out of /api/docs.
-    response = client.request("POST", "/api/docs/../tickets", READER, json={"title": "x"})
-    assert response.status_code == 403
+def sidecar_decision(stack: Stack, decision_id: str) -> dict[str, Any]:
+    for line in (stack.logs / "sidecar.log").read_text(errors="replace").splitlines():
+        if decision_id in line and line.startswith("{"):
+            record: dict[str, Any] = json.loads(line)
+            if record.get("message") == "decision" and record.get("decision_id") == decision_id:
+                return record
+    raise AssertionError(f"no decision record {decision_id} in sidecar.log")
+
+
+def test_path_normalisation_matches_routing(client: Client, stack: Stack) -> None:
+    # Raw bytes: requests would remove the dot segments itself, and Envoy would never see them.
+    raw = Attacker(stack)
+    auth = f"Authorization: Bearer {client.token(READER)}"
+    # Envoy normalises before asking; the reader cannot write by walking out of /api/docs: the
+    # write is judged as the POST /api/tickets Envoy routes.
+    status, headers, answer = raw.raw_request(
+        "POST /api/docs/../tickets HTTP/1.1",
+        ["Host: demo.local", auth, "Content-Type: application/json", "Content-Length: 2"],
+        b"{}",
+    )
+    assert status == 403, answer
+    assert sidecar_decision(stack, headers["x-authz-decision-id"])["path"] == "/api/tickets"
+    # A read that walks out of /api/docs is judged, and served, as the path Envoy routes.
+    status, headers, answer = raw.raw_request("GET /api/docs/../tickets HTTP/1.1", ["Host: demo.local", auth])
+    assert status == 200, answer
+    saw = json.loads(answer)["upstream_saw"]
+    assert (saw["path"], saw["rule"]) == ("/api/tickets", "list tickets")
+    assert sidecar_decision(stack, headers["x-authz-decision-id"])["path"] == "/api/tickets"
     assert client.request("POST", "/api/docs/..%2Ftickets", READER, json={"title": "x"}).status_code == 400
 
 

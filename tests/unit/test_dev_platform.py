@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import io
 import json
@@ -73,8 +74,23 @@ async def test_bundle_server_etag_and_atomic_publish(tmp_path: Path) -> None:
         bundle_server.publish(source, tmp_path / "srv", BUNDLE_NAME)
         changed = await client.get(f"/bundles/{BUNDLE_NAME}.tar.gz", headers={"If-None-Match": etag})
         assert changed.status == 200 and await changed.read() == b"bundle-v2, longer"
-        assert (await client.get("/bundles/../srv")).status in (403, 404)
+        # Raw request targets: the test client would remove the dot segments before sending.
+        (tmp_path / "srv" / "secret.key").write_bytes(b"not-for-opa")
+        for target in ["/bundles/../secret.key", "/bundles/%2e%2e/secret.key", "/bundles/..%2fsecret.key"]:
+            status, answer = await _raw_get(client.server.host, client.server.port, target)
+            assert status in (403, 404) and b"not-for-opa" not in answer, (target, status)
     assert not list((tmp_path / "srv" / "bundles").glob(".*.tmp"))
+
+
+async def _raw_get(host: str, port: int | None, target: str) -> tuple[int, bytes]:
+    """GET ``target`` exactly as written (status, whole answer)."""
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(f"GET {target} HTTP/1.1\r\nHost: bundles\r\nConnection: close\r\n\r\n".encode())
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    return int(answer.split(b" ", 2)[1]), answer
 
 
 def test_opa_config_verifies_signatures(tmp_path: Path) -> None:
