@@ -22,7 +22,6 @@ a phase did not recover, or state was lost.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import signal
 import sys
@@ -41,6 +40,7 @@ import requests
 from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds, traffic_bundle
 from sidecar.dev.redis_server import RedisServer
 from sidecar.dev.stack import Ports, Stack
+from sidecar.dev.unix_http import UnixHTTPConnection
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -54,9 +54,9 @@ class OpaProxy(ThreadingHTTPServer):
         "wrong-shape": (200, b'{"result": {"verdict": "maybe", "reasons": "not a list"}}'),
     }
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target: Path) -> None:
         super().__init__(("127.0.0.1", 0), _ProxyHandler)
-        self.target_port = target_port  # the real OPA, on loopback
+        self.target = target  # the real OPA's unix socket
         self.mode = "pass"
 
     @property
@@ -84,7 +84,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self._forward(body)
 
     def _forward(self, body: bytes | None) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", self.server.target_port, timeout=5)
+        connection = UnixHTTPConnection(self.server.target, timeout=5)
         try:
             connection.request(self.command, self.path, body=body, headers={"content-type": "application/json"})
             upstream = connection.getresponse()
@@ -133,17 +133,19 @@ class Faults:
     def running(self) -> Iterator[Faults]:
         ports = Ports.free()
         self.redis.start()
-        self.proxy = OpaProxy(ports.opa)
-        threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
-        env = {
-            "AUTHZ_OPA__URL": self.proxy.url,
-            "AUTHZ_OPA__TIMEOUT_MS": "300",
-            "AUTHZ_STATE__BACKEND": "redis",
-            "AUTHZ_STATE__REDIS_URL": self.redis.url,
-            "AUTHZ_STATE__TIMEOUT_MS": "300",
-        }
         bundle = traffic_bundle(self.workdir / "bundle")
-        self.stack = Stack(self.workdir / "stack", ports, bundle=bundle, sidecar_env=env, bundle_service=True)
+        self.stack = Stack(self.workdir / "stack", ports, bundle=bundle, bundle_service=True)
+        self.proxy = OpaProxy(self.stack.opa_socket)  # between the sidecar and OPA's socket
+        threading.Thread(target=self.proxy.serve_forever, daemon=True).start()
+        self.stack.sidecar_env.update(
+            {
+                "AUTHZ_OPA__URL": self.proxy.url,
+                "AUTHZ_OPA__TIMEOUT_MS": "300",
+                "AUTHZ_STATE__BACKEND": "redis",
+                "AUTHZ_STATE__REDIS_URL": self.redis.url,
+                "AUTHZ_STATE__TIMEOUT_MS": "300",
+            }
+        )
         try:
             with self.stack:
                 self.traffic = Traffic(self.stack, rate=self.rate, deadline_s=1800).start()

@@ -122,6 +122,7 @@ class _BareStack(_BenchStack):
     def start(self) -> None:
         self.ports.check_available()
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.make_run_dir()
         self.trust_domain.ensure()
         self._spawn(
             "upstream", [sys.executable, "-m", "sidecar", "dev", "upstream", "--port", str(self.ports.upstream)]
@@ -131,7 +132,7 @@ class _BareStack(_BenchStack):
         flags = ["--log-level", "warning", "--disable-hot-restart", "--use-dynamic-base-id"]
         self._spawn("envoy", [find_tool("envoy"), "-c", str(config), *flags])
         self._wait_http("upstream", f"http://127.0.0.1:{self.ports.upstream}/healthz")
-        self._wait_http("envoy", f"http://127.0.0.1:{self.ports.envoy_admin}/ready")
+        self._wait_http("envoy", "/ready", unix_socket=self.envoy_admin_socket)
 
     def start_authz(self) -> None:
         return None
@@ -165,6 +166,21 @@ class _PluginStack(_BareStack):
     """opa-envoy-plugin serves ext_authz gRPC on ``ports.sidecar_grpc`` and OPA's REST API on ``ports.opa``."""
 
     plugin_data: dict[str, Any]
+
+    @property
+    def opa_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.opa}"
+
+    def _write_envoy_config(self) -> Path:
+        """The sidecar's gRPC cluster, pointed at the plugin's TCP listener instead of the sidecar's socket."""
+        path = super()._write_envoy_config()
+        config = yaml.safe_load(path.read_text())
+        for cluster in config["static_resources"]["clusters"]:
+            if cluster["name"] == "authz_sidecar_grpc":
+                address = {"socket_address": {"address": "127.0.0.1", "port_value": self.ports.sidecar_grpc}}
+                cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] = address
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return path
 
     def start_authz(self) -> None:
         adapter = self.workdir / "adapter-bundle"

@@ -57,6 +57,10 @@ class ListenConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(9191, ge=0, le=65535)
     path_prefix: str = "/authz"
+    # The check endpoint on a unix socket (in a directory only Envoy's and the sidecar's users can
+    # open), so an agent sharing the pod's loopback cannot ask for a decision itself. When set,
+    # host:port serves only the agent and approver API (tasks, approvals, JWKS).
+    socket: Path | None = None
 
     @field_validator("path_prefix")
     @classmethod
@@ -250,6 +254,7 @@ class GrpcConfig(_Strict):
     enabled: bool = False
     host: str = "127.0.0.1"
     port: int = Field(9193, ge=0, le=65535)
+    socket: Path | None = None  # serve gRPC on this unix socket instead of host:port
 
 
 class Config(_Strict):
@@ -274,13 +279,16 @@ class Config(_Strict):
         # others can reach, any of them would be the pod.
         if "pod" not in self.identity.sources:
             return self
-        exposed = [f"listen.host {self.listen.host!r}"] if not is_loopback(self.listen.host) else []
-        if self.grpc.enabled and not is_loopback(self.grpc.host):
+        exposed = []
+        if not is_loopback(self.listen.host):  # the agent API then names its callers the pod too
+            exposed.append(f"listen.host {self.listen.host!r}")
+        if self.grpc.enabled and self.grpc.socket is None and not is_loopback(self.grpc.host):
             exposed.append(f"grpc.host {self.grpc.host!r}")
         if exposed:
             raise ValueError(
-                "identity.sources has 'pod', which treats every caller of the check listener as the pod, so the"
-                f" listener must be loopback-only (127.0.0.1, ::1 or localhost), not {' and '.join(exposed)}"
+                "identity.sources has 'pod', which treats every caller without a credential (of the check"
+                " endpoint and the agent API) as the pod, so those listeners must be unix sockets (listen.socket,"
+                f" grpc.socket) or loopback-only (127.0.0.1, ::1 or localhost), not {' and '.join(exposed)}"
             )
         return self
 

@@ -77,11 +77,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.reason)
 
 
-async def start_grpc_server(pipeline: Pipeline, host: str, port: int, secret_header: str) -> grpc.aio.Server:
-    """Start the Check service on ``host:port`` (plaintext: Envoy reaches it on loopback)."""
+async def start_grpc_server(pipeline: Pipeline, address: str, secret_header: str) -> grpc.aio.Server:
+    """Start the Check service on ``address`` (``host:port`` or ``unix:/path``; plaintext: only Envoy reaches it)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(pipeline, secret_header), server)
-    address = f"{host}:{port}"
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()

@@ -153,8 +153,10 @@ async def build_components(config: Config) -> Components:
             max_token_bytes=identity.jwt_svid.max_token_bytes,
         )
     resolver = IdentityResolver(identity, verifier, read_secret(identity.xfcc.trusted_secret_file))
-    # The sidecar's own API authenticates callers by JWT-SVID only: an agent can reach it directly.
-    api_identity = identity.model_copy(update={"sources": ["jwt_svid"], "required": True})
+    # The sidecar's own API authenticates callers itself (an agent reaches it directly): by JWT-SVID,
+    # or, where every caller of the loopback-only API is the pod (source `pod`), as the pod.
+    api_sources = ["jwt_svid", *(["pod"] if "pod" in identity.sources else [])]
+    api_identity = identity.model_copy(update={"sources": api_sources, "required": True})
     api_resolver = IdentityResolver(api_identity, verifier, None)
     store = make_store(config)
     keys = KeySet(config.credentials.keys_dir, config.credentials.algorithm, config.credentials.reload_seconds)
@@ -181,6 +183,12 @@ async def build_components(config: Config) -> Components:
     return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver)
 
 
+def restrict_socket(path: Path) -> None:
+    """Owner and group only: Envoy reaches the socket through a shared group (an emptyDir with
+    fsGroup in Kubernetes); the directory's own permissions keep everyone else out."""
+    path.chmod(0o660)
+
+
 def make_webhook(config: Config) -> Webhook | None:
     settings = config.approvals
     if settings.webhook_url is None:
@@ -197,13 +205,28 @@ def make_oidc_verifier(config: Config) -> OidcVerifier | None:
     return OidcVerifier(settings.oidc_issuer, settings.oidc_audience, settings.oidc_jwks_file, settings.oidc_jwks_url)
 
 
-def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.Application]:
-    authz = web.Application(client_max_size=config.request_body.max_bytes + 65_536)
-    authz[PIPELINE] = parts.pipeline
-    authz[PREFIX] = config.listen.path_prefix
-    authz.router.add_route("*", config.listen.path_prefix + "/{tail:.*}", check_handler)
+def add_check_routes(app: web.Application, config: Config, parts: Components) -> None:
+    """The check endpoint Envoy calls: ``{path_prefix}/<original path>``."""
+    app[PIPELINE] = parts.pipeline
+    app[PREFIX] = config.listen.path_prefix
+    app.router.add_route("*", config.listen.path_prefix + "/{tail:.*}", check_handler)
     if config.listen.path_prefix:
-        authz.router.add_route("*", config.listen.path_prefix, check_handler)
+        app.router.add_route("*", config.listen.path_prefix, check_handler)
+
+
+def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.Application, web.Application | None]:
+    """The agent/approver API, admin, and the check endpoint's own app when it has a unix socket.
+
+    Without ``listen.socket`` the check endpoint shares host:port with the API (then only
+    loopback and the per-deployment XFCC secret keep others from asking for decisions).
+    """
+    authz = web.Application(client_max_size=config.request_body.max_bytes + 65_536)
+    check = None
+    if config.listen.socket is None:
+        add_check_routes(authz, config, parts)
+    else:
+        check = web.Application(client_max_size=config.request_body.max_bytes + 65_536)
+        add_check_routes(check, config, parts)
     authz[agent_api.KEYS] = parts.keys
     authz[agent_api.API_RESOLVER] = parts.api_resolver
     authz.router.add_get("/.well-known/jwks.json", agent_api.jwks)
@@ -222,7 +245,7 @@ def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics_handler)
-    return authz, admin
+    return authz, admin, check
 
 
 EVENT_LOOP_ENV = "SIDECAR_EVENT_LOOP"  # "asyncio" opts out of uvloop (not a config key: read before the loop)
@@ -243,29 +266,44 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 async def serve(config: Config) -> None:
     """Run both listeners until SIGINT/SIGTERM."""
     parts = await build_components(config)
-    authz, admin = build_apps(config, parts)
+    authz, admin, check = build_apps(config, parts)
     # Envoy accepts up to 60 KiB of headers; read them all so oversize tokens get our 401, not a 400.
     runners = [
         web.AppRunner(authz, access_log=None, max_line_size=65_536, max_field_size=65_536),
         web.AppRunner(admin, access_log=None),
     ]
+    if check is not None:
+        runners.append(web.AppRunner(check, access_log=None, max_line_size=65_536, max_field_size=65_536))
     for runner in runners:
         await runner.setup()
     await web.TCPSite(runners[0], config.listen.host, config.listen.port).start()
     await web.TCPSite(runners[1], config.admin.host, config.admin.port).start()
+    check_at = f"{config.listen.host}:{config.listen.port}{config.listen.path_prefix}"
+    if config.listen.socket is not None:
+        await web.UnixSite(runners[2], str(config.listen.socket)).start()
+        restrict_socket(config.listen.socket)
+        check_at = f"unix:{config.listen.socket} {config.listen.path_prefix}"
     grpc_server = None
     if config.grpc.enabled:
         from sidecar.grpc_server import start_grpc_server
 
         secret_header = config.identity.xfcc.secret_header
-        grpc_server = await start_grpc_server(parts.pipeline, config.grpc.host, config.grpc.port, secret_header)
+        address = f"unix:{config.grpc.socket}" if config.grpc.socket else f"{config.grpc.host}:{config.grpc.port}"
+        grpc_server = await start_grpc_server(parts.pipeline, address, secret_header)
+        if config.grpc.socket is not None:
+            restrict_socket(config.grpc.socket)
     log.info(
         "authz-sidecar listening",
         extra={
-            "check": f"{config.listen.host}:{config.listen.port}{config.listen.path_prefix}",
+            "check": check_at,
+            "api": f"{config.listen.host}:{config.listen.port}",
             "admin": f"{config.admin.host}:{config.admin.port}",
             "opa": f"{config.opa.url}/v1/data/{config.opa.decision_path}",
-            "grpc": f"{config.grpc.host}:{config.grpc.port}" if config.grpc.enabled else "off",
+            "grpc": (
+                (f"unix:{config.grpc.socket}" if config.grpc.socket else f"{config.grpc.host}:{config.grpc.port}")
+                if config.grpc.enabled
+                else "off"
+            ),
         },
     )
     try:

@@ -13,13 +13,16 @@ from pathlib import Path
 
 from aiohttp import web
 
+from sidecar.dev.service_token import read_token, require_bearer
+
 
 async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(root: Path) -> web.Application:
-    app = web.Application()
+def make_app(root: Path, token: str | None = None) -> web.Application:
+    """``token``: OPA's bearer token; without it the bundles are served to anyone (tests only)."""
+    app = web.Application(middlewares=[require_bearer(token)])
     app.router.add_get("/healthz", healthz)
     # aiohttp's static handler answers If-None-Match with 304 and refuses paths outside root.
     app.router.add_static("/bundles/", root / "bundles", follow_symlinks=False, show_index=False)
@@ -37,6 +40,6 @@ def publish(bundle: Path, root: Path, name: str) -> Path:
     return target
 
 
-def run_bundle_server(root: Path, host: str, port: int) -> None:
+def run_bundle_server(root: Path, host: str, port: int, token_file: Path | None = None) -> None:
     (root / "bundles").mkdir(parents=True, exist_ok=True)
-    web.run_app(make_app(root), host=host, port=port, access_log=None, print=None)
+    web.run_app(make_app(root, read_token(token_file)), host=host, port=port, access_log=None, print=None)

@@ -105,6 +105,7 @@ def opa_config(
     public_key: Path | None,
     decision_log_url: str | None,
     polling: tuple[int, int] = (1, 3),
+    token_path: Path | None = None,
 ) -> dict[str, Any]:
     """OPA's config file: the signed bundle from a bundle service, decision logs to a receiver.
 
@@ -115,7 +116,7 @@ def opa_config(
     if bundle_service_url is not None:
         if public_key is None:
             raise ValueError("a bundle service needs the public key its bundles are verified with")
-        config["services"]["bundles"] = {"url": bundle_service_url}
+        config["services"]["bundles"] = {"url": bundle_service_url, **_bearer(token_path)}
         config["bundles"] = {
             BUNDLE_NAME: {
                 "service": "bundles",
@@ -127,7 +128,7 @@ def opa_config(
         }
         config["keys"] = {KEY_ID: {"algorithm": SIGNING_ALG, "key": public_key.read_text()}}
     if decision_log_url is not None:
-        config["services"]["decision_logs"] = {"url": decision_log_url}
+        config["services"]["decision_logs"] = {"url": decision_log_url, **_bearer(token_path)}
         config["decision_logs"] = {
             "service": "decision_logs",
             "console": True,
@@ -136,3 +137,8 @@ def opa_config(
     else:
         config["decision_logs"] = {"console": True}
     return config
+
+
+def _bearer(token_path: Path | None) -> dict[str, Any]:
+    """OPA reads the services' bearer token from a file only its user can open."""
+    return {"credentials": {"bearer": {"token_path": str(token_path)}}} if token_path else {}

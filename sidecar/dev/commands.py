@@ -27,6 +27,7 @@ def add_commands(dev_commands: Any) -> None:
     server.add_argument("--dir", type=Path, required=True)
     server.add_argument("--host", default="127.0.0.1")
     server.add_argument("--port", type=int, default=8182)
+    server.add_argument("--token-file", type=Path, help="require OPA's bearer token from this file (all but /healthz)")
     server.set_defaults(run=_bundle_server)
 
     receiver = dev_commands.add_parser(
@@ -35,6 +36,9 @@ def add_commands(dev_commands: Any) -> None:
     receiver.add_argument("--out", type=Path, required=True)
     receiver.add_argument("--host", default="127.0.0.1")
     receiver.add_argument("--port", type=int, default=8183)
+    receiver.add_argument(
+        "--token-file", type=Path, help="require OPA's bearer token from this file (all but /healthz)"
+    )
     receiver.set_defaults(run=_decision_log_receiver)
 
     svid_files = dev_commands.add_parser(
@@ -73,14 +77,14 @@ def _bundle(args: argparse.Namespace) -> int:
 def _bundle_server(args: argparse.Namespace) -> int:
     from sidecar.dev.bundle_server import run_bundle_server
 
-    run_bundle_server(args.dir, args.host, args.port)
+    run_bundle_server(args.dir, args.host, args.port, args.token_file)
     return 0
 
 
 def _decision_log_receiver(args: argparse.Namespace) -> int:
     from sidecar.dev.decision_log_receiver import run_receiver
 
-    run_receiver(args.out, args.host, args.port)
+    run_receiver(args.out, args.host, args.port, args.token_file)
     return 0
 
 

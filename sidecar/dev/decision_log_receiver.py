@@ -19,6 +19,7 @@ from typing import IO
 
 from aiohttp import web
 
+from sidecar.dev.service_token import read_token, require_bearer
 from sidecar.signals import until_signalled
 
 log = logging.getLogger(__name__)
@@ -73,18 +74,20 @@ async def healthz(_: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
 
 
-def make_app(sink: IO[str]) -> web.Application:
-    app = web.Application(client_max_size=MAX_BATCH_BYTES)
+def make_app(sink: IO[str], token: str | None = None) -> web.Application:
+    """``token``: OPA's bearer token; without it anyone may post logs (tests only)."""
+    app = web.Application(client_max_size=MAX_BATCH_BYTES, middlewares=[require_bearer(token)])
     app[SINK] = sink
     app.router.add_post("/logs", receive)
     app.router.add_get("/healthz", healthz)
     return app
 
 
-def run_receiver(out: Path, host: str, port: int) -> None:
+def run_receiver(out: Path, host: str, port: int, token_file: Path | None = None) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
+    token = read_token(token_file)
     with out.open("a", encoding="utf-8") as sink:
-        asyncio.run(_serve(make_app(sink), host, port))
+        asyncio.run(_serve(make_app(sink, token), host, port))
 
 
 async def _serve(app: web.Application, host: str, port: int) -> None:

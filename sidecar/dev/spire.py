@@ -3,7 +3,10 @@
 Join-token node attestation, the ``unix`` workload attestor, SQLite and in-memory keys, all
 under one directory. The demo agents (and Envoy's ingress identity) are registered by the uid
 of the user running the stack, so every process that user starts gets their SVIDs from the
-agent's Workload API socket, exactly as a pod gets them through the SPIFFE CSI driver.
+agent's Workload API socket, exactly as a pod gets them through the SPIFFE CSI driver. Only that
+user: a process under any other uid that reaches the socket is refused (PermissionDenied, no
+identity issued), as the agent container is in Kubernetes, where the entries select the envoy and
+authz-sidecar containers by ``k8s:container-name`` (kubernetes/spire/; tests/e2e/test_spire.py).
 
 ``spire-server`` and ``spire-agent`` come from ``.tools/bin`` (``./taskw spire`` builds them).
 """

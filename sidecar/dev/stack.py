@@ -7,6 +7,7 @@ a user runs.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from sidecar.dev.oidc import DevOidcIssuer
 from sidecar.dev.spire import ENVOY_ID, Spire, SpireError
 from sidecar.dev.tools import ToolMissing, find_tool
 from sidecar.dev.trust_domain import DEFAULT_AUDIENCE, DevTrustDomain
+from sidecar.dev.unix_http import UnixResponse, unix_request
 from sidecar.keys import generate_key, write_key
 
 DEFAULT_BUNDLE = REPO_ROOT / "rego"
@@ -145,7 +147,56 @@ class Stack:
 
     @property
     def opa_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.opa}"
+        """OPA's REST API, on a unix socket only the sidecar (the trio's user) can open."""
+        return f"unix://{self.opa_socket}"
+
+    # -- the trio's unix sockets ------------------------------------------------------------
+    # As in the pod: the check endpoint, OPA and Envoy's admin listen on unix sockets in a run
+    # directory only the trio's user can open (an emptyDir mounted into Envoy, the sidecar and
+    # OPA only), so an agent sharing the loopback reaches Envoy's egress listener and the agent
+    # API, and nothing else of the trio.
+    @property
+    def run_dir(self) -> Path:
+        return self.workdir / "run"
+
+    @property
+    def check_socket(self) -> Path:
+        return self.run_dir / "sidecar.sock"
+
+    @property
+    def grpc_socket(self) -> Path:
+        return self.run_dir / "sidecar-grpc.sock"
+
+    @property
+    def opa_socket(self) -> Path:
+        return self.run_dir / "opa.sock"
+
+    @property
+    def envoy_admin_socket(self) -> Path:
+        return self.run_dir / "envoy-admin.sock"
+
+    @property
+    def service_token(self) -> Path:
+        """OPA's bearer token for the bundle service and the decision-log receiver (owner only)."""
+        return self.run_dir / "service-token"
+
+    def check(
+        self,
+        method: str,
+        target: str,
+        headers: dict[str, str] | None = None,
+        body: bytes = b"",
+        via: Path | None = None,
+    ) -> UnixResponse:
+        """Call the sidecar's check endpoint directly, as only Envoy can (``target`` without the prefix)."""
+        return unix_request(via or self.check_socket, method, "/authz" + target, headers, body)
+
+    def opa_request(self, method: str, target: str) -> UnixResponse:
+        """OPA's REST API over its socket (``/v1/status``, ``/health``)."""
+        return unix_request(self.opa_socket, method, target, timeout=5)
+
+    def envoy_admin(self, method: str, target: str) -> UnixResponse:
+        return unix_request(self.envoy_admin_socket, method, target, timeout=5)
 
     @property
     def bundle_service_url(self) -> str:
@@ -176,8 +227,11 @@ class Stack:
         # Ports of optional services this stack does not run need not be free.
         optional = {"bundle_service": self.bundle_service, "decision_logs": self.decision_log_service}
         optional["spire_server"] = self.spire
+        optional.update(opa=False, envoy_admin=False, sidecar_grpc=False)  # unix sockets now
         self.ports.check_available(frozenset(name for name, used in optional.items() if not used))
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.logs.chmod(0o700)  # in a pod the trio's logs are its containers' streams, not the agent's to read
+        self.make_run_dir()
         self.trust_domain.ensure()
         self.ensure_credential_key()
         self.oidc.ensure()
@@ -188,40 +242,41 @@ class Stack:
         if self.decision_log_service:
             self.start_decision_log_receiver()
         self.start_opa()
-        self._spawn(
-            "upstream",
-            [
-                sys.executable,
-                "-m",
-                "sidecar",
-                "dev",
-                "upstream",
-                "--port",
-                str(self.ports.upstream),
-                "--jwks-url",
-                f"{self.sidecar_url}/.well-known/jwks.json",
-            ],
-        )
+        self.start_upstream()
         self.start_sidecar()
-        envoy_config = self._write_envoy_config()
-        self._spawn(
-            "envoy",
-            [
-                find_tool("envoy"),
-                "-c",
-                str(envoy_config),
-                "--log-level",
-                "warning",
-                "--disable-hot-restart",
-                "--use-dynamic-base-id",
-            ],
-        )
+        self._write_envoy_config()
+        self.start_envoy()
         self._wait_http("upstream", f"http://127.0.0.1:{self.ports.upstream}/healthz")
-        self._wait_http("envoy", f"http://127.0.0.1:{self.ports.envoy_admin}/ready")
+        self._wait_http("envoy", "/ready", unix_socket=self.envoy_admin_socket)
         self._wait_http("sidecar", f"{self.sidecar_admin_url}/{'readyz' if self.wait_ready else 'healthz'}")
 
+    def start_upstream(self) -> None:
+        jwks = f"{self.sidecar_url}/.well-known/jwks.json"
+        argv = [sys.executable, "-m", "sidecar", "dev", "upstream", "--port", str(self.ports.upstream)]
+        self._spawn("upstream", [*argv, "--jwks-url", jwks])
+
+    def start_envoy(self) -> None:
+        """Envoy on the config ``_write_envoy_config`` wrote (a restart keeps its certificates)."""
+        config = self.workdir / "envoy.yaml"
+        argv = [find_tool("envoy"), "-c", str(config), "--log-level", "warning"]
+        self._spawn("envoy", [*argv, "--disable-hot-restart", "--use-dynamic-base-id"])
+
+    def make_run_dir(self) -> None:
+        """The trio's socket directory, owner only (a unix socket path has room for ~107 bytes)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.chmod(0o700)
+        if not self.service_token.exists():
+            self.service_token.touch(mode=0o600)
+            self.service_token.write_text(secrets.token_urlsafe(32))
+        longest = max(len(str(path)) for path in (self.check_socket, self.grpc_socket, self.envoy_admin_socket))
+        if longest > 100:
+            raise StackError(
+                f"the stack's directory {self.workdir} is too deep for unix socket paths ({longest} bytes)"
+            )
+
     def start_opa(self) -> None:
-        argv = [find_tool("opa"), "run", "--server", "--addr", f"127.0.0.1:{self.ports.opa}", "--log-format", "json"]
+        argv = [find_tool("opa"), "run", "--server", "--addr", f"unix://{self.opa_socket}", "--log-format", "json"]
+        argv += ["--unix-socket-perm", "660"]
         if self.bundle_service or self.decision_log_service:
             config = self.workdir / "opa-config.yaml"
             config.write_text(
@@ -230,6 +285,7 @@ class Stack:
                         bundle_service_url=self.bundle_service_url if self.bundle_service else None,
                         public_key=self.bundle_key.public if self.bundle_service else None,
                         decision_log_url=self.decision_log_url if self.decision_log_service else None,
+                        token_path=self.service_token,
                     ),
                     sort_keys=False,
                 )
@@ -240,13 +296,14 @@ class Stack:
         if not self.bundle_service:
             argv += ["--bundle", str(self.bundle), "--ignore", "*_test.rego"]
         self._spawn("opa", argv)
-        self._wait_http("opa", f"{self.opa_url}/health{'?bundles' if self.wait_ready else ''}")
+        self._wait_http("opa", f"/health{'?bundles' if self.wait_ready else ''}", unix_socket=self.opa_socket)
 
-    def start_bundle_service(self) -> None:
+    def start_bundle_service(self, publish: bool = True) -> None:
         SigningKey.ensure(self.workdir)
-        if self.publish_on_start:
+        if publish and self.publish_on_start:
             self.publish_bundle()
         argv = [sys.executable, "-m", "sidecar", "dev", "bundle-server", "--dir", str(self.bundle_root)]
+        argv += ["--token-file", str(self.service_token)]
         self._spawn("bundle-service", [*argv, "--port", str(self.ports.bundle_service)])
         self._wait_http("bundle-service", f"{self.bundle_service_url}/healthz")
 
@@ -266,6 +323,7 @@ class Stack:
 
     def start_decision_log_receiver(self) -> None:
         argv = [sys.executable, "-m", "sidecar", "dev", "decision-log-receiver", "--out", str(self.decision_log)]
+        argv += ["--token-file", str(self.service_token)]
         self._spawn("decision-log-receiver", [*argv, "--port", str(self.ports.decision_logs)])
         self._wait_http("decision-log-receiver", f"{self.decision_log_url}/healthz")
 
@@ -282,13 +340,13 @@ class Stack:
     def stop_sidecar(self) -> None:
         self._stop("sidecar", signal.SIGTERM)
 
-    def start_replica(self, name: str = "replica") -> int:
-        """A second sidecar with the same config (keys, state store) on its own ports; returns its check port.
-
-        It shares state only through a shared store (``state.backend: redis``)."""
-        check, admin = Ports.free().sidecar, Ports.free().sidecar_admin
+    def start_replica(self, name: str = "replica") -> Path:
+        """A second sidecar with the same config (keys, state store) on its own ports and check
+        socket; returns the socket. It shares state only through a shared store (``state.backend: redis``)."""
+        api, admin = Ports.free().sidecar, Ports.free().sidecar_admin
+        socket = self.run_dir / f"{name}.sock"
         config = self.sidecar_config()
-        config["listen"] = {"host": "127.0.0.1", "port": check, "path_prefix": "/authz"}
+        config["listen"] = {"host": "127.0.0.1", "port": api, "path_prefix": "/authz", "socket": str(socket)}
         config["admin"] = {"host": "127.0.0.1", "port": admin}
         config.pop("grpc", None)
         path = self.workdir / f"{name}.yaml"
@@ -296,7 +354,7 @@ class Stack:
         env = {**os.environ, **self.sidecar_env, "AUTHZ_CONFIG": str(path)}
         self._spawn(name, [sys.executable, "-m", "sidecar", "serve"], env=env)
         self._wait_http(name, f"http://127.0.0.1:{admin}/readyz")
-        return check
+        return socket
 
     def stop_process(self, name: str) -> None:
         self._stop(name, signal.SIGTERM)
@@ -339,9 +397,14 @@ class Stack:
     def sidecar_config(self) -> dict[str, object]:
         td = self.trust_domain
         return {
-            "listen": {"host": "127.0.0.1", "port": self.ports.sidecar, "path_prefix": "/authz"},
+            "listen": {
+                "host": "127.0.0.1",
+                "port": self.ports.sidecar,
+                "path_prefix": "/authz",
+                "socket": str(self.check_socket),
+            },
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
-            "grpc": {"enabled": self.mode == "grpc", "host": "127.0.0.1", "port": self.ports.sidecar_grpc},
+            "grpc": {"enabled": self.mode == "grpc", "socket": str(self.grpc_socket)},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
             # The one number rendered into Envoy's with_request_body.max_request_bytes too.
             "request_body": {
@@ -380,14 +443,16 @@ class Stack:
             write_key(self.credential_keys / "key-1.pem", generate_key("ES256"))
 
     def run_until_interrupted(self) -> None:
-        """Block until Ctrl-C or SIGTERM; a process that dies ends the stack with its log."""
-        signal.signal(signal.SIGTERM, lambda *_: signal.raise_signal(signal.SIGINT))
+        """Block until Ctrl-C or SIGTERM; a part that dies is started again, like the kubelet does
+        (sidecar/dev/supervisor.py), while the rest keeps serving."""
+        from sidecar.dev.supervisor import Supervisor
+
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt  # not via SIGINT: a stack started in the background ignores it
+
+        signal.signal(signal.SIGTERM, interrupt)
         try:
-            while True:
-                time.sleep(1)
-                for name, process in list(self.processes.items()):
-                    if process.poll() is not None:
-                        raise StackError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
+            Supervisor(self).run()
         except KeyboardInterrupt:
             print("\nstopping", flush=True)
 
@@ -398,9 +463,10 @@ class Stack:
                 "authz-sidecar local stack is up (Ctrl-C stops it)",
                 f"  Envoy egress        {self.egress_url}   (agents send a JWT-SVID, audience {DEFAULT_AUDIENCE})",
                 f"  Envoy mTLS ingress  {self.ingress_url}  (agents present an X.509-SVID)",
-                f"  Envoy admin         http://127.0.0.1:{p.envoy_admin}",
-                f"  sidecar             http://127.0.0.1:{p.sidecar}/authz"
-                + (f"  gRPC 127.0.0.1:{p.sidecar_grpc} (Envoy uses gRPC mode)" if self.mode == "grpc" else ""),
+                f"  Envoy admin         unix socket {self.envoy_admin_socket}",
+                f"  sidecar check       unix socket {self.grpc_socket if self.mode == 'grpc' else self.check_socket}"
+                + ("  (gRPC mode)" if self.mode == "grpc" else "  (Envoy only)"),
+                f"  agent API           {self.sidecar_url}/v1/tasks  (tasks, approvals, JWKS)",
                 f"  sidecar admin       {self.sidecar_admin_url}  (/healthz /readyz /metrics)",
                 f"  OPA                 {self.opa_url}  bundle {self.bundle}, decision {self.decision_path}",
                 f"  demo upstream       http://127.0.0.1:{p.upstream}",
@@ -439,11 +505,9 @@ class Stack:
         server = td.mint_x509(f"spiffe://{td.name}/envoy/ingress", self.workdir / "envoy", ("localhost", "127.0.0.1"))
         rendered = render_envoy_config(
             {
-                "ENVOY_ADMIN_PORT": self.ports.envoy_admin,
+                "RUN_DIR": self.run_dir,
                 "EGRESS_PORT": self.ports.egress,
                 "INGRESS_PORT": self.ports.ingress,
-                "SIDECAR_PORT": self.ports.sidecar,
-                "SIDECAR_GRPC_PORT": self.ports.sidecar_grpc,
                 "UPSTREAM_PORT": self.ports.upstream,
                 "MAX_BODY_BYTES": self.max_body_bytes,
                 "SERVER_CERT": server.cert,
@@ -487,16 +551,20 @@ class Stack:
             process.kill()
             process.wait()
 
-    def _wait_http(self, name: str, url: str, timeout: float = 60.0) -> None:
+    def _wait_http(self, name: str, url: str, timeout: float = 60.0, unix_socket: Path | None = None) -> None:
+        """Until ``url`` answers 200; with ``unix_socket``, ``url`` is the path on that socket."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             process = self.processes.get(name)
             if process is not None and process.poll() is not None:
                 raise StackError(f"{name} exited with {process.returncode}:\n{self.log_tail(name)}")
             try:
-                if requests.get(url, timeout=1).status_code == 200:
+                if unix_socket is not None:
+                    if unix_request(unix_socket, "GET", url, timeout=1).status_code == 200:
+                        return
+                elif requests.get(url, timeout=1).status_code == 200:
                     return
-            except requests.RequestException:
+            except (requests.RequestException, OSError):
                 pass
             time.sleep(0.1)
         raise StackError(f"{name} not ready at {url} after {timeout:.0f}s:\n{self.log_tail(name)}")

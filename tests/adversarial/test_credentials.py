@@ -21,7 +21,6 @@ from typing import Any
 
 import jwt
 import pytest
-import requests
 
 from tests.adversarial.conftest import WRITER, Attacker
 
@@ -55,9 +54,8 @@ def _headers(attacker: Attacker, task: dict[str, Any], path: str) -> dict[str, s
 
 def captured(attacker: Attacker, task: dict[str, Any], method: str, path: str, body: bytes) -> str:
     """An unspent credential for ``method path body``: the sidecar's answer to the check Envoy makes."""
-    url = f"{attacker.stack.sidecar_url}/authz{path}"
     headers = {**_headers(attacker, task, path), "host": f"127.0.0.1:{attacker.stack.ports.egress}"}
-    answer = requests.request(method, url, headers=headers, data=body, timeout=10)
+    answer = attacker.stack.check(method, path, headers, body)
     assert answer.status_code == 200, answer.text
     token = answer.headers["authorization"].removeprefix("Bearer ")
     assert jwt.get_unverified_header(token)["typ"] == "at+jwt"

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from sidecar.dev.stack import Stack
 from sidecar.dev.trust_domain import DevTrustDomain
+from sidecar.dev.unix_http import UnixResponse
 from tests.adversarial.conftest import READER, WRITER, Attacker, verdict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adversarial]
@@ -240,9 +241,10 @@ def test_guessed_xfcc_secret_does_not_make_xfcc_trusted(attacker: Attacker) -> N
     assert saw["spiffe_id"] == READER
 
 
-def _direct(stack: Stack, headers: dict[str, str]) -> requests.Response:
-    """An agent in the pod calls the sidecar's check endpoint itself, without Envoy."""
-    return requests.get(f"{stack.sidecar_url}/authz/api/docs/x", headers=headers, timeout=10)
+def _direct(stack: Stack, headers: dict[str, str]) -> UnixResponse:
+    """Something that reached the check endpoint's socket calls it without Envoy (only the trio's
+    users can: tests/adversarial/test_pod_boundary.py); XFCC still needs the secret."""
+    return stack.check("GET", "/api/docs/x", headers)
 
 
 @pytest.mark.parametrize(

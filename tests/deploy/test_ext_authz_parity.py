@@ -1,13 +1,14 @@
-"""Every deployed Envoy variant asks the sidecar exactly the way the tested Envoy config does.
+"""Istio's proxies ask the sidecar exactly the way the tested Envoy config does.
 
-The e2e and adversarial suites run ``envoy/envoy.yaml`` (rendered by ``sidecar/dev/stack.py``);
-production runs other files: ``kubernetes/base/envoy.yaml`` and the ingress overlay's
-``envoy.yaml`` (both rendered with kustomize, as deployed), ``compose/envoy.yaml``, and Istio's
-own proxies configured by ``kubernetes/overlays/istio`` (the ``envoyExtAuthzHttp`` extension
-provider, the ``EnvoyFilter`` for the inbound connection manager, the ``CUSTOM``
-AuthorizationPolicy). Until they are all rendered from one source, this test reduces each
-forwarding listener to a flat profile of what matters around ext_authz and compares it, field by
-field, with the tested listener of the same role:
+The e2e and adversarial suites run ``envoy/envoy.yaml`` (rendered by ``sidecar/dev/stack.py``).
+``kubernetes/base/envoy.yaml``, the ingress overlay's ``envoy.yaml`` and ``compose/envoy.yaml``
+are rendered from that same template (``sidecar/dev/envoy_config.py``; checked by
+``test_envoy_variants.py``), so they need no comparison. Istio's own proxies cannot be rendered
+from it: they are configured by ``kubernetes/overlays/istio`` (the ``envoyExtAuthzHttp``
+extension provider, the ``EnvoyFilter`` for the inbound connection manager, the ``CUSTOM``
+AuthorizationPolicy). This test models what istiod generates from them, reduces it to a flat
+profile of what matters around ext_authz and compares it, field by field, with the tested
+listener of the same role (ingress):
 
 - the ext_authz filter: every field (failure_mode_allow, status_on_error, timeout, path_prefix,
   with_request_body, the header lists in both directions, headers_to_add, ...), with Envoy's
@@ -18,7 +19,7 @@ field, with the tested listener of the same role:
   or virtual host that switches ext_authz off or changes its check settings;
 - the filter order and the listener's TLS requirements.
 
-Differences a variant is meant to have are listed in ``INTENDED`` with the reason; anything else
+Differences Istio is meant to have are listed in ``INTENDED`` with the reason; anything else
 fails with every differing field named.
 """
 
@@ -42,7 +43,7 @@ import yaml
 from sidecar.config import validate_config
 from sidecar.dev.envoy_config import TEMPLATE, render_envoy_config
 from sidecar.dev.stack import Stack
-from tests.deploy.test_kubernetes import KUBE, kustomize
+from tests.deploy.test_kubernetes import KUBE
 
 REPO = Path(__file__).resolve().parents[2]
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
@@ -56,19 +57,13 @@ TESTED_LISTENERS = ("egress", "ingress_mtls")
 
 # The intended differences, per variant (glob over profile fields → why it may differ).
 EVERY_VARIANT = {
-    # Where the sidecar listens: the test stack picks free loopback ports; test_kubernetes.py
-    # checks that the pod's Envoy points at the sidecar's configured port.
+    # Where the sidecar listens: the test stack's check socket; Istio's authz Service
+    # (test_kubernetes.py checks the provider names the Service and the sidecar's port).
     "ext_authz.http_service.server_uri.uri": "the sidecar's address differs per deployment",
 }
+# The variants rendered from envoy/envoy.yaml (kubernetes/, compose/) are not compared here:
+# test_envoy_variants.py checks that they are their rendering.
 INTENDED: dict[str, dict[str, str]] = {
-    "compose/envoy.yaml": {},
-    "kubernetes/overlays/egress": {},
-    "kubernetes/overlays/ingress": {
-        "listener.tls.certificate_source": "Envoy's SVID and bundle come from SPIRE over SDS, not dev CA files",
-        # The value is the per-deployment secret: the dev trust domain's file in the test stack,
-        # the authz-xfcc-secret Secret (via the pod's environment) in Kubernetes.
-        "ext_authz.http_service.authorization_request.headers_to_add.x-authz-xfcc-secret": "secret source",
-    },
     "kubernetes/overlays/istio": {
         "ext_authz.http_service.server_uri.cluster": "istiod names the cluster outbound|PORT||SERVICE",
         # CUSTOM AuthorizationPolicy turns the filter on per request (checked as
@@ -82,7 +77,9 @@ INTENDED: dict[str, dict[str, str]] = {
         # The sidecar reads only the single element's URI.
         "hcm.set_current_client_cert_details.subject": "set by istiod, unused by the sidecar",
         "hcm.set_current_client_cert_details.dns": "set by istiod, unused by the sidecar",
-        "ext_authz.http_service.authorization_request.headers_to_add.x-authz-xfcc-secret": "templated at install",
+        # %ENVIRONMENT(AUTHZ_XFCC_SECRET)%: each protected proxy's environment, from the
+        # authz-xfcc-secret Secret (components/istio-xfcc-secret), never a literal in the mesh config.
+        "ext_authz.http_service.authorization_request.headers_to_add.x-authz-xfcc-secret": "secret source",
         # istiod builds the inbound routes; the refusals of envoy/envoy.yaml (path parameters,
         # lower-case methods) are made by the sidecar and the policy as well (sidecar/request.py).
         "routes.refused_before_forwarding": "istiod owns the inbound routes; the sidecar refuses the same requests",
@@ -450,24 +447,8 @@ def istio_ext_authz(http_provider: dict[str, Any]) -> dict[str, Any]:
 
 
 # -- the variants -----------------------------------------------------------------------------
-def kubernetes_envoy_variants() -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every overlay's Envoy ConfigMap, as kustomize renders it (patches included)."""
-    for kustomization in sorted(KUBE.glob("overlays/*/kustomization.yaml")):
-        overlay = kustomization.parent
-        docs = kustomize(overlay)
-        envoys = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("authz-envoy-")]
-        assert len(envoys) <= 1
-        if envoys:
-            yield str(overlay.relative_to(REPO)), yaml.safe_load(envoys[0]["data"]["envoy.yaml"])
-
-
 def variant_profiles() -> Iterator[tuple[str, str, Profile]]:
-    """(variant, listener role, profile) for every forwarding listener of every deployed variant."""
-    compose = yaml.safe_load((REPO / "compose" / "envoy.yaml").read_text())
-    variants = [("compose/envoy.yaml", compose), *kubernetes_envoy_variants()]
-    for variant, config in variants:
-        for listener, profile in envoy_profiles(config):
-            yield variant, listener, profile
+    """(variant, listener role, profile) for every forwarding listener not rendered from the template."""
     # Istio's inbound listener in front of a tool: the ingress role (XFCC + the per-deployment secret).
     yield str(ISTIO.relative_to(REPO)), "ingress_mtls", istio_profile()
 
@@ -487,13 +468,7 @@ def differences(tested: Profile, variant: Profile, intended: dict[str, str]) -> 
 # -- tests ------------------------------------------------------------------------------------
 def test_every_deployed_variant_is_compared() -> None:
     seen = {variant for variant, _, _ in VARIANTS}
-    assert seen == set(INTENDED), f"variants found {sorted(seen)}; give each an INTENDED entry"
-    assert {
-        "kubernetes/overlays/egress",
-        "kubernetes/overlays/ingress",
-        "kubernetes/overlays/istio",
-        "compose/envoy.yaml",
-    } <= seen
+    assert seen == set(INTENDED) == {"kubernetes/overlays/istio"}, f"variants found {sorted(seen)}"
 
 
 @pytest.mark.parametrize(("variant", "listener", "profile"), VARIANTS, ids=[f"{v}:{x}" for v, x, _ in VARIANTS])
@@ -559,16 +534,6 @@ def test_istio_translation_matches_istiod() -> None:
     assert profile["failure_mode_allow"] is False
 
 
-def test_compose_envoy_validates(envoy_bin: str) -> None:
-    result = subprocess.run(
-        [envoy_bin, "--mode", "validate", "-c", str(REPO / "compose" / "envoy.yaml")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_istio_patches_are_valid_envoy_config(envoy_bin: str, tmp_path: Path) -> None:
     """The EnvoyFilter's fields and the generated ext_authz filter, as one inbound listener
     Envoy validates (a misspelt field in envoy-filter.yaml fails here, not in the mesh)."""
@@ -618,10 +583,8 @@ def test_istio_patches_are_valid_envoy_config(envoy_bin: str, tmp_path: Path) ->
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+# The sidecars behind the rendered variants: test_envoy_variants.py, each against its own Envoy.
 SIDECAR_CONFIGS = [
-    REPO / "compose" / "sidecar.yaml",
-    KUBE / "components" / "trio" / "sidecar.yaml",
-    KUBE / "overlays" / "ingress" / "sidecar-config" / "sidecar.yaml",
     KUBE / "overlays" / "istio" / "istio-mode" / "sidecar.yaml",
     REPO / "examples" / "sidecar.yaml",
 ]
@@ -630,8 +593,8 @@ SIDECAR_CONFIGS = [
 @pytest.mark.parametrize("path", SIDECAR_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
 def test_the_sidecar_knows_envoys_body_buffer(path: Path) -> None:
     """A body that fills Envoy's buffer is treated as truncated only if the sidecar's
-    request_body.envoy_max_request_bytes is the number Envoy buffers (every variant's Envoy
-    buffers what the tested one does: the parity test above)."""
+    request_body.envoy_max_request_bytes is the number Envoy buffers (Istio's proxies buffer
+    what the tested one does: the parity test above)."""
     buffered = {profile["ext_authz.with_request_body.max_request_bytes"] for profile in profiles_of_tested().values()}
     configured = validate_config(yaml.safe_load(path.read_text())).request_body.envoy_max_request_bytes
     assert buffered == {configured}, f"{path.name}: sidecar {configured}, Envoy {buffered}"

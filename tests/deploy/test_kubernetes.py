@@ -2,14 +2,16 @@
 
 Rendering uses the real ``kustomize`` (built by ./taskw; ``kubectl kustomize`` as a fallback),
 validation the Kubernetes OpenAPI schemas bundled in ``kubernetes-validate`` (offline). Custom
-resources (ServiceMonitor, AuthorizationPolicy, IstioOperator) have no bundled schema: they are
-checked against the fields of their CRDs that these manifests use. The Envoy configs inside the
-ConfigMaps are validated by Envoy itself, the sidecar configs by the sidecar's own loader.
+resources (ServiceMonitor, AuthorizationPolicy, IstioOperator, ClusterSPIFFEID) have no bundled
+schema: they are checked against the fields of their CRDs that these manifests use. The Envoy
+configs inside the ConfigMaps are validated by Envoy itself, the sidecar configs by the sidecar's
+own loader.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,11 +26,12 @@ from sidecar.dev.tools import ToolMissing, find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "kubernetes"
-OVERLAYS = ["overlays/egress", "overlays/ingress", "overlays/istio", "services"]
+OVERLAYS = ["overlays/egress", "overlays/ingress", "overlays/istio", "services", "spire"]
 K8S_VERSION = "1.33"
 RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
                            "projected", "secret"}  # fmt: skip
 TRIO = {"envoy", "authz-sidecar", "opa"}
+SVID_CONTAINERS = {"envoy", "authz-sidecar"}  # the only containers SPIRE issues SVIDs to (kubernetes/spire)
 
 
 def kustomize(path: Path) -> list[dict[str, Any]]:
@@ -89,6 +92,22 @@ CUSTOM: dict[tuple[str, str], dict[str, Any]] = {
                             },
                         },
                     },
+                },
+            }
+        },
+    },
+    ("spire.spiffe.io/v1alpha1", "ClusterSPIFFEID"): {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "spec": {
+                "type": "object",
+                "required": ["spiffeIDTemplate"],
+                "additionalProperties": False,
+                "properties": {
+                    "spiffeIDTemplate": {"type": "string", "pattern": "^spiffe://"},
+                    "podSelector": {"type": "object", "properties": {"matchLabels": {"type": "object"}}},
+                    "workloadSelectorTemplates": {"type": "array", "items": {"type": "string", "pattern": "^k8s:"}},
                 },
             }
         },
@@ -167,6 +186,112 @@ def test_spiffe_csi_volume_is_read_only(rendered: tuple[str, list[dict[str, Any]
         assert Path(socket).parent == Path(mount["mountPath"]), (overlay, socket)
 
 
+# -- who can get an SVID ----------------------------------------------------------------------
+def reaches_workload_api(container: dict[str, Any], csi_volumes: set[str]) -> bool:
+    mounts = container.get("volumeMounts", [])
+    return any(m["name"] in csi_volumes or m["mountPath"].startswith("/run/spiffe") for m in mounts) or any(
+        e["name"] == "SPIFFE_ENDPOINT_SOCKET" for e in container.get("env", [])
+    )
+
+
+def test_only_envoy_and_the_sidecar_reach_the_workload_api(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """The agent (or tool) container has no way to the Workload API socket, so no SVID: no credential
+    a tool accepts except through Envoy. Only envoy and authz-sidecar mount the SPIFFE CSI volume."""
+    overlay, docs = rendered
+    checked = set()
+    for name, spec in pod_specs(docs):
+        # With a shared PID namespace /proc/<pid>/root would open the other containers' mounts.
+        assert not spec.get("shareProcessNamespace"), name
+        csi = {v["name"] for v in spec.get("volumes", []) if "csi" in v}
+        for container in spec["containers"] + spec.get("initContainers", []):
+            where = f"{overlay}: {name}/{container['name']}"
+            wanted = bool(csi) and container["name"] in SVID_CONTAINERS
+            assert reaches_workload_api(container, csi) is wanted, where
+            checked.add(container["name"])
+    if overlay in {"overlays/egress", "overlays/ingress"}:
+        assert checked - TRIO, "the agent's or tool's container was checked too"
+
+
+def registered_containers(registration: dict[str, Any]) -> list[str]:
+    """The container names a ClusterSPIFFEID's ``k8s:container-name`` selectors allow."""
+    templates = registration["spec"].get("workloadSelectorTemplates", [])
+    return [t.removeprefix("k8s:container-name:") for t in templates if t.startswith("k8s:container-name:")]
+
+
+def test_spire_issues_svids_only_to_the_containers_that_mount_the_socket() -> None:
+    registrations = of_kind(kustomize(KUBE / "spire"), "ClusterSPIFFEID")
+    for registration in registrations:
+        # Without exactly one container-name selector, every container of the pod gets the SVID.
+        assert len(registered_containers(registration)) == 1, registration
+    assert {n for r in registrations for n in registered_containers(r)} == SVID_CONTAINERS
+    pods = 0
+    for overlay in ("overlays/egress", "overlays/ingress", "overlays/istio"):
+        for deployment in of_kind(kustomize(KUBE / overlay), "Deployment"):
+            pod = deployment["spec"]["template"]
+            csi = {v["name"] for v in pod["spec"].get("volumes", []) if "csi" in v}
+            mounting = {c["name"] for c in pod["spec"]["containers"] if reaches_workload_api(c, csi)}
+            labels = pod["metadata"]["labels"].items()
+            selecting = [r for r in registrations if r["spec"]["podSelector"]["matchLabels"].items() <= labels]
+            registered = {n for r in selecting for n in registered_containers(r)}
+            assert mounting <= registered, (overlay, deployment["metadata"]["name"])
+            pods += bool(mounting)
+    assert pods >= 3, "the egress, ingress and istio pods reach the Workload API"
+
+
+def container_env(deployment: dict[str, Any], container: dict[str, Any]) -> dict[str, str]:
+    """The container's literal and downward-API environment, with ``$(VAR)`` references expanded."""
+    pod = deployment["spec"]["template"]["spec"]
+    fields = {
+        "metadata.namespace": deployment["metadata"]["namespace"],
+        "spec.serviceAccountName": pod.get("serviceAccountName", "default"),
+    }
+    env: dict[str, str] = {}
+    for item in container.get("env", []):
+        if "value" in item:
+            env[item["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), item["value"])
+        elif "fieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = fields[item["valueFrom"]["fieldRef"]["fieldPath"]]
+    return env
+
+
+def render_go_template(template: str, values: dict[str, str]) -> str:
+    """``{{ .Field }}`` replaced by ``values[".Field"]`` (what ClusterSPIFFEID templates use here)."""
+    return re.sub(r"\{\{\s*(\S+)\s*\}\}", lambda m: values[m.group(1)], template)
+
+
+def test_the_pod_identity_is_the_spiffe_id_spire_registers(
+    rendered: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    """With the `pod` source the sidecar names the agent by the pod's SPIFFE ID: the one SPIRE issues
+    to the pod's envoy (which presents it to tools) and authz-sidecar containers."""
+    overlay, docs = rendered
+    sidecar_cm = config_map(docs, "authz-sidecar")
+    if sidecar_cm is None:
+        return
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(sidecar_cm["data"]["sidecar.yaml"])
+    registrations = of_kind(kustomize(KUBE / "spire"), "ClusterSPIFFEID")
+    pods_named = 0
+    for deployment in of_kind(docs, "Deployment"):
+        containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+        if "authz-sidecar" not in containers:
+            continue
+        config = load_config(path, environ=container_env(deployment, containers["authz-sidecar"]))
+        if "pod" not in config.identity.sources:
+            continue
+        values = {
+            ".TrustDomain": config.identity.trust_domains[0],
+            ".PodMeta.Namespace": deployment["metadata"]["namespace"],
+            ".PodSpec.ServiceAccountName": deployment["spec"]["template"]["spec"].get("serviceAccountName", "default"),
+        }
+        for registration in registrations:
+            registered = render_go_template(registration["spec"]["spiffeIDTemplate"], values)
+            assert config.identity.pod.spiffe_id == registered, (overlay, deployment["metadata"]["name"])
+        pods_named += 1
+    if overlay == "overlays/egress":
+        assert pods_named, "the egress sidecar names the agent by the pod's SPIFFE ID"
+
+
 # -- the trio ---------------------------------------------------------------------------------
 def test_trio_probes_and_ports(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
@@ -182,7 +307,8 @@ def test_trio_probes_and_ports(rendered: tuple[str, list[dict[str, Any]]]) -> No
         assert sidecar["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "authz-admin"}
         opa = containers["opa"]
         assert opa["readinessProbe"]["httpGet"]["path"] == "/health?bundles", "OPA is ready only with a bundle"
-        assert "--addr=127.0.0.1:8181" in opa["args"], "OPA's API stays pod-local"
+        assert "--addr=unix:///run/authz/opa.sock" in opa["args"], "OPA's API is a socket in the trio's volume"
+        assert not any(a.startswith("--addr=") and "unix://" not in a for a in opa["args"]), "no TCP API"
         if "envoy" in containers:
             assert containers["envoy"]["readinessProbe"]["httpGet"]["path"] == "/ready"
 
@@ -239,7 +365,7 @@ def test_sidecar_config_loads_and_matches_the_pod(rendered: tuple[str, list[dict
     path = tmp_path / "sidecar.yaml"
     path.write_text(sidecar_cm["data"]["sidecar.yaml"])
     config = load_config(path)  # the sidecar's own validation: unknown keys and bad values fail
-    assert config.opa.url == "http://127.0.0.1:8181"
+    assert config.opa.url == "unix:///run/authz/opa.sock", "the sidecar asks OPA on its socket"
     for name, spec in pod_specs(docs):
         containers = {c["name"]: c for c in spec["containers"]}
         if "authz-sidecar" not in containers:
@@ -249,9 +375,38 @@ def test_sidecar_config_loads_and_matches_the_pod(rendered: tuple[str, list[dict
         if "xfcc" in config.identity.sources:
             assert secret_file is not None and str(secret_file.parent) in mounts, name
         if "envoy" in containers:
-            envoy_yaml = config_map(docs, "authz-envoy")["data"]["envoy.yaml"]  # type: ignore[index]
-            assert f'uri: "http://127.0.0.1:{config.listen.port}"' in envoy_yaml
-            assert config.listen.host == "127.0.0.1", "in a pod, only Envoy should reach the check port"
+            envoy = yaml.safe_load(config_map(docs, "authz-envoy")["data"]["envoy.yaml"])  # type: ignore[index]
+            (check,) = [c for c in envoy["static_resources"]["clusters"] if c["name"] == "authz_sidecar"]
+            pipe = check["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["pipe"]
+            assert str(config.listen.socket) == pipe["path"], "Envoy asks the sidecar's check socket"
+            assert config.listen.host == "127.0.0.1", "the agent API stays pod-local"
+            admin = envoy["admin"]["address"]["pipe"]["path"]
+            assert Path(admin).parent == config.listen.socket.parent, "Envoy's admin is a socket beside it"
+            assert config.listen.socket is not None and config.listen.socket.parent == RUN_DIR, name
+        assert_run_dir_is_the_trios_only(name, spec)
+
+
+RUN_DIR = Path("/run/authz")
+
+
+def assert_run_dir_is_the_trios_only(name: str, spec: dict[str, Any]) -> None:
+    """The trio's sockets live in a volume only the trio mounts: the agent or tool beside them
+    shares the loopback, not this directory."""
+    volumes = {v["name"]: v for v in spec.get("volumes", [])}
+    mounting = {
+        c["name"]
+        for c in spec["containers"]
+        for m in c.get("volumeMounts", [])
+        if Path(m["mountPath"]) == RUN_DIR or RUN_DIR in Path(m["mountPath"]).parents
+    }
+    assert mounting <= TRIO and {"authz-sidecar", "opa"} <= mounting, (name, mounting)
+    names = {
+        m["name"] for c in spec["containers"] for m in c.get("volumeMounts", []) if Path(m["mountPath"]) == RUN_DIR
+    }
+    for volume in names:
+        assert "emptyDir" in volumes[volume], (name, volume, "the run directory is the pod's own")
+        users = {c["name"] for c in spec["containers"] for m in c.get("volumeMounts", []) if m["name"] == volume}
+        assert users <= TRIO, (name, users)
 
 
 def test_opa_pulls_signed_bundles_and_ships_decision_logs(rendered: tuple[str, list[dict[str, Any]]]) -> None:

@@ -39,7 +39,7 @@ def readyz(stack: Stack) -> tuple[int, dict[str, Any]]:
 
 
 def bundle_status(stack: Stack) -> dict[str, Any]:
-    status: dict[str, Any] = requests.get(f"{stack.opa_url}/v1/status", timeout=5).json()["result"]["bundles"]
+    status: dict[str, Any] = stack.opa_request("GET", "/v1/status").json()["result"]["bundles"]
     return status.get(BUNDLE_NAME, {})
 
 
@@ -99,7 +99,7 @@ def test_opa_without_a_valid_bundle_is_not_ready_and_answers_503(tmp_path: Path,
         time.sleep(3)  # several polling rounds: OPA keeps trying and keeps refusing
         status, body = readyz(stack)
         assert status == 503 and body["ready"] is False, body
-        assert requests.get(f"{stack.opa_url}/health?bundles", timeout=5).status_code != 200
+        assert stack.opa_request("GET", "/health?bundles").status_code != 200
         token = stack.trust_domain.mint_jwt(READER)
         headers = {"authorization": f"Bearer {token}"}
         mcp = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search_docs", "arguments": {}}}

@@ -94,11 +94,7 @@ def test_slow_opa_hits_the_sidecars_timeout_not_envoys(broken_opa_stack: Stack, 
 
     # The sidecar's own answer (what Envoy receives) carries the reason in its body.
     token = broken_opa_stack.trust_domain.mint_jwt(READER)
-    direct = requests.get(
-        f"{broken_opa_stack.sidecar_url}/authz/api/docs/handbook",
-        headers={"authorization": f"Bearer {token}"},
-        timeout=10,
-    )
+    direct = broken_opa_stack.check("GET", "/api/docs/handbook", {"authorization": f"Bearer {token}"})
     assert direct.status_code == 503, direct.text
     answer = direct.json()
     assert (answer["verdict"], answer["reasons"]) == ("error", ["policy engine timed out"]), answer

@@ -169,7 +169,7 @@ def _check(stack: Stack, principal: str, metadata: tuple[tuple[str, str], ...]) 
             request=attribute_context_pb2.AttributeContext.Request(http=http),
         )
     )
-    with grpc.insecure_channel(f"127.0.0.1:{stack.ports.sidecar_grpc}") as channel:
+    with grpc.insecure_channel(f"unix:{stack.grpc_socket}") as channel:  # what Envoy reaches
         return external_auth_pb2_grpc.AuthorizationStub(channel).Check(request, metadata=metadata, timeout=5)
 
 

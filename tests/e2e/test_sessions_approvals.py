@@ -291,16 +291,15 @@ def test_redis_keeps_state_across_a_sidecar_restart(redis_stack: Stack) -> None:
 
 def test_two_replicas_share_one_limit(redis_stack: Stack) -> None:
     """Two sidecars on one Redis: checks alternate between them (as Envoy would balance), one limit holds."""
-    replica_port = redis_stack.start_replica()
+    replica = redis_stack.start_replica()
     try:
         writer = Agent(redis_stack, WRITER)
         task = grant(writer.open("triage", ["tickets:write"]))
-        ports = [redis_stack.ports.sidecar, replica_port]
+        sockets = [redis_stack.check_socket, replica]
 
         def check(i: int) -> int:
             headers = {**writer.auth(), "x-agent-task-token": task["token"], "content-type": "application/json"}
-            url = f"http://127.0.0.1:{ports[i % 2]}/authz/api/tickets"
-            return requests.post(url, headers=headers, data=b"{}", timeout=10).status_code
+            return redis_stack.check("POST", "/api/tickets", headers, b"{}", via=sockets[i % 2]).status_code
 
         with ThreadPoolExecutor(max_workers=30) as pool:
             statuses = list(pool.map(check, range(30)))

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import pwd
 import shutil
 import ssl
+import stat
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -240,6 +245,65 @@ def test_svids_from_another_trust_domain_are_rejected(spiffe_stack: tuple[Stack,
     _, bundle = x509_svid(provider, WRITER)
     with pytest.raises((ssl.SSLError, ConnectionError, http.client.HTTPException, OSError)):
         mtls_get(stack, "/api/docs/a", files.cert.read_bytes(), files.key.read_bytes(), bundle)
+
+
+PROBE = Path(__file__).with_name("svid_probe.py")
+
+
+def probe_workload_api(endpoint: str, user: pwd.struct_passwd | None = None) -> dict[str, Any]:
+    """What ``tests/e2e/svid_probe.py`` gets from the Workload API, as us or as ``user``."""
+    argv = [sys.executable, str(PROBE), endpoint]
+    if user is not None:
+        argv = ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", *argv]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/")
+    assert done.returncode == 0, done.stdout + done.stderr
+    report: dict[str, Any] = json.loads(done.stdout)
+    return report
+
+
+@pytest.mark.parametrize("spiffe_stack", ["spire"], indirect=True)
+def test_only_the_trios_uid_gets_svids_from_spire(spiffe_stack: tuple[Stack, Provider]) -> None:
+    """A process under another uid that reaches the Workload API socket gets no SVID at all.
+
+    The stand-in for the agent is ``nobody``. Locally SPIRE's entries select the stack's user by
+    ``unix:uid`` (in Kubernetes, the envoy and authz-sidecar containers by ``k8s:container-name``,
+    kubernetes/spire/), so workload attestation gives any other caller nothing. The socket's
+    directories and the socket itself are opened to every uid here, so that ONLY attestation
+    stops it: the probe connects (no file permission in the way) and the Workload API answers
+    PermissionDenied to both the X.509-SVID and the JWT-SVID request.
+    """
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("capability: running a client as another uid needs root and setpriv (util-linux)")
+    stack, provider = spiffe_stack
+    spire = stack.spire_deployment
+    assert spire is not None
+    agent = pwd.getpwnam("nobody")
+    assert agent.pw_uid != os.getuid()
+
+    ours = probe_workload_api(provider.socket)
+    assert ours["connected"] and ours["x509"]["ok"] and ours["jwt"]["ok"], ours
+    assert set(ours["x509"]["spiffe_ids"]) == {*DEMO_IDS, ENVOY_ID}, ours
+
+    # Open the way to the socket for every uid: search (x) on its directories up to the temp
+    # dir, read/write on the socket. Restored afterwards.
+    socket = spire.workload_socket
+    top = Path(tempfile.gettempdir()).resolve()
+    opened = [d for d in socket.parents if d.is_relative_to(top) and d != top]
+    modes = {path: path.stat().st_mode for path in [socket, *opened]}
+    try:
+        for directory in opened:
+            directory.chmod(stat.S_IMODE(modes[directory]) | stat.S_IXOTH)
+        socket.chmod(stat.S_IMODE(modes[socket]) | stat.S_IROTH | stat.S_IWOTH)
+        theirs = probe_workload_api(provider.socket, agent)
+    finally:
+        for path, mode in modes.items():
+            path.chmod(stat.S_IMODE(mode))
+    assert theirs["uid"] == agent.pw_uid, theirs
+    assert theirs["connected"] is True, f"the socket must be reachable, so that only attestation refuses: {theirs}"
+    for kind in ("x509", "jwt"):
+        answer = theirs[kind]
+        assert answer["ok"] is False and "spiffe_ids" not in answer, (kind, theirs)
+        assert answer["code"] == "PERMISSION_DENIED", (kind, theirs)
 
 
 def test_no_workload_api_yet_means_not_ready_and_tokens_rejected(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ async def test_openapi_matches_the_routes() -> None:
     config = load_config(None, {})
     parts = await build_components(config)
     try:
-        authz, _ = build_apps(config, parts)
+        authz, _, _ = build_apps(config, parts)
         routes = {
             (route.method.lower(), route.resource.canonical)
             for route in authz.router.routes()

@@ -80,11 +80,13 @@ POD = {"sources": ["pod"], "pod": {"spiffe_id": "spiffe://demo.local/agent/a"}}
         ({"listen": {"host": "10.0.0.7"}}, "listen.host '10.0.0.7'"),
         ({"listen": {"host": "sidecar.internal"}}, "listen.host 'sidecar.internal'"),
         ({"grpc": {"enabled": True, "host": "0.0.0.0"}}, "grpc.host '0.0.0.0'"),
+        # A check socket does not make the agent API on host:port pod-only.
+        ({"listen": {"host": "0.0.0.0", "socket": "/run/authz/sidecar.sock"}}, "listen.host '0.0.0.0'"),
     ],
 )
 def test_pod_identity_needs_a_loopback_check_listener(raw: dict[str, object], exposed: str) -> None:
     """The pod source names every caller as the pod: anyone reaching the listener would be it."""
-    with pytest.raises(ConfigError, match=f"identity.sources has 'pod'.*must be loopback-only.*not {exposed}"):
+    with pytest.raises(ConfigError, match=f"identity.sources has 'pod'.*loopback-only.*not {exposed}"):
         validate_config({"identity": POD, **raw})
 
 
@@ -95,6 +97,7 @@ def test_pod_identity_needs_a_loopback_check_listener(raw: dict[str, object], ex
         {"listen": {"host": "::1"}},
         {"listen": {"host": "localhost"}, "grpc": {"enabled": True, "host": "127.0.0.2"}},
         {"grpc": {"enabled": False, "host": "0.0.0.0"}},  # not listening at all
+        {"listen": {"socket": "/run/authz/sidecar.sock"}, "grpc": {"enabled": True, "socket": "/run/authz/g.sock"}},
     ],
 )
 def test_pod_identity_on_loopback_is_accepted(raw: dict[str, object]) -> None:
@@ -124,3 +127,30 @@ def test_header_names_are_lower_case() -> None:
 def test_header_names_must_be_header_names(name: str) -> None:
     with pytest.raises(ConfigError, match=r"tasks\.token_header: .*is not an HTTP header name"):
         validate_config({"tasks": {"token_header": name}})
+
+
+async def test_the_agent_api_names_a_credential_less_caller_the_pod_only_with_the_pod_source(
+    tmp_path: Path,
+) -> None:
+    """In a pod whose agent has no SVID, the agent opens tasks as the pod; elsewhere the API
+    still demands a JWT-SVID, and a presented one is never passed over for the pod."""
+    from sidecar.identity import IdentityError
+    from sidecar.server import build_components
+
+    bundle = tmp_path / "bundle.json"
+    bundle.write_text('{"keys": []}')
+    jwt_svid = {"bundle_files": {"demo.local": str(bundle)}}
+    for sources, expected in [(["pod"], "spiffe://demo.local/agent/a"), (["jwt_svid"], None)]:
+        identity = {**POD, "sources": sources, "trust_domains": ["demo.local"], "jwt_svid": jwt_svid}
+        parts = await build_components(validate_config({"identity": identity, "opa": {"url": "http://127.0.0.1:1"}}))
+        try:
+            if expected is None:
+                with pytest.raises(IdentityError):
+                    parts.api_resolver.resolve({})
+            else:
+                resolved = parts.api_resolver.resolve({})
+                assert resolved is not None and str(resolved.spiffe_id) == expected
+            with pytest.raises(IdentityError):  # a presented, invalid JWT-SVID is a 401, never the pod
+                parts.api_resolver.resolve({"authorization": "Bearer not.a.jwt"})
+        finally:
+            await parts.close()

@@ -17,6 +17,7 @@ from sidecar.dev import bundle_server, decision_log_receiver, svid_files
 from sidecar.dev.bundles import BUNDLE_NAME, KEY_ID, SigningKey, opa_config
 from sidecar.dev.decision_log_receiver import BatchError, decode_batch
 from sidecar.dev.envoy_config import render_envoy_config
+from sidecar.dev.service_token import read_token
 from sidecar.identity.bundles import WorkloadApiBundleSource
 
 
@@ -82,6 +83,32 @@ async def test_bundle_server_etag_and_atomic_publish(tmp_path: Path) -> None:
     assert not list((tmp_path / "srv" / "bundles").glob(".*.tmp"))
 
 
+@pytest.mark.parametrize("service", ["bundles", "decision-logs"])
+async def test_opas_services_demand_its_bearer_token(tmp_path: Path, service: str) -> None:
+    """An agent can reach these services over the network: without OPA's token it gets nothing."""
+    token_file = tmp_path / "token"
+    token_file.write_text("opa-only-token\n")
+    token = read_token(token_file)
+    if service == "bundles":
+        source = tmp_path / "built.tar.gz"
+        source.write_bytes(b"policy")
+        bundle_server.publish(source, tmp_path / "srv", BUNDLE_NAME)
+        app, method, target = bundle_server.make_app(tmp_path / "srv", token), "GET", f"/bundles/{BUNDLE_NAME}.tar.gz"
+    else:
+        app, method, target = decision_log_receiver.make_app(io.StringIO(), token), "POST", "/logs"
+    async with TestClient(TestServer(app)) as client:
+        for presented in [None, "Bearer wrong", "Bearer opa-only", "Basic opa-only-token", "Bearer opa-only-token x"]:
+            headers = {"authorization": presented} if presented else {}
+            refused = await client.request(method, target, headers=headers, data=b"[]")
+            assert refused.status == 401, presented
+        allowed = await client.request(method, target, headers={"authorization": "Bearer opa-only-token"}, data=b"[]")
+        assert allowed.status == 200
+        assert (await client.get("/healthz")).status == 200, "probes need no token"
+    token_file.write_text("  \n")
+    with pytest.raises(ValueError, match="holds no token"):
+        read_token(token_file)
+
+
 async def _raw_get(host: str, port: int | None, target: str) -> tuple[int, bytes]:
     """GET ``target`` exactly as written (status, whole answer)."""
     reader, writer = await asyncio.open_connection(host, port)
@@ -105,15 +132,15 @@ def test_opa_config_verifies_signatures(tmp_path: Path) -> None:
 
 
 def test_use_sds_files_rewrites_only_the_mtls_listener(tmp_path: Path) -> None:
-    values = {name: 1 for name in ("ENVOY_ADMIN_PORT", "EGRESS_PORT", "INGRESS_PORT", "SIDECAR_PORT", "UPSTREAM_PORT")}
+    values: dict[str, object] = {name: 1 for name in ("EGRESS_PORT", "INGRESS_PORT", "UPSTREAM_PORT")}
     values.update(
+        RUN_DIR="/run/authz",
         MAX_BODY_BYTES=1024,
         SERVER_CERT="/c",
         SERVER_KEY="/k",
         TRUST_BUNDLE="/b",
         TRUST_DOMAIN="demo.local",
         XFCC_SECRET="s" * 20,
-        SIDECAR_GRPC_PORT=2,
     )
     config = yaml.safe_load(svid_files.use_sds_files(render_envoy_config(values), "ingress_mtls", tmp_path))
     listeners = {item["name"]: item for item in config["static_resources"]["listeners"]}
