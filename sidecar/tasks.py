@@ -283,17 +283,22 @@ class TaskService:
         return str(spiffe_id)
 
     def _token(self, task: TaskRecord) -> str:
-        claims: dict[str, Any] = {
-            "iss": self._config.issuer,
-            "aud": self._config.issuer,
-            "sub": task.sub,
-            "jti": task.id,
-            "iat": task.issued_at,
-            "exp": task.expires_at,
-            "purpose": task.purpose,
-            "scopes": task.scopes,
-        }
-        act = act_claim(task.chain)
-        if act:
-            claims["act"] = act
-        return sign(self._keys, claims, TASK_TYP)
+        return sign(self._keys, task_token_claims(task, self._config.issuer), TASK_TYP)
+
+
+def task_token_claims(task: TaskRecord, issuer: str) -> dict[str, Any]:
+    """The claims of a task grant token: the task, bound to its agent, audience the sidecar itself."""
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "aud": issuer,
+        "sub": task.sub,
+        "jti": task.id,
+        "iat": task.issued_at,
+        "exp": task.expires_at,
+        "purpose": task.purpose,
+        "scopes": task.scopes,
+    }
+    act = act_claim(task.chain)
+    if act:
+        claims["act"] = act
+    return claims

@@ -44,6 +44,7 @@ from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state import ApprovalRecord, TaskRecord
 from sidecar.state.memory import MemoryStore
+from sidecar.tasks import task_token_claims
 from sidecar.tokens import TASK_TYP
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "schema"
@@ -99,17 +100,8 @@ def jwt_svid(spiffe_id: str) -> tuple[str, dict[str, Any]]:
 
 
 def task_token(task: TaskRecord) -> str:
-    """The task grant token as the sidecar issues it (sidecar/tasks.py, TaskService._token)."""
-    claims = {
-        "iss": DEFAULTS.tasks.issuer,
-        "aud": DEFAULTS.tasks.issuer,
-        "sub": task.sub,
-        "jti": task.id,
-        "iat": task.issued_at,
-        "exp": task.expires_at,
-        "purpose": task.purpose,
-        "scopes": task.scopes,
-    }
+    """The task grant token as the sidecar issues it (its claims from sidecar/tasks.py), unsigned."""
+    claims = task_token_claims(task, DEFAULTS.tasks.issuer)
     return unsigned_jwt({"alg": "ES256", "kid": "sidecar-key-1", "typ": TASK_TYP}, claims)
 
 
