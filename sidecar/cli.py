@@ -13,6 +13,7 @@ from sidecar.approvals_cli import add_commands as add_approval_commands
 from sidecar.audit.command import add_command as add_audit_command
 from sidecar.config import ConfigError, load_config
 from sidecar.dev.commands import add_commands as add_platform_commands
+from sidecar.policy.command import add_command as add_policy_command
 
 DEV_DIR = Path(".dev")
 
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_approval_commands(commands)
     add_audit_command(commands)
+    add_policy_command(commands)
 
     dev = commands.add_parser("dev", help="development trust domain, demo upstream, local stack")
     dev.add_argument("--dev-dir", type=Path, default=DEV_DIR, help="where dev keys live (default .dev)")

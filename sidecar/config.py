@@ -174,11 +174,78 @@ class LogConfig(_Strict):
     redact: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)  # field names (sidecar/logs.py)
 
 
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r} is not host:port")
+    return value
+
+
+HostPort = Annotated[str, AfterValidator(_host_port)]
+
+
 class StateConfig(_Strict):
     backend: Literal["memory", "redis"] = "memory"
+    # Which Redis: one instance at redis_url, a Redis Cluster found from redis_cluster_nodes, or
+    # the primary the sentinels in sentinel_nodes name for sentinel_service.
+    redis_mode: Literal["single", "cluster", "sentinel"] = "single"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster_nodes: list[HostPort] = Field(default_factory=list)
+    sentinel_nodes: list[HostPort] = Field(default_factory=list)
+    sentinel_service: str = ""
+    # ACL user and a file holding its password (read at start; a password in redis_url works too).
+    redis_username: str | None = None
+    redis_password_file: Path | None = None
+    sentinel_username: str | None = None
+    sentinel_password_file: Path | None = None
+    # TLS: rediss:// in redis_url (single), redis_tls for cluster and sentinel (nodes and sentinels).
+    redis_tls: bool = False
+    redis_ca_file: Path | None = None
+    redis_cert_file: Path | None = None  # client certificate, when the server asks for one
+    redis_key_file: Path | None = None
     key_prefix: str = "authz:"
     timeout_ms: int = Field(500, gt=0, le=60_000)
+    # Redis operations in flight at once (more wait for a turn); each holds at most two connections.
+    max_connections: int = Field(64, gt=0, le=10_000)
+    # Revocations and approval consumption are acknowledged only once this many replicas have
+    # them (WAIT); null: 1 in cluster and sentinel mode, 0 (no WAIT) for a single instance.
+    replica_acks: int | None = Field(None, ge=0, le=16)
+    replica_ack_timeout_ms: int = Field(100, gt=0, le=60_000)
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_hash_tag(cls, value: str) -> str:
+        # The store puts a hash tag ({...}) in every key so a script's keys share a Cluster slot;
+        # a brace in the prefix would become the tag instead.
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain '{' or '}' (the store adds its own hash tags)")
+        return value
+
+    @model_validator(mode="after")
+    def _mode_settings(self) -> StateConfig:
+        scheme = self.redis_url.partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError(f"state.redis_url must be redis://, rediss:// or unix://, not {scheme}://")
+        if self.redis_mode == "cluster" and not self.redis_cluster_nodes:
+            raise ValueError("state.redis_mode cluster needs state.redis_cluster_nodes (host:port seeds)")
+        if self.redis_mode == "sentinel" and not (self.sentinel_nodes and self.sentinel_service):
+            raise ValueError("state.redis_mode sentinel needs state.sentinel_nodes and state.sentinel_service")
+        if self.redis_mode == "single" and self.redis_tls and scheme != "rediss":
+            raise ValueError("state.redis_tls in single mode: use a rediss:// state.redis_url instead")
+        if (self.redis_cert_file is None) != (self.redis_key_file is None):
+            raise ValueError("state.redis_cert_file and state.redis_key_file go together")
+        tls = self.redis_tls if self.redis_mode != "single" else scheme == "rediss"
+        if not tls and (self.redis_ca_file or self.redis_cert_file):
+            raise ValueError("state.redis_ca_file and state.redis_cert_file need TLS (rediss:// or state.redis_tls)")
+        if self.effective_replica_acks and self.replica_ack_timeout_ms >= self.timeout_ms:
+            raise ValueError("state.replica_ack_timeout_ms must be below state.timeout_ms (the socket timeout)")
+        return self
+
+    @property
+    def effective_replica_acks(self) -> int:
+        if self.replica_acks is not None:
+            return self.replica_acks
+        return 0 if self.redis_mode == "single" else 1
 
 
 class TasksConfig(_Strict):
@@ -248,6 +315,26 @@ def _trust_domain(name: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+class ShadowConfig(_Strict):
+    """A candidate policy asked beside the live one, never enforced (sidecar/shadow.py). Off unless
+    ``decision_path`` (a second path in the same OPA) or ``opa_url`` (a second OPA) is set."""
+
+    decision_path: str | None = None  # default with opa_url: opa.decision_path
+    opa_url: str | None = None  # default with decision_path: opa.url
+    timeout_ms: int = Field(250, gt=0, le=60_000)
+    max_in_flight: int = Field(32, gt=0, le=10_000)
+
+    @field_validator("decision_path")
+    @classmethod
+    def _path_shape(cls, value: str | None) -> str | None:
+        return None if value is None else _rule_path(value)
+
+    @field_validator("opa_url")
+    @classmethod
+    def _url_shape(cls, value: str | None) -> str | None:
+        return None if value is None else OpaConfig._url_shape(value)
+
+
 class GrpcConfig(_Strict):
     """Envoy ext_authz gRPC mode (``envoy.service.auth.v3.Authorization/Check``), beside the HTTP listener."""
 
@@ -272,6 +359,19 @@ class Config(_Strict):
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
+    shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+
+    @model_validator(mode="after")
+    def _shadow_is_another_policy(self) -> Config:
+        shadow = self.shadow
+        same_opa = shadow.opa_url is None or shadow.opa_url == self.opa.url
+        same_path = (shadow.decision_path or self.opa.decision_path) == self.opa.decision_path
+        if (shadow.decision_path or shadow.opa_url) and same_opa and same_path:
+            raise ValueError(
+                "shadow.decision_path is the live opa.decision_path on the same OPA: the shadow would compare the"
+                " live policy with itself; name the candidate's path, or its OPA in shadow.opa_url"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pod_identity_on_loopback_only(self) -> Config:

@@ -5,10 +5,14 @@ credential: the path is logged without its query string, headers are not logged 
 On top of that every line is scrubbed as it is written: fields named in ``log.redact`` (at any
 depth) become ``"[redacted]"``, and anything shaped like a JWT or a bearer credential in any
 string (messages, reasons, tracebacks) is replaced, whoever logged it.
+
+Every line's ``time`` is RFC 3339 in UTC with microseconds (``2026-01-02T03:04:05.678901Z``), like
+OPA's decision logs, so lines from different machines and zones order and join without guessing.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import re
 import sys
@@ -36,6 +40,9 @@ class RedactingJsonFormatter(JsonFormatter):
         super().__init__(*args, **kwargs)
         self.redact_fields = frozenset(name.lower() for name in redact)
 
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return rfc3339(record.created)
+
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         scrubbed: dict[str, Any] = self._scrub(log_data, 0)
         return scrubbed
@@ -53,6 +60,11 @@ class RedactingJsonFormatter(JsonFormatter):
         if isinstance(value, list | tuple):
             return [self._scrub(item, depth + 1) for item in value]
         return value
+
+
+def rfc3339(epoch: float) -> str:
+    """``epoch`` seconds as RFC 3339 UTC with microseconds: ``2026-01-02T03:04:05.678901Z``."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def scrub_text(text: str) -> str:

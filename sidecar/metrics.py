@@ -18,3 +18,18 @@ OPA_ERRORS = Counter(
     "Decisions that failed closed because OPA gave no usable answer",
     ["kind"],
 )
+# Shadow mode (sidecar/shadow.py): the candidate policy's verdict beside the live one, never enforced.
+SHADOW_AGREEMENTS = Counter(
+    "authz_shadow_agreements_total", "Shadowed decisions where the candidate policy gave the live verdict", ["verdict"]
+)
+SHADOW_DISAGREEMENTS = Counter(
+    "authz_shadow_disagreements_total",
+    "Shadowed decisions where the candidate policy gave another verdict, by live and candidate verdict",
+    ["live", "shadow"],
+)
+SHADOW_ERRORS = Counter(
+    "authz_shadow_errors_total",
+    "Decisions the candidate gave no verdict for: busy (in-flight limit, not asked), timeout, unreachable, "
+    "status, malformed, undefined, shape",
+    ["kind"],
+)

@@ -2,17 +2,24 @@
 
 Any failure (OPA down, slow, non-200, not JSON, no result) raises :class:`OpaError`,
 which the pipeline turns into a 503. Nothing here ever produces an allow by itself.
+
+A query at another path than the check's (the task and approver APIs) is logged as one
+``authz.opa`` line with OPA's decision id, so every event in OPA's decision log can be traced to
+a record of the sidecar's (the checks have their ``authz.decision`` line).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
+
+QUERY_LOGGER = logging.getLogger("authz.opa")
 
 
 class OpaError(Exception):
@@ -97,11 +104,14 @@ class OpaClient:
         if "result" not in document:
             raise OpaError("policy defines no decision at the configured path", "undefined")
         decision_id = document.get("decision_id")
-        return OpaAnswer(
+        answer = OpaAnswer(
             result=document["result"],
             decision_id=decision_id if isinstance(decision_id, str) and decision_id else None,
             seconds=seconds,
         )
+        if path is not None and path != self._decision_path and answer.decision_id:
+            QUERY_LOGGER.info("policy query", extra={"decision_id": answer.decision_id, "path": path})
+        return answer
 
     async def health(self) -> tuple[bool, str]:
         """Ready when OPA answers ``/health?bundles`` with 200 (server up, bundles activated)."""

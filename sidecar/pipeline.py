@@ -30,6 +30,7 @@ from sidecar.mcp import BodyError
 from sidecar.opa import OpaClient, OpaError
 from sidecar.request import CheckRequest, request_line_problem
 from sidecar.sessions import Reservation, SessionTracker
+from sidecar.shadow import Shadow
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.tasks import TaskError, TaskService, task_input
 
@@ -90,6 +91,7 @@ class Pipeline:
         approvals: ApprovalService | None = None,
         approval_header: str = "x-agent-approval-id",
         log_decisions: bool = True,
+        shadow: Shadow | None = None,
     ) -> None:
         self._resolver = resolver
         self._opa = opa
@@ -104,6 +106,7 @@ class Pipeline:
         self._approvals = approvals
         self._approval_header = approval_header
         self._log_decisions = log_decisions
+        self._shadow = shadow
 
     async def check(self, request: CheckRequest) -> wire.WireResponse:
         started = time.perf_counter()
@@ -249,6 +252,8 @@ class Pipeline:
         except DecisionError as exc:
             metrics.OPA_ERRORS.labels("shape").inc()
             return self._unavailable(record, f"policy answer unusable: {exc}", call.rpc)
+        if self._shadow is not None:  # the candidate policy on the same input, in the background, never enforced
+            self._shadow.observe(record.decision_id, input_doc, verdict)
 
         record.stage = "policy"
         if verdict.kind == "step_up":

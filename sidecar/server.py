@@ -34,6 +34,7 @@ from sidecar.opa import OpaClient
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
+from sidecar.shadow import Shadow, make_shadow
 from sidecar.signals import until_signalled
 from sidecar.state import Store
 from sidecar.state.memory import MemoryStore
@@ -113,7 +114,7 @@ def make_bundle_source(config: Config) -> BundleSource | None:
 
 def make_store(config: Config) -> Store:
     if config.state.backend == "redis":
-        return RedisStore(config.state.redis_url, config.state.key_prefix, config.state.timeout_ms)
+        return RedisStore.from_config(config.state)
     return MemoryStore()
 
 
@@ -130,8 +131,11 @@ class Components:
     approvers: ApproverAuthenticator
     pipeline: Pipeline
     api_resolver: IdentityResolver
+    shadow: Shadow | None = None
 
     async def close(self) -> None:
+        if self.shadow is not None:
+            await self.shadow.close()
         await self.opa.close()
         await self.store.close()
         if self.bundles is not None:
@@ -165,6 +169,9 @@ async def build_components(config: Config) -> Components:
         ApprovalService(config.approvals, store, opa, make_webhook(config)) if config.approvals.enabled else None
     )
     approvers = ApproverAuthenticator(api_resolver, make_oidc_verifier(config))
+    shadow = make_shadow(config)
+    if shadow is not None:
+        await shadow.start()
     pipeline = Pipeline(
         resolver,
         opa,
@@ -179,8 +186,9 @@ async def build_components(config: Config) -> Components:
         approvals=approvals,
         approval_header=config.approvals.header,
         log_decisions=config.log.decisions,
+        shadow=shadow,
     )
-    return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver)
+    return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow)
 
 
 def restrict_socket(path: Path) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from sidecar.dev.redis_cluster import LocalRedisCluster, LocalSentinel
 from sidecar.dev.redis_server import RedisServer
 from sidecar.dev.tools import ToolMissing, find_tool
 from sidecar.dev.trust_domain import DevTrustDomain
@@ -60,6 +61,28 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture(scope="session")
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A real Redis Cluster on loopback: six redis-servers, three primaries each with a replica."""
+    try:
+        cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSentinel]:
+    """A real Sentinel set-up on loopback: a primary, its replica and three sentinels."""
+    try:
+        sentinel = LocalSentinel(tmp_path_factory.mktemp("redis-sentinel"))
+    except FileNotFoundError as exc:
+        pytest.fail(str(exc))
+    with sentinel:
+        yield sentinel
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,6 +4,10 @@ A chain is what one task (with every task delegated from it) or one agent did, i
 call with its verdict and reasons, the approvals asked for, decided and used, the delegation
 hops, the credentials minted (ids only: the decision and the task they were minted for), and
 the gaps — requests the upstream served that no allowed decision accounts for.
+
+OPA decision-log events that no sidecar record accounts for (not a check the sidecar logged, nor
+one of its task, approver or shadow queries) are not calls: something other than the sidecar
+asked OPA, and the audit lists them apart (``unmatched``) for a reviewer to look into.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ class Call:
     opa_logged: bool = False
     upstream_status: int | None = None
     upstream_seen: int = 0
-    source: str = "sidecar"  # or "opa" when only OPA's event was found
+    source: str = "sidecar"  # or "opa" when only OPA's event was found (no sidecar log was read)
+    shadow: dict[str, Any] | None = None  # the candidate policy's verdict in shadow mode (never enforced)
 
     @property
     def what(self) -> str:
@@ -177,10 +182,33 @@ class Chain:
 
 
 @dataclass
+class Unmatched:
+    """An OPA decision no sidecar record accounts for: something other than the sidecar asked OPA."""
+
+    decision_id: str
+    at: float
+    path: str
+    agent: str | None
+    what: str
+    verdict: str
+    revision: str | None
+    labels: dict[str, str]
+
+    @property
+    def detail(self) -> str:
+        where = f" (OPA {self.labels['pod']})" if self.labels.get("pod") else ""
+        return (
+            f"OPA decided {self.path} ({self.what or 'no action'} -> {self.verdict}) as decision {self.decision_id}"
+            f"{where}, but no sidecar record has it: something other than the sidecar asked OPA"
+        )
+
+
+@dataclass
 class Audit:
     chains: list[Chain]
     gaps: list[Gap]  # every gap, including those no chain accounts for
     sources: Sources
+    unmatched: list[Unmatched] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -188,13 +216,26 @@ class Audit:
             "sources": {"files": self.sources.files, "skipped_lines": self.sources.skipped_lines},
             "chains": [chain.as_json() for chain in self.chains],
             "gaps": [asdict(g) for g in sorted(self.gaps, key=lambda g: g.at)],
+            "unmatched_opa_events": [asdict(u) | {"detail": u.detail} for u in self.unmatched],
         }
 
 
-def reconstruct(sources: Sources, *, task: str | None = None, agent: str | None = None) -> Audit:
+def reconstruct(
+    sources: Sources,
+    *,
+    task: str | None = None,
+    agent: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+) -> Audit:
     """All chains (one per root task, one per agent for calls outside tasks), or the one asked for:
-    ``task`` (that task and everything delegated from it) or ``agent`` (everything it did)."""
-    calls = _calls(sources)
+    ``task`` (that task and everything delegated from it) or ``agent`` (everything it did);
+    ``since`` / ``until`` (epoch seconds) keep what happened in that window."""
+    unmatched = _unmatched(sources, since, until)
+    with_sidecar = sources.has_sidecar  # of all the logs, before the window
+    if since is not None or until is not None:
+        sources = sources.within(since, until)
+    calls = _calls(sources, with_sidecar, since, until)
     tasks = _tasks(sources, calls)
     gaps = _gaps(sources, calls)
     by_decision = {call.decision_id: call for call in calls}
@@ -207,20 +248,55 @@ def reconstruct(sources: Sources, *, task: str | None = None, agent: str | None 
         chains = [_task_chain(t.id, tasks, calls, sources, gaps, by_decision) for t in roots]
         agents = sorted({c.agent for c in calls if c.agent and c.task is None})
         chains += [_agent_chain(a, calls, tasks, sources, gaps, by_decision, only_taskless=True) for a in agents]
-    return Audit(chains, gaps, sources)
+    if task is not None:
+        members = _descendants(task, tasks)
+        unmatched = [u for u in unmatched if _task_of(sources.opa_events[u.decision_id]) in members]
+    elif agent is not None:
+        unmatched = [u for u in unmatched if u.agent == agent]
+    return Audit(chains, gaps, sources, unmatched)
 
 
-def _calls(sources: Sources) -> list[Call]:
+def _unmatched(sources: Sources, since: float | None, until: float | None) -> list[Unmatched]:
+    """OPA's events whose decision id no sidecar line names (only when a sidecar log was read)."""
+    if not sources.has_sidecar:
+        return []
+    known = {d.decision_id for d in sources.decisions} | set(sources.opa_queries)
+    found = []
+    for event in sources.opa_events.values():
+        if event.decision_id in known:
+            continue
+        if (since is not None and event.at < since) or (until is not None and event.at >= until):
+            continue
+        call = _from_opa(event)
+        operation = event.input.get("operation")
+        what = call.what if call.method or call.path else f"operation {operation}" if isinstance(operation, str) else ""
+        verdict = call.verdict if event.result is not None else "undefined"
+        found.append(
+            Unmatched(event.decision_id, event.at, event.path, call.agent, what, verdict, event.revision, event.labels)
+        )
+    return sorted(found, key=lambda u: u.at)
+
+
+def _task_of(event: OpaEvent) -> str | None:
+    task = event.input.get("task")
+    return task.get("id") if isinstance(task, dict) and isinstance(task.get("id"), str) else None
+
+
+def _calls(sources: Sources, with_sidecar: bool, since: float | None, until: float | None) -> list[Call]:
     calls: list[Call] = []
     seen: set[str] = set()
     for decision in sources.decisions:
         event = sources.opa_events.get(decision.decision_id)
         calls.append(_from_decision(decision, event))
+        calls[-1].shadow = sources.shadows.get(decision.decision_id)
         seen.add(decision.decision_id)
-    # Checks OPA logged that the sidecar's log does not hold (a lost or unread log): still calls.
-    for decision_id, event in sources.opa_events.items():
-        if decision_id not in seen and "attributes" in event.input:
-            calls.append(_from_opa(event))
+    # Without a sidecar log, the checks OPA logged are the only record of the calls. With one, an
+    # event it does not account for is no call the sidecar made (see _unmatched).
+    if not with_sidecar:
+        for decision_id, event in sources.opa_events.items():
+            in_window = (since is None or event.at >= since) and (until is None or event.at < until)
+            if decision_id not in seen and "attributes" in event.input and in_window:
+                calls.append(_from_opa(event))
     upstream = Counter(hit.decision_id for hit in sources.upstream if hit.decision_id)
     statuses = {hit.decision_id: hit.status for hit in sources.upstream if hit.decision_id}
     for call in calls:
@@ -432,7 +508,13 @@ def _gaps(sources: Sources, calls: list[Call]) -> list[Gap]:
             continue
         call = by_id.get(hit.decision_id)
         served[hit.decision_id] += 1
-        if call is None:
+        if call is None and hit.decision_id in sources.opa_events:
+            detail = (
+                f"the upstream served {what} under decision {hit.decision_id}, which OPA made but no sidecar record"
+                " has: something other than the sidecar asked OPA"
+            )
+            gaps.append(Gap("opa_only_decision", hit.at, detail, hit.decision_id, hit.spiffe_id))
+        elif call is None:
             detail = f"the upstream served {what} under decision {hit.decision_id}, which no log holds"
             gaps.append(Gap("unknown_decision", hit.at, detail, hit.decision_id, hit.spiffe_id))
         elif call.verdict != "allow":
@@ -465,6 +547,8 @@ def _call_entry(call: Call) -> dict[str, Any]:
         extra.append(f"credential minted for {call.credential['audience']}")
     if call.delegation_chain:
         extra.append("acting for " + " <- ".join(call.delegation_chain))
+    if call.shadow is not None and call.shadow.get("agree") is False:
+        extra.append(f"shadow policy: {call.shadow.get('verdict')}")
     summary = f"{call.what} -> {call.verdict}" + (f" ({'; '.join(extra)})" if extra else "")
     return {
         "kind": "call",

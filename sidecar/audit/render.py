@@ -65,11 +65,16 @@ def as_table(audit: Audit) -> str:
         lines.append(f"GAPS no chain accounts for ({len(unattributed)})")
         lines += [f"  {_when(g.at)}  {printable(g.kind):<18} {printable(g.detail)}" for g in unattributed]
         lines.append("")
+    if audit.unmatched:
+        lines.append(f"OPA DECISIONS NO SIDECAR RECORD ACCOUNTS FOR ({len(audit.unmatched)}): not calls of the sidecar")
+        lines += [f"  {_when(u.at)}  {printable(u.detail)}" for u in audit.unmatched]
+        lines.append("")
     totals = group_counts(audit.chains)
     lines.append(
         f"{len(audit.chains)} chain(s): {totals.get('calls', 0)} calls, {totals.get('allowed', 0)} allowed, "
         f"{totals.get('denied', 0)} denied, {totals.get('step_up', 0)} step-up, {totals.get('errors', 0)} errors, "
         f"{totals.get('credentials_minted', 0)} credentials minted, {len(audit.gaps)} gap(s)"
+        + (f", {len(audit.unmatched)} OPA decision(s) without a sidecar record" if audit.unmatched else "")
     )
     # Each line is ours; anything a field smuggled into one (a newline too) is escaped here.
     return "\n".join(printable(line) for line in lines)
@@ -145,6 +150,17 @@ def as_html(audit: Audit) -> str:
         for gap in sorted(audit.gaps, key=lambda g: g.at):
             parts.append(
                 f"<tr class='gap'><td>{e(_when(gap.at))}</td><td>{e(gap.kind)}</td><td>{e(gap.detail)}</td></tr>"
+            )
+        parts.append("</table>")
+    if audit.unmatched:
+        parts.append(
+            "<h2>OPA decisions no sidecar record accounts for: something other than the sidecar asked OPA</h2>"
+        )
+        parts.append("<table><tr><th>time</th><th>decision id</th><th>detail</th></tr>")
+        for unmatched in audit.unmatched:
+            parts.append(
+                f"<tr class='gap'><td>{e(_when(unmatched.at))}</td><td><code>{e(unmatched.decision_id)}</code></td>"
+                f"<td>{e(unmatched.detail)}</td></tr>"
             )
         parts.append("</table>")
     for chain in audit.chains:

@@ -9,12 +9,21 @@
 
 Lines that are not JSON, or not of a kind a reader knows, are skipped and counted: logs are
 shared with other output (Envoy, tracebacks), and an audit must not stop at one odd line.
+
+Any file may be ``-`` (standard input) or gzip-compressed, and may be an export of a cluster's
+logs: a ``--log`` file mixes every kind (each line is recognised by its content), a line may carry
+a prefix before its JSON (``kubectl logs --timestamps`` or ``--prefix``), or be wrapped the way a
+container runtime stores it (``{"log": "<the line>", "stream": "stdout", ...}``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import gzip
+import io
+import itertools
 import json
+import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +73,7 @@ class OpaEvent:
     result: Any
     input: dict[str, Any]
     revision: str | None
+    labels: dict[str, str] = field(default_factory=dict)  # which OPA: id, version, pod, namespace, ...
 
 
 @dataclass
@@ -88,16 +98,49 @@ class Sources:
     task_events: list[TaskEvent] = field(default_factory=list)
     opa_events: dict[str, OpaEvent] = field(default_factory=dict)
     upstream: list[UpstreamHit] = field(default_factory=list)
+    # OPA decision ids the sidecar logged beside its decisions: its other queries (``authz.opa``
+    # lines: the task and approver APIs) and its shadow evaluations (``authz.shadow`` lines).
+    opa_queries: dict[str, str] = field(default_factory=dict)  # OPA decision id -> path
+    shadows: dict[str, dict[str, Any]] = field(default_factory=dict)  # the live decision id -> its shadow
     files: dict[str, str] = field(default_factory=dict)  # path -> kind
+    kinds_read: set[str] = field(default_factory=set)  # sidecar, opa, upstream: what was actually read
     skipped_lines: int = 0
 
     @property
     def has_upstream(self) -> bool:
-        return any(kind == "upstream" for kind in self.files.values())
+        return "upstream" in self.kinds_read or any(kind == "upstream" for kind in self.files.values())
 
     @property
     def has_opa(self) -> bool:
-        return any(kind == "opa" for kind in self.files.values())
+        return "opa" in self.kinds_read or any(kind == "opa" for kind in self.files.values())
+
+    @property
+    def has_sidecar(self) -> bool:
+        """Whether the sidecar's decisions were read: only then can an OPA event lack its sidecar
+        record (a log without decision lines, e.g. ``log.decisions: false``, accounts for nothing)."""
+        return bool(self.decisions)
+
+    def within(self, since: float | None, until: float | None) -> Sources:
+        """The records from ``since`` (inclusive) to ``until`` (exclusive), epoch seconds; OPA's events
+        and the sidecar's query lines stay whole, as they are looked up by decision id."""
+
+        def keep(at: float) -> bool:
+            return (since is None or at >= since) and (until is None or at < until)
+
+        return Sources(
+            decisions=[d for d in self.decisions if keep(d.at)],
+            task_events=[e for e in self.task_events if keep(e.at)],
+            opa_events=self.opa_events,
+            upstream=[u for u in self.upstream if keep(u.at)],
+            opa_queries=self.opa_queries,
+            shadows=self.shadows,
+            files=self.files,
+            kinds_read=self.kinds_read,
+            skipped_lines=self.skipped_lines,
+        )
+
+
+STDIN = Path("-")  # a file argument of "-" reads standard input
 
 
 def read_logs(
@@ -105,14 +148,19 @@ def read_logs(
     sidecar: Iterable[Path] = (),
     opa: Iterable[Path] = (),
     upstream: Iterable[Path] = (),
+    mixed: Iterable[Path] = (),
 ) -> Sources:
+    """``mixed``: files that may hold every kind of line (a cluster's log export, several files
+    concatenated); each line is read as what it is."""
     sources = Sources()
     for path in sidecar:
-        _read_sidecar(path, sources)
+        _read(path, "sidecar", sources, (_take_sidecar,))
     for path in opa:
-        _read_opa(path, sources)
+        _read(path, "opa", sources, (_take_opa,))
     for path in upstream:
-        _read_upstream(path, sources)
+        _read(path, "upstream", sources, (_take_upstream,))
+    for path in mixed:
+        _read(path, "mixed", sources, (_take_sidecar, _take_opa, _take_upstream))
     return sources
 
 
@@ -128,129 +176,184 @@ def logs_dir_files(logs: Path) -> dict[str, list[Path]]:
     return found
 
 
-def _json_lines(path: Path, sources: Sources) -> Iterator[tuple[int, dict[str, Any]]]:
-    with path.open(encoding="utf-8", errors="replace") as lines:
-        for number, line in enumerate(lines):
-            line = line.strip()
-            if not line.startswith("{"):
-                if line:
-                    sources.skipped_lines += 1
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError:
-                sources.skipped_lines += 1
-                continue
-            if isinstance(value, dict):
-                yield number, value
-            else:
-                sources.skipped_lines += 1
+def open_lines(path: Path) -> Iterator[str]:
+    """The lines of ``path``: ``-`` is standard input; gzip is recognised by its magic bytes."""
+    if path == STDIN:
+        stdin: Any = sys.stdin.buffer
+        yield from _maybe_gzip(stdin if isinstance(stdin, io.BufferedReader) else io.BufferedReader(stdin))
+        return
+    with path.open("rb") as raw:
+        yield from _maybe_gzip(raw)
 
 
-def _read_sidecar(path: Path, sources: Sources) -> None:
-    sources.files[str(path)] = "sidecar"
-    for _, line in _json_lines(path, sources):
-        logger = line.get("logger")
-        seq = len(sources.decisions) + len(sources.task_events)  # the order lines were read in
-        if logger == "authz.decision" and isinstance(line.get("decision_id"), str):
-            sources.decisions.append(
-                Decision(
-                    decision_id=line["decision_id"],
-                    at=_time(line.get("time")),
-                    seq=seq,
-                    agent=_str(line.get("agent")),
-                    task=_str(line.get("task")),
-                    method=str(line.get("method", "")),
-                    path=str(line.get("path", "")),
-                    tool=_str(line.get("tool")),
-                    mcp_method=_str(line.get("mcp_method")),
-                    verdict=str(line.get("verdict", "error")),
-                    status=_int(line.get("status")) or 0,
-                    stage=str(line.get("stage", "")),
-                    reasons=[str(r) for r in line.get("reasons") or []],
-                    approval=_str(line.get("approval")),
-                )
-            )
-        elif logger == "authz.tasks":
-            message = str(line.get("message", ""))
-            operation = str(line.get("operation") or message)
-            known = {"time", "level", "logger", "message", "operation", "agent", "task", "outcome"}
-            sources.task_events.append(
-                TaskEvent(
-                    operation="approval " + operation if message.startswith("approval") else operation,
-                    at=_time(line.get("time")),
-                    seq=seq,
-                    agent=_str(line.get("agent")),
-                    task=_str(line.get("task")),
-                    outcome=_str(line.get("outcome")),
-                    fields={k: v for k, v in line.items() if k not in known},
-                )
-            )
-        else:
+def _maybe_gzip(raw: io.BufferedReader) -> Iterator[str]:
+    if raw.peek(2)[:2] == b"\x1f\x8b":
+        with gzip.open(raw) as unzipped:
+            yield from _decoded(unzipped)
+    else:
+        yield from _decoded(raw)
+
+
+def _decoded(stream: Any) -> Iterator[str]:
+    for line in stream:
+        yield line.decode("utf-8", errors="replace")
+
+
+def json_object(line: str) -> dict[str, Any] | None:
+    """The JSON object a log line holds, if any: after a prefix (``kubectl logs --timestamps`` or
+    ``--prefix``), or inside a container runtime's wrapper (``{"log": "...", "stream": ...}``)."""
+    line = line.strip()
+    start = line.find("{")
+    if start < 0:
+        return None
+    try:
+        value = json.loads(line[start:])
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    wrapped = value.get("log")
+    if isinstance(wrapped, str) and "stream" in value and wrapped.lstrip().startswith("{"):
+        return json_object(wrapped)
+    return value
+
+
+def _read(path: Path, kind: str, sources: Sources, takers: tuple[Any, ...]) -> None:
+    sources.files[str(path)] = kind
+    for number, line in enumerate(open_lines(path)):
+        value = json_object(line)
+        taken = value is not None and any(take(value, number, sources) for take in takers)
+        if not taken and line.strip():
             sources.skipped_lines += 1
 
 
-def _read_opa(path: Path, sources: Sources) -> None:
-    sources.files[str(path)] = "opa"
-    for _, line in _json_lines(path, sources):
-        decision_id = line.get("decision_id")
-        if not isinstance(decision_id, str) or "path" not in line or "input" not in line:
-            sources.skipped_lines += 1
-            continue
-        bundles = line.get("bundles") or {}
-        revisions = [b.get("revision") for b in bundles.values() if isinstance(b, dict) and b.get("revision")]
-        event = OpaEvent(
-            decision_id=decision_id,
-            at=_time(line.get("timestamp") or line.get("time")),
-            path=str(line.get("path")),
-            result=line.get("result"),
-            input=line["input"] if isinstance(line["input"], dict) else {},
-            revision=str(revisions[0]) if revisions else None,
-        )
-        sources.opa_events.setdefault(decision_id, event)  # console and receiver hold the same event
-
-
-def _read_upstream(path: Path, sources: Sources) -> None:
-    sources.files[str(path)] = "upstream"
-    for number, line in _json_lines(path, sources):
-        if line.get("logger") != "upstream.access":
-            sources.skipped_lines += 1
-            continue
-        credential = line.get("credential")
-        sources.upstream.append(
-            UpstreamHit(
+def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
+    logger = line.get("logger")
+    seq = len(sources.decisions) + len(sources.task_events)  # the order lines were read in
+    if logger == "authz.decision" and isinstance(line.get("decision_id"), str):
+        sources.decisions.append(
+            Decision(
+                decision_id=line["decision_id"],
                 at=_time(line.get("time")),
-                seq=number,
+                seq=seq,
+                agent=_str(line.get("agent")),
+                task=_str(line.get("task")),
                 method=str(line.get("method", "")),
                 path=str(line.get("path", "")),
-                status=_int(line.get("status")),
-                decision_id=_str(line.get("decision_id")),
-                spiffe_id=_str(line.get("spiffe_id")),
-                credential=credential if isinstance(credential, dict) else None,
+                tool=_str(line.get("tool")),
+                mcp_method=_str(line.get("mcp_method")),
+                verdict=str(line.get("verdict", "error")),
+                status=_int(line.get("status")) or 0,
+                stage=str(line.get("stage", "")),
+                reasons=[str(r) for r in line.get("reasons") or []],
+                approval=_str(line.get("approval")),
             )
         )
+    elif logger == "authz.tasks":
+        message = str(line.get("message", ""))
+        operation = str(line.get("operation") or message)
+        known = {"time", "level", "logger", "message", "operation", "agent", "task", "outcome"}
+        sources.task_events.append(
+            TaskEvent(
+                operation="approval " + operation if message.startswith("approval") else operation,
+                at=_time(line.get("time")),
+                seq=seq,
+                agent=_str(line.get("agent")),
+                task=_str(line.get("task")),
+                outcome=_str(line.get("outcome")),
+                fields={k: v for k, v in line.items() if k not in known},
+            )
+        )
+    elif logger == "authz.opa" and isinstance(line.get("decision_id"), str):
+        sources.opa_queries[line["decision_id"]] = str(line.get("path", ""))
+    elif logger == "authz.shadow" and isinstance(line.get("decision_id"), str) and isinstance(line.get("shadow"), dict):
+        shadow = line["shadow"]
+        sources.shadows[line["decision_id"]] = shadow
+        if isinstance(shadow.get("decision_id"), str):
+            sources.opa_queries[shadow["decision_id"]] = str(shadow.get("path", ""))
+    else:
+        return False
+    sources.kinds_read.add("sidecar")
+    return True
+
+
+def _take_opa(line: dict[str, Any], number: int, sources: Sources) -> bool:
+    decision_id = line.get("decision_id")
+    if not isinstance(decision_id, str) or "path" not in line or "input" not in line or "logger" in line:
+        return False
+    bundles = line.get("bundles") or {}
+    revisions = [b.get("revision") for b in bundles.values() if isinstance(b, dict) and b.get("revision")]
+    labels = line.get("labels")
+    event = OpaEvent(
+        decision_id=decision_id,
+        at=_time(line.get("timestamp") or line.get("time")),
+        path=str(line.get("path")),
+        result=line.get("result"),
+        input=line["input"] if isinstance(line["input"], dict) else {},
+        revision=str(revisions[0]) if revisions else None,
+        labels={str(k): str(v) for k, v in labels.items()} if isinstance(labels, dict) else {},
+    )
+    sources.opa_events.setdefault(decision_id, event)  # console and receiver hold the same event
+    sources.kinds_read.add("opa")
+    return True
+
+
+def _take_upstream(line: dict[str, Any], number: int, sources: Sources) -> bool:
+    if line.get("logger") != "upstream.access":
+        return False
+    credential = line.get("credential")
+    sources.upstream.append(
+        UpstreamHit(
+            at=_time(line.get("time")),
+            seq=number,
+            method=str(line.get("method", "")),
+            path=str(line.get("path", "")),
+            status=_int(line.get("status")),
+            decision_id=_str(line.get("decision_id")),
+            spiffe_id=_str(line.get("spiffe_id")),
+            credential=credential if isinstance(credential, dict) else None,
+        )
+    )
+    sources.kinds_read.add("upstream")
+    return True
 
 
 def _time(value: Any) -> float:
-    """Epoch seconds from an epoch number, RFC 3339 (OPA, nanoseconds allowed) or the sidecar's
-    ``asctime`` (local time, ``2026-01-02 03:04:05,678``); 0 when unknown."""
+    """Epoch seconds from an epoch number or RFC 3339 (every line of ours and OPA's: UTC, up to
+    nanoseconds); 0 when unknown. Older sidecar logs wrote ``asctime`` in the machine's local time
+    without a zone (``2026-01-02 03:04:05,678``): read as local time of the machine reading it."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, str) or not value:
         return 0.0
-    text = value.strip()
     try:
-        if "T" in text:
-            text = text.replace("Z", "+00:00")
-            head, dot, rest = text.partition(".")
-            if dot:  # Python parses at most microseconds: trim OPA's nanoseconds
-                digits = "".join(c for c in rest if c.isdigit())
-                zone = rest[len(digits) :]
-                text = f"{head}.{digits[:6]}{zone}"
-            return dt.datetime.fromisoformat(text).timestamp()
-        return dt.datetime.strptime(text, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return parse_rfc3339(value)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
     except ValueError:
         return 0.0
+
+
+def parse_rfc3339(value: str) -> float:
+    """Epoch seconds of an RFC 3339 timestamp (``Z`` or an offset; a fraction of any length).
+    A timestamp without a zone is not RFC 3339: ValueError, never a guess at the local zone."""
+    text = value.strip()
+    if len(text) < 20 or text[10] not in "Tt":
+        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
+    text = text[:10] + "T" + text[11:]
+    if text[-1] in "Zz":
+        text = text[:-1] + "+00:00"
+    head, dot, rest = text.partition(".")
+    if dot:  # Python parses at most microseconds: trim OPA's nanoseconds
+        digits = "".join(itertools.takewhile(str.isdigit, rest))
+        zone = rest[len(digits) :]
+        text = f"{head}.{digits[:6]}{zone}"
+    parsed = dt.datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        raise ValueError(f"RFC 3339 timestamp without a zone: {value!r}")
+    return parsed.timestamp()
 
 
 def _str(value: Any) -> str | None:

@@ -8,6 +8,7 @@ signature verification and polling, exactly as a cluster would.
 from __future__ import annotations
 
 import datetime as dt
+import socket
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +24,9 @@ BUNDLE_NAME = "authz"
 BUNDLE_RESOURCE = f"bundles/{BUNDLE_NAME}.tar.gz"
 KEY_ID = "authz-bundle"
 SIGNING_ALG = "RS256"
+# OPA keeps decision-log events it could not upload yet in memory up to this size, then drops the
+# oldest (counted in its metrics); the same limit as kubernetes/components/trio/opa.yaml.
+DECISION_LOG_BUFFER_BYTES = 16 * 1024 * 1024
 
 
 class BundleBuildError(RuntimeError):
@@ -112,7 +116,7 @@ def opa_config(
     Either part may be left out (``None``). The status plugin is on so the sidecar's ``/readyz``
     can report the active revision from ``/v1/status``.
     """
-    config: dict[str, Any] = {"services": {}, "status": {"prometheus": True}}
+    config: dict[str, Any] = {"services": {}, "status": {"prometheus": True}, **decision_log_identity()}
     if bundle_service_url is not None:
         if public_key is None:
             raise ValueError("a bundle service needs the public key its bundles are verified with")
@@ -132,7 +136,11 @@ def opa_config(
         config["decision_logs"] = {
             "service": "decision_logs",
             "console": True,
-            "reporting": {"min_delay_seconds": 1, "max_delay_seconds": 2},
+            "reporting": {
+                "min_delay_seconds": 1,
+                "max_delay_seconds": 2,
+                "buffer_size_limit_bytes": DECISION_LOG_BUFFER_BYTES,
+            },
         }
     else:
         config["decision_logs"] = {"console": True}
@@ -142,3 +150,21 @@ def opa_config(
 def _bearer(token_path: Path | None) -> dict[str, Any]:
     """OPA reads the services' bearer token from a file only its user can open."""
     return {"credentials": {"bearer": {"token_path": str(token_path)}}} if token_path else {}
+
+
+def decision_log_identity() -> dict[str, Any]:
+    """What makes a decision-log event traceable and replayable, for every OPA of the local stack:
+    ``labels`` naming where it ran (as the pod, namespace and deployment do in Kubernetes; OPA
+    adds its own ``id`` and ``version``), and ``nd_builtin_cache``: the values of non-deterministic
+    built-ins (``time.now_ns``) in each event, so ``authz-sidecar policy replay`` decides at the
+    recorded time."""
+    labels = {"pod": socket.gethostname(), "namespace": "local", "deployment": "authz-dev-stack"}
+    return {"labels": labels, "nd_builtin_cache": True}
+
+
+def decision_log_flags() -> list[str]:
+    """:func:`decision_log_identity` as ``opa run --set`` flags, for an OPA without a config file."""
+    identity = decision_log_identity()
+    flags = [f"labels.{name}={value}" for name, value in identity["labels"].items()]
+    flags.append(f"nd_builtin_cache={str(identity['nd_builtin_cache']).lower()}")
+    return [arg for flag in flags for arg in ("--set", flag)]

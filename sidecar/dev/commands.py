@@ -52,6 +52,9 @@ def add_commands(dev_commands: Any) -> None:
     up = dev_commands.choices.get("up")
     if up is not None:
         up.add_argument("--spire", action="store_true", help="real SPIRE server and agent instead of the dev CA")
+        up.add_argument(
+            "--shadow", type=Path, help="candidate policy directory: a second OPA the sidecar asks too, never enforced"
+        )
 
 
 def up_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -61,6 +64,7 @@ def up_options(args: argparse.Namespace) -> dict[str, Any]:
         "bundle_service": args.bundle is None,
         "decision_log_service": True,
         "spire": bool(getattr(args, "spire", False)),
+        "shadow": getattr(args, "shadow", None),
     }
 
 
@@ -76,25 +80,29 @@ def _bundle(args: argparse.Namespace) -> int:
 
 def _bundle_server(args: argparse.Namespace) -> int:
     from sidecar.dev.bundle_server import run_bundle_server
+    from sidecar.logs import setup_logging
 
+    setup_logging("INFO")  # JSON lines with RFC 3339 UTC times, like the sidecar's
     run_bundle_server(args.dir, args.host, args.port, args.token_file)
     return 0
 
 
 def _decision_log_receiver(args: argparse.Namespace) -> int:
     from sidecar.dev.decision_log_receiver import run_receiver
+    from sidecar.logs import setup_logging
 
+    setup_logging("INFO")
     run_receiver(args.out, args.host, args.port, args.token_file)
     return 0
 
 
 def _svid_files(args: argparse.Namespace) -> int:
-    import logging
     import os
 
     from sidecar.dev.svid_files import run_svid_files
+    from sidecar.logs import setup_logging
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging("INFO")
     socket = args.socket or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
     if not socket:
         print("authz-sidecar: --socket or SPIFFE_ENDPOINT_SOCKET is required")

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import redis
@@ -14,13 +15,14 @@ import redis
 class RedisServer:
     """A redis-server process with append-only persistence in ``workdir`` (so a restart keeps state)."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, extra_args: Sequence[str] = ()) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server not found: install the Debian package redis-server (./taskw does)")
         self.binary = binary
         self.workdir = workdir
         self.port = port or _free_port()
+        self.extra_args = list(extra_args)  # after the defaults, so they override them (cluster mode, replicaof, ...)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -45,6 +47,7 @@ class RedisServer:
             "",
             "--protected-mode",
             "yes",
+            *self.extra_args,
         ]
         log = (self.workdir / "redis.log").open("ab")
         self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
@@ -58,6 +61,13 @@ class RedisServer:
             except redis.RedisError:
                 time.sleep(0.05)
         raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: the process dies at once, as in a crash (what it had not written out is gone)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

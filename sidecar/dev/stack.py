@@ -23,7 +23,14 @@ import yaml
 
 from sidecar.dev import svid_files
 from sidecar.dev.bundle_server import publish
-from sidecar.dev.bundles import BUNDLE_NAME, SigningKey, build_bundle, default_revision, opa_config
+from sidecar.dev.bundles import (
+    BUNDLE_NAME,
+    SigningKey,
+    build_bundle,
+    decision_log_flags,
+    default_revision,
+    opa_config,
+)
 from sidecar.dev.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
 from sidecar.dev.oidc import DevOidcIssuer
 from sidecar.dev.spire import ENVOY_ID, Spire, SpireError
@@ -97,6 +104,7 @@ class Stack:
         wait_ready: bool = True,
         spire: bool = False,
         workload_api_socket: str | None = None,
+        shadow: Path | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.ports = ports or Ports()
@@ -126,6 +134,9 @@ class Stack:
         self.spire_deployment: Spire | None = None
         self.workload_api_socket = workload_api_socket
         self.envoy_sds_dir = self.workdir / "envoy-sds"
+        # shadow: a candidate bundle in a second OPA that the sidecar asks beside the live one,
+        # never enforced (shadow mode, docs/configuration.md); its decision log is opa-shadow.log.
+        self.shadow = shadow.resolve() if shadow is not None else None
 
     # -- URLs -----------------------------------------------------------------------------
     @property
@@ -170,6 +181,10 @@ class Stack:
     @property
     def opa_socket(self) -> Path:
         return self.run_dir / "opa.sock"
+
+    @property
+    def shadow_socket(self) -> Path:
+        return self.run_dir / "opa-shadow.sock"
 
     @property
     def envoy_admin_socket(self) -> Path:
@@ -242,6 +257,8 @@ class Stack:
         if self.decision_log_service:
             self.start_decision_log_receiver()
         self.start_opa()
+        if self.shadow is not None:
+            self.start_shadow_opa()
         self.start_upstream()
         self.start_sidecar()
         self._write_envoy_config()
@@ -292,11 +309,19 @@ class Stack:
             )
             argv += ["--config-file", str(config)]
         else:
-            argv += ["--set", "decision_logs.console=true", "--set", "status.prometheus=true"]
+            argv += ["--set", "decision_logs.console=true", "--set", "status.prometheus=true", *decision_log_flags()]
         if not self.bundle_service:
             argv += ["--bundle", str(self.bundle), "--ignore", "*_test.rego"]
         self._spawn("opa", argv)
         self._wait_http("opa", f"/health{'?bundles' if self.wait_ready else ''}", unix_socket=self.opa_socket)
+
+    def start_shadow_opa(self) -> None:
+        """The candidate bundle (``shadow``) in its own OPA, decision logs on its console."""
+        assert self.shadow is not None
+        argv = [find_tool("opa"), "run", "--server", "--addr", f"unix://{self.shadow_socket}", "--log-format", "json"]
+        argv += ["--unix-socket-perm", "660", "--set", "decision_logs.console=true", *decision_log_flags()]
+        self._spawn("opa-shadow", [*argv, "--bundle", str(self.shadow), "--ignore", "*_test.rego"])
+        self._wait_http("opa-shadow", "/health?bundles", unix_socket=self.shadow_socket)
 
     def start_bundle_service(self, publish: bool = True) -> None:
         SigningKey.ensure(self.workdir)
@@ -426,6 +451,7 @@ class Stack:
                 "oidc_issuer": self.oidc.issuer,
                 "oidc_jwks_file": str(self.oidc.jwks_file),
             },
+            **({"shadow": {"opa_url": f"unix://{self.shadow_socket}"}} if self.shadow is not None else {}),
         }
 
     @property
@@ -484,6 +510,8 @@ class Stack:
             lines.append(f"  bundle service      {self.bundle_service_url}  (OPA polls the signed bundle)")
         if self.decision_log_service:
             lines.append(f"  decision logs       {self.decision_log_url}/logs -> {self.decision_log}")
+        if self.shadow is not None:
+            lines.append(f"  shadow OPA          {self.shadow}  (never enforced; authz.shadow lines in sidecar.log)")
         if self.spire_deployment is not None:
             lines.append(f"  SPIRE Workload API  {self.spire_deployment.workload_api}")
         elif self.workload_api_socket:

@@ -71,6 +71,7 @@ def starters(stack: Stack) -> dict[str, Callable[[], None]]:
         "bundle-service": lambda: stack.start_bundle_service(publish=False),
         "decision-log-receiver": stack.start_decision_log_receiver,
         "svid-files": stack.start_svid_files,
+        "opa-shadow": stack.start_shadow_opa,
     }
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from sidecar.logs import rfc3339, setup_logging
+
 TOOLS = {
     "search_docs": "Search the handbook",
     "get_record": "Read a customer record (restricted data)",
@@ -150,7 +152,7 @@ async def access_log(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path != "/healthz":
             claims = request.get(CLAIMS) or {}
             line = {
-                "time": time.time(),
+                "time": rfc3339(time.time()),
                 "logger": "upstream.access",
                 "method": request.method,
                 "path": request.path,
@@ -282,5 +284,6 @@ def build_upstream(jwks_url: str | None = None) -> web.Application:
 
 
 def run_upstream(host: str, port: int, jwks_url: str | None = None) -> None:
+    setup_logging("INFO")  # aiohttp's own lines as JSON too, with RFC 3339 UTC times
     # auto_decompress off: the body hashed is the one received, as the sidecar hashed it.
     web.run_app(build_upstream(jwks_url), host=host, port=port, access_log=None, print=None, auto_decompress=False)

@@ -119,6 +119,8 @@ def test_decision_logs_are_masked_complete_and_correlated(logged_stack: Stack) -
         event = by_id[decision_id]
         assert event["path"] == stack.decision_path
         assert event["bundles"] == {"authz": {"revision": REVISION}}
+        labels = event["labels"]  # which OPA decided: its own id and version, and where it ran
+        assert {"id", "version", "pod", "namespace", "deployment"} <= set(labels) and labels["namespace"] == "local"
         headers = event["input"]["attributes"]["request"]["http"]["headers"]
         assert "authorization" not in headers
         assert "/input/attributes/request/http/headers/authorization" in event["erased"]

@@ -104,11 +104,11 @@ def test_gaps_and_joins(tmp_path: Path) -> None:
     audit = reconstruct(sources)
     kinds = sorted(g.kind for g in audit.gaps)
     assert kinds == [
-        "different_agent",
         "different_request",
         "missing_opa_event",
         "no_decision",
         "not_allowed",
+        "opa_only_decision",
         "replayed_decision",
         "unknown_decision",
     ]
@@ -124,8 +124,9 @@ def test_gaps_and_joins(tmp_path: Path) -> None:
     }
     assert task_chain.calls[0].policy_revision == "rev-7"
     agent_chain = next(c for c in audit.chains if c.key == f"agent:{AGENT}")
-    opa_only = next(c for c in agent_chain.calls if c.decision_id == "d-opa-only")
-    assert opa_only.source == "opa" and opa_only.verdict == "allow"
+    assert all(c.decision_id != "d-opa-only" for c in agent_chain.calls), "no sidecar record: not a call"
+    assert [(u.decision_id, u.agent, u.verdict) for u in audit.unmatched] == [("d-opa-only", AGENT, "allow")]
+    assert "something other than the sidecar asked OPA" in as_table(audit)
     early = next(c for c in agent_chain.calls if c.decision_id == "d-early")
     assert not early.opa_logged and all(g.decision_id != "d-early" for g in audit.gaps), "never asked OPA: no gap"
 

@@ -1,14 +1,19 @@
-"""Both state backends behave the same; Redis is a real redis-server."""
+"""Every state backend behaves the same: memory, and real redis-servers alone, as a Cluster and behind Sentinel."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
+from redis.asyncio.connection import AbstractConnection
 
+from sidecar.config import StateConfig
+from sidecar.dev.redis_cluster import LocalRedisCluster, LocalSentinel
 from sidecar.state import (
     TASK_SLOT_TIMEOUT_SECONDS,
     AgentLimits,
@@ -21,16 +26,34 @@ from sidecar.state import (
     TaskRecord,
     TooManyApprovals,
 )
+from sidecar.state import redis as redis_state
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
 
 
-@pytest.fixture(params=["memory", "redis"])
+def state_config(request: pytest.FixtureRequest, mode: str) -> StateConfig:
+    """``state.*`` for a fresh key prefix on the session's single Redis, Cluster or Sentinel set-up."""
+    common: dict[str, Any] = {"backend": "redis", "key_prefix": f"test-{uuid.uuid4().hex[:8]}:", "timeout_ms": 1000}
+    if mode == "redis-cluster":
+        cluster: LocalRedisCluster = request.getfixturevalue("redis_cluster")
+        return StateConfig(redis_mode="cluster", redis_cluster_nodes=cluster.seeds, **common)
+    if mode == "redis-sentinel":
+        sentinel: LocalSentinel = request.getfixturevalue("redis_sentinel")
+        return StateConfig(
+            redis_mode="sentinel", sentinel_nodes=sentinel.nodes, sentinel_service=sentinel.service, **common
+        )
+    return StateConfig(redis_url=request.getfixturevalue("redis_url"), **common)
+
+
+# The same contract on every backend: memory, one Redis, a Redis Cluster (every script's keys in
+# one slot, task trees and agents spread over three primaries) and the primary Sentinel names
+# (both of those WAIT for a replica before a revocation or an approval's use is acknowledged).
+@pytest.fixture(params=["memory", "redis", "redis-cluster", "redis-sentinel"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
     if request.param == "memory":
         backend: Store = MemoryStore()
     else:
-        backend = RedisStore(request.getfixturevalue("redis_url"), f"test-{uuid.uuid4().hex[:8]}:", 1000)
+        backend = RedisStore.from_config(state_config(request, request.param))
     yield backend
     await backend.close()
 
@@ -88,7 +111,7 @@ async def test_no_child_of_an_ended_parent(store: Store) -> None:
 
 
 async def test_redis_unreachable_is_a_store_error() -> None:
-    store = RedisStore("redis://127.0.0.1:1/0", "x:", 200)
+    store = RedisStore.from_url("redis://127.0.0.1:1/0", "x:", 200)
     with pytest.raises(StoreError):
         await store.get_task("x")
     with pytest.raises(StoreError):
@@ -322,3 +345,151 @@ async def test_parallel_requests_cannot_exceed_the_cap_or_duplicate(store: Store
     agent = f"spiffe://demo.local/agent/{uuid.uuid4().hex[:8]}"
     same = await asyncio.gather(*(create(approval(agent=agent, fingerprint="sha256:one")) for _ in range(30)))
     assert len(set(same)) == 1 and same[0] != "refused"
+
+
+# -- atomic under concurrency, on every backend --------------------------------------------------
+
+
+async def test_fifty_parallel_calls_count_atomically(store: Store) -> None:
+    key, agent, now = f"task:{uuid.uuid4()}", some_agent(), time.time()
+    views = await asyncio.gather(*(store.reserve_call(key, f"r{i}", True, now, 60, LIMITS) for i in range(50)))
+    assert sorted(v.writes for v in views) == list(range(50)), "each call sees every earlier one, none twice"
+    history = await asyncio.gather(*(store.reserve_agent_call(agent, f"r{i}", now, AGENT_LIMITS) for i in range(50)))
+    assert sorted(h.calls_last_minute for h in history) == list(range(50))
+    await asyncio.gather(*(store.commit_call(key, f"r{i}", True, [], {}, now, 60, LIMITS) for i in range(50)))
+    view = await store.reserve_call(key, "last", False, now, 60, LIMITS)
+    assert (view.calls, view.writes) == (50, 50), "no commit lost"
+    slots = await asyncio.gather(*(store.reserve_task_slot(agent, f"s{i}", now) for i in range(50)))
+    assert sorted(slots) == list(range(50))
+
+
+async def test_a_tree_across_agents_ends_in_one_go(store: Store) -> None:
+    """A tree whose tasks were created by four agents (four agent hash tags, spread over the
+    Cluster's primaries): ending a task ends its subtree, and each creator's open tasks drop."""
+    agents = [some_agent() for _ in range(4)]
+    now = time.time()
+    root = task(sub=agents[0])
+    await store.create_task(root)
+    first = [task(root, sub=agents[1]), task(root, sub=agents[2])]
+    for child in first:
+        await store.create_task(child)
+    second = [task(first[0], sub=agents[3]), task(first[1], sub=agents[3])]
+    for grandchild in second:
+        await store.create_task(grandchild)
+    leaf = task(second[0], sub=agents[0])
+    await store.create_task(leaf)
+    counts = [await store.reserve_task_slot(a, f"probe-{i}", now) for i, a in enumerate(agents)]
+    assert counts == [3, 1, 1, 1], "a delegation counts against its delegator"
+    for i, a in enumerate(agents):
+        await store.release_task_slot(a, f"probe-{i}")
+
+    ended = await store.end_task(first[0].id, "revoked", "stop", int(now))
+    assert ended == [first[0].id, second[0].id, leaf.id], "the subtree, breadth first"
+    assert (await store.get_task(first[1].id)).status == "active"  # type: ignore[union-attr]
+    ended = await store.end_task(root.id, "revoked", "stop all", int(now))
+    assert ended == [root.id, first[1].id, second[1].id], "what was still active"
+    for t in (root, *first, *second, leaf):
+        got = await store.get_task(t.id)
+        assert got is not None and got.status == "revoked", t.id
+    assert [await store.reserve_task_slot(a, "after", now) for a in agents] == [0, 0, 0, 0]
+
+
+async def test_delegations_racing_a_revocation_never_stay_active(store: Store) -> None:
+    """Eight agents keep delegating (some widen the tree, some deepen it) while the root is revoked:
+    every delegation either is refused (ParentEnded) or is revoked by that one call, never left
+    active under a revoked root."""
+    root = task()
+    await store.create_task(root)
+    created, underway = [root], asyncio.Event()
+
+    async def delegate_until_refused(worker: int) -> None:
+        parent = root
+        for _ in range(200):
+            child = task(parent, sub=some_agent())
+            try:
+                await store.create_task(child)
+            except ParentEnded:
+                return
+            created.append(child)
+            if len(created) >= 24:
+                underway.set()
+            parent = child if worker % 2 else root
+            await asyncio.sleep(0)  # the memory store never waits: let the others (and the revocation) run
+
+    workers = [asyncio.create_task(delegate_until_refused(w)) for w in range(8)]
+    await asyncio.wait_for(underway.wait(), 10)
+    ended = await store.end_task(root.id, "revoked", "stop", int(time.time()))
+    await asyncio.gather(*workers)
+    assert len(created) < 8 * 200, "the workers stopped because the tree was revoked"
+    for t in created:
+        got = await store.get_task(t.id)
+        assert got is not None and got.status == "revoked", f"{t.id} stayed active under a revoked root"
+    assert sorted(ended) == sorted(t.id for t in created), "every delegation made before it, ended by it"
+
+
+async def test_an_approval_is_consumed_exactly_once_under_fifty_parallel_uses(store: Store) -> None:
+    a = approval()
+    now = int(time.time())
+    await store.create_approval(a, MAX_PENDING, now)
+    await store.decide_approval(a.id, "approved", {"kind": "oidc", "id": "i#alice"}, None, now)
+
+    async def use() -> bool:
+        try:
+            await store.consume_approval(a.id, now)
+        except ApprovalConflict:
+            return False
+        return True
+
+    used = await asyncio.gather(*(use() for _ in range(50)))
+    assert used.count(True) == 1
+    assert (await store.get_approval(a.id)).status == "consumed"  # type: ignore[union-attr]
+
+
+def test_no_script_builds_a_key_name() -> None:
+    """Every key a Lua script touches comes from KEYS (what a Cluster routes by): the first argument
+    of every redis.call is KEYS[n], never a name built from ARGV."""
+    scripts = {k: v for k, v in vars(redis_state).items() if k.isupper() and "redis.call" in str(v)}
+    assert len(scripts) >= 10
+    for name, source in scripts.items():
+        for command, first in re.findall(r"redis\.call\('(\w+)',\s*([^,)]+)", source):
+            assert re.fullmatch(r"KEYS\[\w+\]", first.strip()), f"{name}: {command} on {first}"
+
+
+async def test_a_failure_inside_the_redis_client_is_a_store_error(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """redis-py's cluster client can raise AttributeError on a connection another command closed
+    (seen during failovers): that is an unavailable store (503), never an unexpected crash. An
+    error in the store's own code still surfaces as what it is."""
+    prefix, t = f"test-{uuid.uuid4().hex[:8]}:", task()
+    store = RedisStore.from_url(redis_url, prefix, 1000)
+    await store.create_task(t)
+    await store.close()
+    store = RedisStore.from_url(redis_url, prefix, 1000)
+    with monkeypatch.context() as patch:  # a new connection that says it is open but has no socket
+        patch.setattr(AbstractConnection, "is_connected", property(lambda self: True))
+        with pytest.raises(StoreError, match="client failed"):
+            await store.get_task(t.id)
+    await store.close()
+    store = RedisStore.from_url(redis_url, prefix, 1000)
+    with monkeypatch.context() as patch:
+        patch.setattr(redis_state.json, "loads", lambda *a, **k: 1 / 0)
+        with pytest.raises(ZeroDivisionError):
+            await store.get_task(t.id)
+    await store.close()
+
+
+@pytest.mark.parametrize("mode", ["redis", "redis-cluster", "redis-sentinel"])
+async def test_more_parallel_calls_than_connections_wait_for_a_turn(request: pytest.FixtureRequest, mode: str) -> None:
+    """redis-py fails a command when its pool is used up: the store queues them instead (a burst of
+    calls is slower, not 503)."""
+    store = RedisStore.from_config(state_config(request, mode).model_copy(update={"max_connections": 2}))
+    key, agent, now = f"task:{uuid.uuid4()}", some_agent(), time.time()
+    try:
+        views = await asyncio.gather(*(store.reserve_call(key, f"r{i}", True, now, 60, LIMITS) for i in range(40)))
+        assert sorted(v.writes for v in views) == list(range(40))
+        roots = [task(sub=agent) for _ in range(20)]
+        await asyncio.gather(*(store.create_task(t) for t in roots))
+        assert await store.reserve_task_slot(agent, "s", now) == 20
+    finally:
+        await store.close()

@@ -22,6 +22,10 @@ settings := s if {
 # ---------------------------------------------------------------------------
 # The decision document
 
+# METADATA
+# description: What the sidecar asks before an approver decides (approvals.decision_path).
+# scope: document
+# entrypoint: true
 default decision := {
 	"verdict": "deny",
 	"reasons": ["the policy reached no decision for this approval, so it is denied"],
@@ -58,7 +62,9 @@ data_class := approval.data_class if {
 # The class approvers must be allowed for, when the step-up named one.
 approvers_class := approvers.data_class if is_string(approvers.data_class)
 
-# Every class the approver must be allowed for.
+# Every class the approver must be allowed for. The comprehension turns an
+# undefined approvers_class into the empty set.
+# regal ignore:pointless-reassignment
 required_classes := {data_class} | {c | c := approvers_class}
 
 # How reasons name the approval: "approval apr-1, data class restricted".
@@ -108,8 +114,8 @@ request_denies contains msg if {
 }
 
 request_denies contains msg if {
-	some field in ["id", "agent"]
 	approval
+	some field in ["id", "agent"]
 	not non_empty_string(object.get(approval, field, null))
 	msg := sprintf("input.approval.%s is not a non-empty string (%s)", [field, json.marshal(object.get(approval, field, null))])
 }
@@ -165,7 +171,7 @@ string_list(values) if {
 	}
 }
 
-optional_class(class) if class == null
+optional_class(null)
 
 optional_class(class) if non_empty_string(class)
 
@@ -185,7 +191,10 @@ claimed_groups := {g | some g in approver.claims.groups} if {
 }
 
 # The claimed groups the policy knows (keys of approvals.groups).
-approver_groups := {g | some g in claimed_groups; is_array(settings.groups[g])}
+approver_groups contains g if {
+	some g in claimed_groups
+	is_array(settings.groups[g])
+}
 
 allowed_classes := {c | some c in service.data_classes; is_string(c)} if service
 

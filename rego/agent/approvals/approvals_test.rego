@@ -259,7 +259,7 @@ test_default_decision_is_a_deny if {
 	decide(ask("approve", alice, restricted)) == {
 		"verdict": "deny",
 		"reasons": ["the policy reached no decision for this approval, so it is denied"],
-	} with data.agent.approvals.deny_reasons as set()
+	} with approvals.deny_reasons as set()
 		with data.agent.config.approvals as null
 }
 

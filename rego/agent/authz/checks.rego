@@ -5,7 +5,7 @@ package agent.authz
 access_denies contains msg if {
 	some role in rule.roles
 	not role in agent_roles
-	msg := sprintf("agent %s may not %s (needs role %v)", [agent_name, rule.action, role])
+	msg := sprintf("agent %s may not %s (needs role %v)", [agent_name, rule_action, role])
 }
 
 # A write needs a role whose can_write is true (data.agent.config.roles).
@@ -16,32 +16,36 @@ can_write if {
 	cfg.roles[role].can_write == true
 }
 
+# The checks below (and the write limits of session.rego, the task a write needs in
+# task.rego) apply to writes only: a read skips them all in one step.
 access_denies contains msg if {
 	is_write
+	some msg in write_denies
+}
+
+write_denies contains msg if {
 	not can_write
-	msg := sprintf("agent %s is read-only and may not %s", [agent_name, rule.action])
+	msg := sprintf("agent %s is read-only and may not %s", [agent_name, rule_action])
 }
 
 # The agent's declared intent is agent-asserted: it can only ever restrict.
 intent := input.intent if is_object(input.intent)
 
-access_denies contains msg if {
-	is_write
+write_denies contains msg if {
 	is_number(intent.confidence)
 	minimum := cfg.intent.min_confidence_for_writes
 	is_number(minimum)
 	intent.confidence < minimum
 	msg := sprintf(
 		"agent %s declared an intent confidence of %v, below the %v required for writes (%s)",
-		[agent_name, intent.confidence, minimum, rule.action],
+		[agent_name, intent.confidence, minimum, rule_action],
 	)
 }
 
-access_denies contains msg if {
-	is_write
+write_denies contains msg if {
 	cfg.intent.require_for_writes == true
 	not intent
-	msg := sprintf("agent %s declared no intent, but writes (%s) require one", [agent_name, rule.action])
+	msg := sprintf("agent %s declared no intent, but writes (%s) require one", [agent_name, rule_action])
 }
 
 # A human said no to this very request.
@@ -50,27 +54,39 @@ access_denies contains msg if {
 	msg := sprintf("a human rejected this request (approval %v)", [object.get(input.approval, "id", "without id")])
 }
 
-# Rule data the policy cannot enforce allows nothing.
+# Rule data the policy cannot enforce allows nothing. A rule passes every check at
+# once (valid_rule), so only a rule that fails one is looked at reason by reason.
 access_denies contains msg if {
 	rule
+	not valid_rule
+	some msg in rule_data_denies
+}
+
+valid_rule if {
+	valid_roles(rule.roles)
+	valid_step_up(rule.step_up)
+	valid_class(rule.data_class)
+	valid_redact(rule.redact)
+	valid_scope(rule.scope)
+	valid_credential(rule.credential, rule.scope)
+}
+
+rule_data_denies contains msg if {
 	not valid_roles(rule.roles)
 	msg := sprintf("rule %q has invalid roles (a list of role names is expected), so it allows nothing", [rule.name])
 }
 
-access_denies contains msg if {
-	rule
+rule_data_denies contains msg if {
 	not valid_step_up(rule.step_up)
 	msg := sprintf("rule %q has a step_up the policy cannot enforce, so it allows nothing", [rule.name])
 }
 
-access_denies contains msg if {
-	rule
+rule_data_denies contains msg if {
 	not valid_class(rule.data_class)
 	msg := sprintf("rule %q has an invalid data_class (a non-empty string is expected), so it allows nothing", [rule.name])
 }
 
-access_denies contains msg if {
-	rule
+rule_data_denies contains msg if {
 	not valid_redact(rule.redact)
 	msg := sprintf(
 		"rule %q has an invalid redact (a list of argument names or JSON pointers is expected), so it allows nothing",
@@ -85,7 +101,7 @@ valid_roles(roles) if {
 	}
 }
 
-valid_step_up(step_up) if step_up == null
+valid_step_up(null)
 
 valid_step_up(step_up) if {
 	step_up.kind == "approval"

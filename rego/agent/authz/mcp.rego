@@ -7,8 +7,8 @@ is_mcp if input.action.path in cfg.mcp.paths
 rpc := input.mcp if is_object(input.mcp)
 
 mcp_post if {
-	is_mcp
 	input.action.method == "POST"
+	is_mcp
 	rpc
 }
 
@@ -23,70 +23,93 @@ tool := cfg.mcp.tools[rpc.name] if {
 	is_object(cfg.mcp.tools[rpc.name])
 }
 
-# tools/call: the tool's own rule.
-rule := object.union(object.union(rule_defaults, tool), {
-	"scoped": true,
-	"name": sprintf("mcp tool %s", [rpc.name]),
-	"action": sprintf("call tool %s", [rpc.name]),
-	"allow_reason": sprintf("agent %s may call tool %s", [agent_name, rpc.name]),
-})
-
-# Session set-up, discovery and notifications: open to every registered agent.
-rule := object.union(rule_defaults, {
-	"name": sprintf("mcp method %v", [rpc.method]),
-	"action": sprintf("use MCP method %v", [rpc.method]),
-	"class": "read",
-	"data_class": "public",
-	"allow_reason": sprintf("MCP method %v is open to every registered agent, including %s", [rpc.method, agent_name]),
-}) if {
+# An MCP method other than tools/call that every registered agent may use.
+open_method if {
 	mcp_post
 	rpc.method != "tools/call"
 	rpc.method in cfg.mcp.open_methods
 }
 
 # GET opens the server-to-client SSE stream, DELETE ends the MCP session.
+session_stream if {
+	input.action.method in {"GET", "DELETE"}
+	is_mcp
+}
+
+# tools/call: the tool's own rule.
+rule := object.union_n([rule_defaults, tool, {"scoped": true, "name": sprintf("mcp tool %s", [rpc.name])}])
+
+# Session set-up, discovery and notifications: open to every registered agent.
 rule := object.union(rule_defaults, {
-	"name": "mcp session stream",
-	"action": sprintf("%v %v", [input.action.method, input.action.path]),
+	"name": sprintf("mcp method %v", [rpc.method]),
 	"class": "read",
 	"data_class": "public",
-	"allow_reason": sprintf(
-		"MCP session stream: registered agent %s may %v %v",
-		[agent_name, input.action.method, input.action.path],
-	),
 }) if {
-	is_mcp
-	input.action.method in {"GET", "DELETE"}
+	open_method
+}
+
+rule := object.union(rule_defaults, {
+	"name": "mcp session stream",
+	"class": "read",
+	"data_class": "public",
+}) if {
+	session_stream
+}
+
+# How reasons name what the request does, and the first reason of an allow
+# (built only when a reason needs them).
+rule_action := sprintf("call tool %s", [rpc.name]) if tool
+
+rule_action := sprintf("use MCP method %v", [rpc.method]) if open_method
+
+rule_action := sprintf("%v %v", [input.action.method, input.action.path]) if session_stream
+
+allow_reason := sprintf("agent %s may call tool %s", [agent_name, rpc.name]) if tool
+
+allow_reason := sprintf("MCP method %v is open to every registered agent, including %s", [rpc.method, agent_name]) if {
+	open_method
+}
+
+allow_reason := sprintf(
+	"MCP session stream: registered agent %s may %v %v",
+	[agent_name, input.action.method, input.action.path],
+) if {
+	session_stream
 }
 
 # The arguments of a tool call.
 call_arguments := rpc.arguments if tool
 
+# Why an MCP request has no rule (none for a request that has one).
 access_denies contains msg if {
 	is_mcp
+	not rule
+	some msg in mcp_denies
+}
+
+mcp_denies contains msg if {
 	not input.action.method in {"POST", "GET", "DELETE"}
 	msg := sprintf("MCP endpoint %v accepts POST, GET and DELETE, not %v", [input.action.path, input.action.method])
 }
 
-access_denies contains "MCP endpoint requires a JSON-RPC request body" if {
-	is_mcp
+mcp_denies contains "MCP endpoint requires a JSON-RPC request body" if {
 	input.action.method == "POST"
 	not rpc
 }
 
-access_denies contains "MCP tools/call request names no tool" if {
+mcp_denies contains "MCP tools/call request names no tool" if {
 	mcp_post
 	rpc.method == "tools/call"
 	not is_string(rpc.name)
 }
 
-access_denies contains msg if {
+mcp_denies contains msg if {
 	tool_call
 	not tool
 	msg := sprintf("tool %s is not in the policy", [rpc.name])
 }
 
-access_denies contains msg if {
+mcp_denies contains msg if {
 	mcp_post
 	rpc.method != "tools/call"
 	not rpc.method in cfg.mcp.open_methods

@@ -21,6 +21,15 @@
 # non-empty group is the answer and lists all of its reasons. Only when nothing
 # denies can a step-up be asked for; only when no step-up is needed is the
 # request allowed. Anything unforeseen ends in the default deny.
+
+# METADATA
+# description: |
+#   The input is the sidecar's check input (sidecar/schema/input.schema.json):
+#   `opa check --strict --schema sidecar/schema` (./taskw rego) type-checks every
+#   input reference of this package against it, so a misspelt field is an error.
+# scope: package
+# schemas:
+#   - input: schema["input.schema"]
 package agent.authz
 
 import data.agent.identity
@@ -32,6 +41,10 @@ cfg := data.agent.config
 
 # Every answer says whether the call is a write (see write below), so the
 # sidecar counts the session's writes the way the policy judges them.
+
+# METADATA
+# description: What the sidecar asks for every call (opa.decision_path).
+# entrypoint: true
 decision := object.union(verdict_document, {"write": write})
 
 default verdict_document := {
@@ -40,51 +53,51 @@ default verdict_document := {
 	"remember": [],
 }
 
+# One answer, tried in order: deny, else step-up, else allow.
 verdict_document := {
 	"verdict": "deny",
 	"reasons": sort(deny_reasons),
 	"remember": [],
 } if {
 	count(deny_reasons) > 0
-}
-
-verdict_document := {
+} else := {
 	"verdict": "step_up",
 	"reasons": sort({s.reason | some s in step_ups}),
 	"step_up": step_up_document,
 	"remember": [],
 } if {
-	count(deny_reasons) == 0
 	count(step_ups) > 0
-}
+} else := allow_document
 
 # On allow, a rule with a credential also asks the sidecar to mint one (task.rego).
-verdict_document := object.union(
+allow_document := object.union(
 	{
 		"verdict": "allow",
-		"reasons": array.concat([rule.allow_reason], sort(allow_notes)),
+		"reasons": allow_reasons,
 		"headers": {"x-authz-rule": rule.name},
-		"remember": sort({label | some label in rule.remember; is_string(label)}),
+		"remember": remember,
 	},
 	credential_document,
-) if {
-	count(deny_reasons) == 0
-	count(step_ups) == 0
-}
+)
+
+# The first reason names the rule (its allow_reason, rest.rego and mcp.rego).
+allow_reasons := [allow_reason] if {
+	count(allow_notes) == 0
+} else := array.concat([allow_reason], sort(allow_notes))
+
+remember := [] if {
+	rule.remember == []
+} else := sort({label | some label in rule.remember; is_string(label)})
 
 # Is the call a write: the matched rule's class (a rule without one is a write);
 # without a rule, any HTTP method that is not read-only. Never undefined.
-default write := true
-
-write := false if {
+write if {
+	is_write
+} else := false if {
 	rule
-	not is_write
-}
-
-write := false if {
-	not rule
+} else := false if {
 	input.action.read_only == true
-}
+} else := true
 
 # The first group of deny reasons that is not empty.
 deny_reasons := identity_denies if {
@@ -108,11 +121,28 @@ identity_denies := identity.denies
 # ---------------------------------------------------------------------------
 # Is the request itself judgeable
 
-request_denies contains "request body is larger than the inspection limit; a partial body is never judged" if {
+# None of the request reasons (request_problems, here and in task.rego and
+# session.rego) for a request that passes these quick checks at once, the common
+# case; otherwise every reason request_problems finds. Each quick check implies
+# that its request_problems rules find nothing; one that fails only means the
+# rules are asked (a delegated call, a root path "/", a session-less input ...).
+request_denies := set() if {
+	input.truncated_body == false
+	is_array(input.parsed_path)
+	input.action.path == concat("/", array.concat([""], input.parsed_path))
+	not regex.match(`//|/\.{0,2}$|/\.{1,2}/|[\\;]`, input.action.path) # see odd_segment
+	upper(input.action.method) == input.action.method
+	type_name(input.task) in {"null", "object"}
+	input.delegation == {"chain": [], "depth": 0}
+	readable_session_input
+	readable_agent_history_input
+} else := request_problems
+
+request_problems contains "request body is larger than the inspection limit; a partial body is never judged" if {
 	input.truncated_body == true
 }
 
-request_denies contains msg if {
+request_problems contains msg if {
 	not path_normalised
 	msg := sprintf(
 		"path %v is not normalised (it has a \".\", \"..\", empty, backslash or ';' segment)",
@@ -122,7 +152,7 @@ request_denies contains msg if {
 
 # Methods are case-sensitive and servers disagree on lower-case ones: the method judged is
 # the method sent, and only an upper-case one is judged at all.
-request_denies contains msg if {
+request_problems contains msg if {
 	method := object.get(input, ["action", "method"], "")
 	upper(method) != method
 	msg := sprintf("method %v has lower-case letters; only upper-case methods are judged", [method])
@@ -135,29 +165,14 @@ path_normalised if {
 	not odd_segment
 }
 
-odd_segment if {
-	some segment in input.parsed_path
-	segment in {".", ".."}
-}
-
-# An empty segment ("//", a trailing "/"), except the root path "/" itself.
+# An odd segment is "." or "..", empty ("//", a trailing "/"; except the root path "/"
+# itself), or has a "\" (some servers read it as "/") or a ";" (Tomcat, Jetty and Spring
+# strip ";params" from a segment, so "..;" becomes ".."; Envoy does not: a path parameter is
+# never judged, and Envoy's route and the sidecar refuse it too). One regex per segment.
 odd_segment if {
 	input.parsed_path != [""]
 	some segment in input.parsed_path
-	segment == ""
-}
-
-# Some servers read "\" as "/".
-odd_segment if {
-	some segment in input.parsed_path
-	contains(segment, "\\")
-}
-
-# Tomcat, Jetty and Spring strip ";params" from a segment ("..;" becomes ".."), Envoy does not:
-# a path parameter is never judged (Envoy's route and the sidecar refuse it too).
-odd_segment if {
-	some segment in input.parsed_path
-	contains(segment, ";")
+	regex.match(`^\.{0,2}$|[\\;]`, segment)
 }
 
 # ---------------------------------------------------------------------------

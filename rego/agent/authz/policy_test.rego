@@ -754,7 +754,7 @@ test_ratchet_ignores_other_labels if {
 }
 
 test_ratchet_with_approval if {
-	inp := object.union(object.union(send("bob@demo.local"), session(["pii_read"])), approval("approved"))
+	inp := object.union_n([send("bob@demo.local"), session(["pii_read"]), approval("approved")])
 	decide(inp).reasons == [
 		"agent spiffe://demo.local/agent/writer may call tool send_email",
 		"a human approved this request",
@@ -798,7 +798,7 @@ test_ratchet_and_external_recipient_make_one_approval if {
 }
 
 test_external_send_approved if {
-	inp := object.union(object.union(send("eve@evil.example"), session(["pii_read"])), approval("approved"))
+	inp := object.union_n([send("eve@evil.example"), session(["pii_read"]), approval("approved")])
 	decide(inp).verdict == "allow"
 }
 
@@ -843,7 +843,7 @@ test_highest_class if {
 
 test_default_decision_is_a_deny if {
 	# Should every rule fail to produce an answer, the default still denies.
-	d := decide(request(writer, "POST", "/mcp")) with data.agent.authz.deny_reasons as set()
+	d := decide(request(writer, "POST", "/mcp")) with authz.deny_reasons as set()
 	d == {
 		"verdict": "deny",
 		"reasons": ["the policy reached no decision for this request, so it is denied"],

@@ -2,25 +2,38 @@
 package agent.authz
 
 # Index of the first route whose method, path glob (and hosts, if given) match.
+# The method is compared first, so most routes cost one comparison.
 route_index := min(matched) if {
 	not is_mcp
-	matched := {i | some i, candidate in cfg.routes; route_matches(candidate)}
+	matched := {i |
+		some i, candidate in cfg.routes
+		input.action.method in candidate.methods
+		route_path_matches(candidate)
+		host_allowed(candidate)
+	}
 	count(matched) > 0
 }
 
 route := cfg.routes[route_index]
 
-route_name := sprintf("%v", [object.get(route, "name", sprintf("route %d", [route_index]))])
+route_name := name if {
+	name := route.name
+	is_string(name)
+} else := sprintf("%v", [name]) if {
+	name := route.name
+} else := sprintf("route %d", [route_index])
 
-rule := object.union(object.union(rule_defaults, route), {
-	"scoped": true,
-	"name": route_name,
-	"action": route_name,
-	"allow_reason": sprintf(
-		"route %q allows agent %s to %v %v",
-		[route_name, agent_name, input.action.method, input.action.path],
-	),
-})
+rule := object.union_n([rule_defaults, route, {"scoped": true, "name": route_name}])
+
+# How reasons name what the request does, and the first reason of an allow.
+rule_action := route_name if route
+
+allow_reason := sprintf(
+	"route %q allows agent %s to %v %v",
+	[route_name, agent_name, input.action.method, input.action.path],
+) if {
+	route
+}
 
 # The arguments of a REST call are its JSON body.
 call_arguments := input.parsed_body if {
@@ -37,17 +50,17 @@ access_denies contains msg if {
 	])
 }
 
-route_matches(candidate) if {
-	input.action.method in candidate.methods
-	some pattern in route_patterns(candidate)
+# "path": one glob, "paths": several; both may be given.
+route_path_matches(candidate) if {
+	pattern := candidate.path
+	is_string(pattern)
 	glob.match(pattern, ["/"], input.action.path)
-	host_allowed(candidate)
 }
 
-# "path": one glob, "paths": several; both may be given.
-route_patterns(candidate) := {p | some p in object.get(candidate, "paths", []); is_string(p)} | {p |
-	p := object.get(candidate, "path", null)
-	is_string(p)
+route_path_matches(candidate) if {
+	some pattern in candidate.paths
+	is_string(pattern)
+	glob.match(pattern, ["/"], input.action.path)
 }
 
 # Without "hosts" a route applies to every host; with it, to the hosts its globs name.

@@ -24,28 +24,47 @@ session_settings := settings if {
 } else := {}
 
 # ---------------------------------------------------------------------------
-# Is the session judgeable (a request deny): the fields the policy reads
+# Is the session judgeable (a request deny): the fields the policy reads.
+# A session that has them all (readable_session) is not looked at field by field.
 
-request_denies contains msg if {
+request_problems contains msg if {
 	input.session != null
+	not readable_session
+	some msg in session_input_denies
+}
+
+# For request_denies (policy.rego): no session, or a readable one.
+readable_session_input if object.get(input, "session", null) == null
+
+readable_session_input if readable_session
+
+readable_session if {
+	whole_number(session.calls)
+	whole_number(session.writes)
+	whole_number(session.calls_last_minute)
+	is_string(session.key)
+	string_list(session.labels)
+}
+
+session_input_denies contains msg if {
 	not session
 	msg := sprintf("input.session is neither null nor a session state object (%v)", [type_name(input.session)])
 }
 
-request_denies contains msg if {
+session_input_denies contains msg if {
 	session
 	some field in ["calls", "writes", "calls_last_minute"]
 	not whole_number(object.get(session, field, null))
 	msg := sprintf("input.session.%s is not a whole number >= 0 (%s)", [field, json.marshal(object.get(session, field, null))])
 }
 
-request_denies contains msg if {
+session_input_denies contains msg if {
 	session
 	not is_string(object.get(session, "key", null))
 	msg := sprintf("input.session.key is not a string (%s)", [json.marshal(object.get(session, "key", null))])
 }
 
-request_denies contains msg if {
+session_input_denies contains msg if {
 	session
 	not string_list(object.get(session, "labels", null))
 	msg := sprintf("input.session.labels is not a list of strings (%s)", [json.marshal(object.get(session, "labels", null))])
@@ -67,16 +86,15 @@ string_list(values) if {
 # ---------------------------------------------------------------------------
 # The limits (access denies). A limit that is absent (or null) from data is no
 # limit; one that is not a whole number >= 0 denies what it would have limited.
+# Each check compares the counter first: under the limit, it stops there.
 
 max_writes := object.get(session_settings, "max_writes", null)
 
 max_calls_per_minute := object.get(session_settings, "max_calls_per_minute", null)
 
-access_denies contains msg if {
-	session
-	is_write
-	whole_number(max_writes)
+write_denies contains msg if {
 	session.writes >= max_writes
+	whole_number(max_writes)
 	msg := sprintf(
 		"agent %s reached the limit of %v writes in this session (%s)",
 		[agent_name, max_writes, session_key],
@@ -84,18 +102,16 @@ access_denies contains msg if {
 }
 
 access_denies contains msg if {
-	session
-	whole_number(max_calls_per_minute)
 	session.calls_last_minute >= max_calls_per_minute
+	whole_number(max_calls_per_minute)
 	msg := sprintf(
 		"agent %s made %v calls in the last minute; the limit is %v",
 		[agent_name, session.calls_last_minute, max_calls_per_minute],
 	)
 }
 
-access_denies contains msg if {
+write_denies contains msg if {
 	session
-	is_write
 	max_writes != null
 	not whole_number(max_writes)
 	msg := sprintf(
@@ -126,8 +142,22 @@ access_denies contains msg if {
 
 agent_history := input.agent_history if is_object(input.agent_history)
 
-request_denies contains msg if {
+request_problems contains msg if {
 	input.agent_history != null
+	not readable_agent_history
+	some msg in agent_history_input_denies
+}
+
+readable_agent_history_input if object.get(input, "agent_history", null) == null
+
+readable_agent_history_input if readable_agent_history
+
+readable_agent_history if {
+	whole_number(agent_history.calls_last_minute)
+	label_times(agent_history.labels)
+}
+
+agent_history_input_denies contains msg if {
 	not agent_history
 	msg := sprintf(
 		"input.agent_history is neither null nor an agent history object (%v)",
@@ -135,7 +165,7 @@ request_denies contains msg if {
 	)
 }
 
-request_denies contains msg if {
+agent_history_input_denies contains msg if {
 	agent_history
 	not whole_number(object.get(agent_history, "calls_last_minute", null))
 	msg := sprintf(
@@ -144,7 +174,7 @@ request_denies contains msg if {
 	)
 }
 
-request_denies contains msg if {
+agent_history_input_denies contains msg if {
 	agent_history
 	not label_times(object.get(agent_history, "labels", null))
 	msg := sprintf(
@@ -164,9 +194,8 @@ label_times(labels) if {
 max_agent_calls_per_minute := object.get(session_settings, "agent_max_calls_per_minute", null)
 
 access_denies contains msg if {
-	agent_history
-	whole_number(max_agent_calls_per_minute)
 	agent_history.calls_last_minute >= max_agent_calls_per_minute
+	whole_number(max_agent_calls_per_minute)
 	msg := sprintf(
 		"agent %s made %v calls in the last minute across all its sessions and tasks; the limit per agent is %v",
 		[agent_name, agent_history.calls_last_minute, max_agent_calls_per_minute],

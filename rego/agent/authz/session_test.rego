@@ -77,12 +77,12 @@ test_no_write_limit_in_data if {
 }
 
 test_unreadable_write_limit_denies_writes if {
+	decide(in_session(request(reader, "GET", "/api/docs"), 0, 0)).verdict == "allow" with data.agent.config.session.max_writes as "10"
+	decide(ticket).verdict == "allow" with data.agent.config.session.max_writes as "10"
 	every limit in ["10", -1, 2.5, true, [10]] {
 		d := decide(in_session(ticket, 0, 0)) with data.agent.config.session.max_writes as limit
 		d.reasons == [sprintf("session.max_writes in the policy data is not a whole number >= 0 (%v), so writes in a session are denied", [limit])]
 	}
-	decide(in_session(request(reader, "GET", "/api/docs"), 0, 0)).verdict == "allow" with data.agent.config.session.max_writes as "10"
-	decide(ticket).verdict == "allow" with data.agent.config.session.max_writes as "10"
 }
 
 # ---------------------------------------------------------------------------

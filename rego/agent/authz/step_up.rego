@@ -16,22 +16,27 @@ approval_needs contains need if {
 		"kind": "approval",
 		"reason": object.get(
 			rule.step_up, "reason",
-			sprintf("a human must approve before agent %s may %s", [agent_name, rule.action]),
+			sprintf("a human must approve before agent %s may %s", [agent_name, rule_action]),
 		),
 		"ttl_seconds": object.get(rule.step_up, "ttl_seconds", default_ttl),
 		"data_class": object.get(rule.step_up, ["approvers", "data_class"], rule.data_class),
 	}
 }
 
-# The ratchet: once this task read restricted data, sending anything out needs a human.
+# A rule that sends data out (external): the needs below (none: one step).
 approval_needs contains need if {
 	rule.external == true
+	some need in external_send_needs
+}
+
+# The ratchet: once this task read restricted data, sending anything out needs a human.
+external_send_needs contains need if {
 	count(restricted_labels_seen) > 0
 	need := {
 		"kind": "approval",
 		"reason": sprintf(
 			"agent %s already read restricted data in this task (%s); a human must approve before it may %s",
-			[agent_name, join(restricted_labels_seen), rule.action],
+			[agent_name, join(restricted_labels_seen), rule_action],
 		),
 		"ttl_seconds": default_ttl,
 		"data_class": "restricted",
@@ -40,42 +45,39 @@ approval_needs contains need if {
 
 # The same when the agent read it in another session or task within the label
 # window: a new task or Mcp-Session-Id forgets nothing (input.agent_history).
-approval_needs contains need if {
-	rule.external == true
+external_send_needs contains need if {
 	count(restricted_labels_elsewhere) > 0
 	need := {
 		"kind": "approval",
 		"reason": sprintf(
 			"agent %s read restricted data (%s) in another session or task; a human must approve before it may %s",
-			[agent_name, join(restricted_labels_elsewhere), rule.action],
+			[agent_name, join(restricted_labels_elsewhere), rule_action],
 		),
 		"ttl_seconds": default_ttl,
 		"data_class": "restricted",
 	}
 }
 
-approval_needs contains need if {
-	rule.external == true
+external_send_needs contains need if {
 	count(outside_recipients) > 0
 	need := {
 		"kind": "approval",
 		"reason": sprintf(
 			"agent %s wants to %s for recipients outside %s (%s); a human must approve",
-			[agent_name, rule.action, join(internal_domains), join(outside_recipients)],
+			[agent_name, rule_action, join(internal_domains), join(outside_recipients)],
 		),
 		"ttl_seconds": default_ttl,
 		"data_class": rule.data_class,
 	}
 }
 
-approval_needs contains need if {
-	rule.external == true
+external_send_needs contains need if {
 	count(recipients) == 0
 	need := {
 		"kind": "approval",
 		"reason": sprintf(
 			"agent %s wants to %s without a recipient the policy can check; a human must approve",
-			[agent_name, rule.action],
+			[agent_name, rule_action],
 		),
 		"ttl_seconds": default_ttl,
 		"data_class": rule.data_class,
@@ -83,8 +85,8 @@ approval_needs contains need if {
 }
 
 step_ups contains need if {
-	some need in approval_needs
 	not approved
+	some need in approval_needs
 }
 
 step_ups contains need if {
@@ -97,7 +99,7 @@ step_ups contains need if {
 			rule.step_up, "reason",
 			sprintf(
 				"agent %s must authenticate with %s (at most %v seconds ago) to %s",
-				[agent_name, concat(" or ", rule.step_up.acr_values), max_age, rule.action],
+				[agent_name, concat(" or ", rule.step_up.acr_values), max_age, rule_action],
 			),
 		),
 		"acr_values": rule.step_up.acr_values,
@@ -133,9 +135,15 @@ allow_notes contains msg if {
 # The step_up object of the decision. Stronger authentication comes first: the
 # agent retries with a better token and is then asked for an approval if needed.
 
-acr_needs := {need | some need in step_ups; need.kind == "acr"}
+acr_needs contains need if {
+	some need in step_ups
+	need.kind == "acr"
+}
 
-open_approvals := {need | some need in step_ups; need.kind == "approval"}
+open_approvals contains need if {
+	some need in step_ups
+	need.kind == "approval"
+}
 
 step_up_document := {
 	"kind": "acr",
@@ -177,7 +185,7 @@ known_classes := object.get(cfg, "data_classes", [])
 # ---------------------------------------------------------------------------
 # Recipients of an external send
 
-restricted_labels_seen := {label |
+restricted_labels_seen contains label if {
 	some label in input.session.labels
 	label in cfg.restricted_labels
 }
@@ -202,7 +210,10 @@ recipients contains recipient if {
 	some recipient in call_arguments[field]
 }
 
-outside_recipients := {sprintf("%v", [r]) | some r in recipients; not internal_address(r)}
+outside_recipients contains sprintf("%v", [r]) if {
+	some r in recipients
+	not internal_address(r)
+}
 
 # A sorted, comma-separated list for reasons; never fails, whatever the values are.
 join(values) := concat(", ", sort({sprintf("%v", [v]) | some v in values}))
@@ -224,6 +235,7 @@ internal_address(address) if {
 # hides nothing the approver could have seen; any other cut refuses the step-up.
 
 access_denies contains msg if {
+	input.approval_view != null # null (or absent): nothing would be cut
 	count(open_approvals) > 0
 	count(unshown_cuts) > 0
 	msg := sprintf(
@@ -251,10 +263,10 @@ unshown_cuts contains "an unreadable input.approval_view" if {
 
 readable_approval_view if {
 	is_array(approval_view.cut)
+	is_number(approval_view.cut_count)
 	every cut in approval_view.cut {
 		is_string(cut)
 	}
-	is_number(approval_view.cut_count)
 }
 
 # An argument name the rule redacts: /arguments/<name> and everything inside it.

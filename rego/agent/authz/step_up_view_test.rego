@@ -77,6 +77,6 @@ test_redaction_by_argument_name_and_body_pointer if {
 # Once approved (the view was shown in full when it was asked for), and for
 # calls that need no approval at all, the view does not matter.
 test_the_view_matters_only_for_asking if {
-	decide(object.union(object.union(delete_ids("42"), approval("approved")), view(["/arguments/id"], 1))).verdict == "allow"
+	decide(object.union_n([delete_ids("42"), approval("approved"), view(["/arguments/id"], 1)])).verdict == "allow"
 	decide(object.union(send("bob@demo.local"), view(["/arguments/to"], 1))).verdict == "allow"
 }

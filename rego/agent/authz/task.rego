@@ -14,7 +14,11 @@ task_id := sprintf("%v", [object.get(task, "id", "(without id)")])
 
 task_purpose := sprintf("%v", [object.get(task, "purpose", "(none)")])
 
-task_scopes := {scope | is_array(task.scopes); some scope in task.scopes; is_string(scope)}
+# The task grants this scope (a string; scopes are compared as exact strings).
+task_grants(scope) if {
+	is_array(task.scopes)
+	scope in task.scopes
+}
 
 now_seconds := time.now_ns() / 1000000000
 
@@ -27,13 +31,13 @@ max_delegation_depth := depth if {
 # ---------------------------------------------------------------------------
 # Is the task and delegation input judgeable (a request deny)
 
-request_denies contains msg if {
+request_problems contains msg if {
 	input.task != null
 	not task
 	msg := sprintf("input.task is neither null nor a task grant object (%v)", [type_name(input.task)])
 }
 
-request_denies contains msg if {
+request_problems contains msg if {
 	not valid_delegation(object.get(input, "delegation", null))
 	msg := sprintf(
 		"input.delegation is not a delegation chain (a list of SPIFFE IDs and its length as depth): %v",
@@ -43,27 +47,31 @@ request_denies contains msg if {
 
 valid_delegation(delegation) if {
 	is_array(delegation.chain)
+	delegation.depth == count(delegation.chain)
 	every id in delegation.chain {
 		is_string(id)
 	}
-	delegation.depth == count(delegation.chain)
 }
 
 # ---------------------------------------------------------------------------
 # Access denies
 
-access_denies contains msg if {
+write_denies contains msg if {
 	cfg.tasks.require_for_writes == true
-	is_write
 	not task
 	msg := sprintf(`writes need a task grant: open one with POST /v1/tasks (rule %q)`, [rule.name])
 }
 
+# Under a task (none: one step).
 access_denies contains msg if {
 	task
+	some msg in task_denies
+}
+
+task_denies contains msg if {
 	rule.scoped
 	is_string(rule.scope)
-	not rule.scope in task_scopes
+	not task_grants(rule.scope)
 	msg := sprintf(
 		"task %s (purpose %s) does not grant scope %s needed to %s",
 		[task_id, task_purpose, rule.scope, rule.name],
@@ -71,8 +79,7 @@ access_denies contains msg if {
 }
 
 # A route or tool without a scope cannot be covered by any task.
-access_denies contains msg if {
-	task
+task_denies contains msg if {
 	rule.scoped
 	rule.scope == null
 	msg := sprintf(
@@ -82,8 +89,7 @@ access_denies contains msg if {
 }
 
 # Defence in depth: the sidecar already refuses expired grants.
-access_denies contains msg if {
-	task
+task_denies contains msg if {
 	not task_active
 	msg := sprintf(
 		"task %s (purpose %s) is not active: it expires at %v",
@@ -104,15 +110,13 @@ access_denies contains msg if {
 	)
 }
 
-# Rule data the policy cannot enforce allows nothing.
-access_denies contains msg if {
-	rule
+# Rule data the policy cannot enforce allows nothing (see valid_rule in checks.rego).
+rule_data_denies contains msg if {
 	not valid_scope(rule.scope)
 	msg := sprintf("rule %q has an invalid scope (a non-empty string is expected), so it allows nothing", [rule.name])
 }
 
-access_denies contains msg if {
-	rule
+rule_data_denies contains msg if {
 	not valid_credential(rule.credential, rule.scope)
 	msg := sprintf(
 		"rule %q has a credential the policy cannot mint (it needs a scope, an audience and a whole, positive ttl_seconds), so it allows nothing",
@@ -120,14 +124,14 @@ access_denies contains msg if {
 	)
 }
 
-valid_scope(scope) if scope == null
+valid_scope(null)
 
 valid_scope(scope) if {
 	is_string(scope)
 	scope != ""
 }
 
-valid_credential(credential, _) if credential == null
+valid_credential(null, _)
 
 valid_credential(credential, scope) if {
 	is_string(scope)

@@ -114,17 +114,17 @@ all_scopes := ["docs:read", "tickets:read", "records:read", "tickets:write", "re
 
 # Session set-up and discovery need no scope, whatever the task holds.
 test_open_mcp_methods_under_a_task if {
+	decide(under(request(reader, "GET", "/mcp"), ["docs:read"])).verdict == "allow"
+	decide(under(request(reader, "DELETE", "/mcp"), [])).verdict == "allow"
 	every method in ["initialize", "tools/list", "ping"] {
 		decide(under(rpc_request(reader, method, null, {}), [])).verdict == "allow"
 	}
-	decide(under(request(reader, "GET", "/mcp"), ["docs:read"])).verdict == "allow"
-	decide(under(request(reader, "DELETE", "/mcp"), [])).verdict == "allow"
 }
 
 # A task never widens: roles, the intent floor and step-ups still apply.
 test_task_does_not_widen if {
-	all := under(request(reader, "DELETE", "/api/records/42"), all_scopes)
-	decide(all).reasons == [
+	every_scope := under(request(reader, "DELETE", "/api/records/42"), all_scopes)
+	decide(every_scope).reasons == [
 		"agent spiffe://demo.local/agent/reader is read-only and may not delete record",
 		"agent spiffe://demo.local/agent/reader may not delete record (needs role writer)",
 	]
@@ -139,8 +139,8 @@ test_task_does_not_widen if {
 test_task_with_odd_scopes_grants_nothing if {
 	odd := object.union(request(writer, "POST", "/api/tickets"), {"task": object.union(grant([]), {"scopes": "tickets:write"})})
 	decide(odd).reasons == ["task task-1 (purpose triage) does not grant scope tickets:write needed to create ticket"]
-	numbers := under(request(writer, "POST", "/api/tickets"), [1, 2])
-	decide(numbers).verdict == "deny"
+	number_scopes := under(request(writer, "POST", "/api/tickets"), [1, 2])
+	decide(number_scopes).verdict == "deny"
 }
 
 test_task_without_id_or_purpose if {

@@ -21,6 +21,10 @@ settings := cfg.tasks
 # ---------------------------------------------------------------------------
 # The decision document
 
+# METADATA
+# description: What the sidecar asks to open or delegate a task (tasks.decision_path).
+# scope: document
+# entrypoint: true
 default decision := {
 	"verdict": "deny",
 	"reasons": ["the policy reached no decision for this task request, so it is denied"],
@@ -138,7 +142,10 @@ request_denies contains msg if {
 request_denies contains msg if {
 	string_list(req.scopes)
 	count(req.scopes) == 0
-	msg := sprintf("agent %s asked for a task for purpose %v without scopes; a task needs at least one", [agent_name, object.get(req, "purpose", null)])
+	msg := sprintf(
+		"agent %s asked for a task for purpose %v without scopes; a task needs at least one",
+		[agent_name, object.get(req, "purpose", null)],
+	)
 }
 
 request_denies contains msg if {

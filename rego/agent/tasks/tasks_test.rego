@@ -445,7 +445,7 @@ test_delegating_without_a_delegate if {
 # The shape of every answer
 
 test_default_decision_is_a_deny if {
-	d := decide({}) with data.agent.tasks.deny_reasons as set()
+	d := decide({}) with tasks.deny_reasons as set()
 	d == denied(["the policy reached no decision for this task request, so it is denied"])
 }
 

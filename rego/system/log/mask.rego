@@ -14,6 +14,10 @@ secret_headers := {
 	"x-api-key",
 }
 
+# METADATA
+# description: What OPA erases from every decision-log event.
+# scope: document
+# entrypoint: true
 mask contains sprintf("/input/attributes/request/http/headers/%s", [header]) if {
 	some header in secret_headers
 }
