@@ -37,10 +37,10 @@ session_stream if {
 }
 
 # tools/call: the tool's own rule.
-rule := object.union_n([rule_defaults, tool, {"scoped": true, "name": sprintf("mcp tool %s", [rpc.name])}])
+tool_rule := object.union_n([rule_defaults, tool, {"scoped": true, "name": sprintf("mcp tool %s", [rpc.name])}])
 
 # Session set-up, discovery and notifications: open to every registered agent.
-rule := object.union(rule_defaults, {
+open_method_rule := object.union(rule_defaults, {
 	"name": sprintf("mcp method %v", [rpc.method]),
 	"class": "read",
 	"data_class": "public",
@@ -48,7 +48,7 @@ rule := object.union(rule_defaults, {
 	open_method
 }
 
-rule := object.union(rule_defaults, {
+session_stream_rule := object.union(rule_defaults, {
 	"name": "mcp session stream",
 	"class": "read",
 	"data_class": "public",
@@ -56,21 +56,14 @@ rule := object.union(rule_defaults, {
 	session_stream
 }
 
-# How reasons name what the request does, and the first reason of an allow
-# (built only when a reason needs them).
-rule_action := sprintf("call tool %s", [rpc.name]) if tool
+# The first reason of an allow (see allow_reason in policy.rego).
+tool_allow_reason := sprintf("agent %s may call tool %s", [agent_name, rpc.name]) if tool
 
-rule_action := sprintf("use MCP method %v", [rpc.method]) if open_method
-
-rule_action := sprintf("%v %v", [input.action.method, input.action.path]) if session_stream
-
-allow_reason := sprintf("agent %s may call tool %s", [agent_name, rpc.name]) if tool
-
-allow_reason := sprintf("MCP method %v is open to every registered agent, including %s", [rpc.method, agent_name]) if {
+open_method_allow_reason := sprintf("MCP method %v is open to every registered agent, including %s", [rpc.method, agent_name]) if {
 	open_method
 }
 
-allow_reason := sprintf(
+session_stream_allow_reason := sprintf(
 	"MCP session stream: registered agent %s may %v %v",
 	[agent_name, input.action.method, input.action.path],
 ) if {

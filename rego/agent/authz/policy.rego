@@ -114,7 +114,13 @@ agent := identity.agent
 # How reasons name the agent.
 agent_name := identity.agent_name
 
-agent_roles := identity.roles
+# The caller's roles. For an agent registered by its exact ID this is the list in
+# data as it is (the checks only ask whether a role is in it), which saves
+# building identity.roles on every call; otherwise identity.roles.
+agent_roles := roles if {
+	roles := cfg.agents[input.agent.spiffe_id].roles
+	is_array(roles)
+} else := identity.roles
 
 identity_denies := identity.denies
 
@@ -125,7 +131,7 @@ identity_denies := identity.denies
 # session.rego) for a request that passes these quick checks at once, the common
 # case; otherwise every reason request_problems finds. Each quick check implies
 # that its request_problems rules find nothing; one that fails only means the
-# rules are asked (a delegated call, a root path "/", a session-less input ...).
+# rules are asked (a delegated call, the root path "/", an odd field ...).
 request_denies := set() if {
 	input.truncated_body == false
 	is_array(input.parsed_path)
@@ -177,6 +183,42 @@ odd_segment if {
 
 # ---------------------------------------------------------------------------
 # The rule that covers the request (REST route, MCP tool, MCP method)
+
+# A REST route (rest.rego), else an MCP tool, an MCP method open to every
+# registered agent, or the MCP session stream (mcp.rego). They exclude each other;
+# the chain stops at the one that applies instead of asking all of them.
+rule := route_rule if {
+	route
+} else := tool_rule if {
+	tool
+} else := open_method_rule if {
+	open_method
+} else := session_stream_rule if {
+	session_stream
+}
+
+# How reasons name what the request does, for the same rule: built only when a
+# deny or step-up reason needs it.
+rule_action := route_name if {
+	route
+} else := sprintf("call tool %s", [rpc.name]) if {
+	tool
+} else := sprintf("use MCP method %v", [rpc.method]) if {
+	open_method
+} else := sprintf("%v %v", [input.action.method, input.action.path]) if {
+	session_stream
+}
+
+# The first reason of an allow, for the same rule.
+allow_reason := route_allow_reason if {
+	route
+} else := tool_allow_reason if {
+	tool
+} else := open_method_allow_reason if {
+	open_method
+} else := session_stream_allow_reason if {
+	session_stream
+}
 
 # Every rule object has at least these fields; data overrides them.
 # A rule without a class is a write: a missing field never loosens a check.

@@ -16,19 +16,16 @@ route_index := min(matched) if {
 
 route := cfg.routes[route_index]
 
+# Its "name" (sprintf only when the name is not a string), else "route <index>".
 route_name := name if {
 	name := route.name
 	is_string(name)
-} else := sprintf("%v", [name]) if {
-	name := route.name
-} else := sprintf("route %d", [route_index])
+} else := sprintf("%v", [object.get(route, "name", sprintf("route %d", [route_index]))])
 
-rule := object.union_n([rule_defaults, route, {"scoped": true, "name": route_name}])
+route_rule := object.union_n([rule_defaults, route, {"scoped": true, "name": route_name}])
 
-# How reasons name what the request does, and the first reason of an allow.
-rule_action := route_name if route
-
-allow_reason := sprintf(
+# The first reason of an allow (see allow_reason in policy.rego).
+route_allow_reason := sprintf(
 	"route %q allows agent %s to %v %v",
 	[route_name, agent_name, input.action.method, input.action.path],
 ) if {

@@ -38,12 +38,23 @@ readable_session_input if object.get(input, "session", null) == null
 
 readable_session_input if readable_session
 
+# whole_number and string_list written out: this is asked on every call with a session.
 readable_session if {
-	whole_number(session.calls)
-	whole_number(session.writes)
-	whole_number(session.calls_last_minute)
-	is_string(session.key)
-	string_list(session.labels)
+	s := input.session
+	is_number(s.calls)
+	s.calls >= 0
+	s.calls == floor(s.calls)
+	is_number(s.writes)
+	s.writes >= 0
+	s.writes == floor(s.writes)
+	is_number(s.calls_last_minute)
+	s.calls_last_minute >= 0
+	s.calls_last_minute == floor(s.calls_last_minute)
+	is_string(s.key)
+	is_array(s.labels)
+	every label in s.labels {
+		is_string(label)
+	}
 }
 
 session_input_denies contains msg if {
@@ -152,9 +163,18 @@ readable_agent_history_input if object.get(input, "agent_history", null) == null
 
 readable_agent_history_input if readable_agent_history
 
+# whole_number and label_times written out: this is asked on every call with a history.
 readable_agent_history if {
-	whole_number(agent_history.calls_last_minute)
-	label_times(agent_history.labels)
+	h := input.agent_history
+	is_number(h.calls_last_minute)
+	h.calls_last_minute >= 0
+	h.calls_last_minute == floor(h.calls_last_minute)
+	is_object(h.labels)
+	every at in h.labels {
+		is_number(at)
+		at >= 0
+		at == floor(at)
+	}
 }
 
 agent_history_input_denies contains msg if {
@@ -217,14 +237,10 @@ access_denies contains msg if {
 # remembers counts (sessions.agent_label_retention_seconds), the stricter reading.
 label_window := object.get(session_settings, "agent_label_window_seconds", null)
 
-agent_labels_recent contains label if {
-	some label, at in agent_history.labels
-	in_label_window(at)
-}
-
+# When a label was recorded at unix second `at`: within the window (or no usable window).
 in_label_window(_) if not whole_number(label_window)
 
 in_label_window(at) if {
+	now_seconds - at <= label_window
 	whole_number(label_window)
-	(time.now_ns() / 1000000000) - at <= label_window
 }

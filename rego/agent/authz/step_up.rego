@@ -23,7 +23,8 @@ approval_needs contains need if {
 	}
 }
 
-# A rule that sends data out (external): the needs below (none: one step).
+# A rule that sends data out (external) needs what external_send_needs finds; any
+# other rule skips those rules in one step.
 approval_needs contains need if {
 	rule.external == true
 	some need in external_send_needs
@@ -172,7 +173,10 @@ step_up_document := {
 
 # The most sensitive of some data classes (data.agent.config.data_classes lists
 # them from least to most sensitive; a class it does not list counts as the most).
-highest_class(classes) := max({c | some c in classes; class_rank(c) == top}) if {
+highest_class(classes) := class if {
+	count(classes) == 1 # one class (the common case): it is the highest
+	some class in classes
+} else := max({c | some c in classes; class_rank(c) == top}) if {
 	top := max({class_rank(c) | some c in classes})
 }
 
@@ -190,10 +194,14 @@ restricted_labels_seen contains label if {
 	label in cfg.restricted_labels
 }
 
-restricted_labels_elsewhere := {label |
-	some label in agent_labels_recent
-	label in cfg.restricted_labels
-} - restricted_labels_seen
+# A restricted label this session does not hold, recorded for the agent within the
+# label window (input.agent_history, session.rego): looked up by label, so only the
+# few restricted labels are visited, not every label the agent has.
+restricted_labels_elsewhere contains label if {
+	some label in cfg.restricted_labels
+	not label in restricted_labels_seen
+	in_label_window(agent_history.labels[label])
+}
 
 internal_domains := {d | some d in cfg.internal_email_domains}
 

@@ -25,14 +25,18 @@ valid_id if trust_domain(spiffe_id)
 
 caller_registered if registered(spiffe_id)
 
-# Every reason why the caller is not a trusted, registered agent: none for a
-# caller that passes every check below at once (the common case, one short rule
-# body), else all of them (denies_found).
+# Every reason why the caller is not a trusted, registered agent. A caller that
+# passes these quick checks at once (the common case) has none; any other caller
+# gets denies_found, the reasons below (the quick checks imply none of them applies).
 denies := set() if {
-	td := trust_domain(spiffe_id)
-	agent.trust_domain == td
+	id := input.agent.spiffe_id
+	is_string(id)
+	startswith(id, "spiffe://")
+	td := split(id, "/")[2] # as trust_domain(id)
+	td != ""
+	input.agent.trust_domain == td
 	td in cfg.trust_domains
-	caller_registered
+	is_object(cfg.agents[id]) # registered by its exact ID (by a pattern: denies_found)
 } else := denies_found
 
 denies_found contains "no verified agent identity" if not agent

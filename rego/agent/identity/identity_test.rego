@@ -34,3 +34,36 @@ test_caller_roles if {
 	identity.roles == set() with input as {"agent": {"trust_domain": "demo.local"}}
 	identity.roles == set() with input as {}
 }
+
+# denies answers from one quick check when the caller passes it; denies_found has the
+# reasons. A caller that fails the quick check (or is registered by a pattern) gets
+# denies_found, so the two agree on every input; these would catch a quick check that
+# lets through a caller denies_found refuses.
+quick_writer := {"spiffe_id": "spiffe://demo.local/agent/writer", "trust_domain": "demo.local"}
+
+test_quick_check_agrees_with_the_reasons if {
+	identity.denies == set() with input as {"agent": quick_writer}
+	identity.denies == identity.denies_found with input as {}
+
+	# A trust domain "" in data does not make "spiffe:///..." valid.
+	identity.denies == identity.denies_found with input as {"agent": {"spiffe_id": "spiffe:///agent/writer", "trust_domain": ""}}
+		with data.agent.config.trust_domains as ["demo.local", ""]
+		with data.agent.config.agents as {"spiffe:///agent/writer": {"roles": ["reader"]}}
+	callers := [
+		quick_writer,
+		{"spiffe_id": "spiffe://demo.local/agent/ops/backup", "trust_domain": "demo.local"},
+		{"spiffe_id": "spiffe://demo.local/agent/stranger", "trust_domain": "demo.local"},
+		object.union(quick_writer, {"trust_domain": "demo.local.evil"}),
+		{"spiffe_id": "spiffe://demo.local.evil/agent/writer", "trust_domain": "demo.local.evil"},
+		{"spiffe_id": "spiffe:///agent/writer", "trust_domain": ""},
+		{"spiffe_id": "https://demo.local/agent/writer", "trust_domain": "demo.local"},
+		{"spiffe_id": 7, "trust_domain": "demo.local"},
+		{"trust_domain": "demo.local"},
+		{"spiffe_id": "spiffe://demo.local/agent/writer"},
+		"spiffe://demo.local/agent/writer",
+		null,
+	]
+	every caller in callers {
+		identity.denies == identity.denies_found with input as {"agent": caller}
+	}
+}
