@@ -13,8 +13,12 @@ other, each with the load running:
   opa-no-bundle      OPA restarted while the bundle service has no bundle, then the bundle published
   redis-stopped      Redis stopped, then started again (append-only file: state kept)
   sidecar-restart    the sidecar restarted on Redis; task, revocation and approval state checked after
+  redis-failover     the sidecar moved onto a Sentinel-managed primary and replica, the primary
+                     killed (SIGKILL): 503s until the replica is promoted, then verdicts recover on
+                     their own; task, revocation, approval and session state checked after
 
-For each: requests sent, allowed, denied, 503, wrongly allowed (must be 0), time to recover.
+For each: requests sent, allowed, denied, 503, wrongly allowed (must be 0), time to recover
+(from the end of the fault; for redis-failover from the kill, since nothing but the promotion heals it).
 A table on stdout, JSON in bench/results/faults.json. Exit 1 when anything was wrongly allowed,
 a phase did not recover, or state was lost.
 """
@@ -38,6 +42,7 @@ from typing import Any
 import requests
 
 from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds, traffic_bundle
+from sidecar.dev.redis_cluster import LocalSentinel
 from sidecar.dev.redis_server import RedisServer
 from sidecar.dev.stack import Ports, Stack
 from sidecar.dev.unix_http import UnixHTTPConnection
@@ -124,6 +129,7 @@ class Faults:
         self.settle_s = settle_s
         self.rate = rate
         self.redis = RedisServer(workdir / "redis")
+        self.sentinel: LocalSentinel | None = None  # started by the redis-failover phase
         self.proxy: OpaProxy | None = None
         self.stack: Stack | None = None
         self.traffic: Traffic | None = None
@@ -155,6 +161,8 @@ class Faults:
                 self.traffic.stop()
             self.proxy.shutdown()
             self.redis.stop()
+            if self.sentinel is not None:
+                self.sentinel.stop()
 
     # -- one phase ---------------------------------------------------------------------
     def phase(
@@ -166,6 +174,7 @@ class Faults:
         *,
         no_decision: bool = True,
         recover_timeout: float = 30.0,
+        recover_from_fault: bool = False,
     ) -> Phase:
         assert self.traffic is not None
         result = Phase(name, fault, expect_no_decision=no_decision)
@@ -181,7 +190,7 @@ class Faults:
         time.sleep(self.fault_s)
         fault_end = time.monotonic()
         end()
-        ended = time.monotonic()
+        ended = fault_start if recover_from_fault else time.monotonic()
         deadline = ended + recover_timeout
         while time.monotonic() < deadline:
             time.sleep(0.5)
@@ -277,6 +286,9 @@ class Faults:
         if not only or "sidecar-restart" in only:
             print("faults: sidecar-restart ...", file=sys.stderr, flush=True)
             results.append(self.sidecar_restart())
+        if not only or "redis-failover" in only:
+            print("faults: redis-failover ...", file=sys.stderr, flush=True)
+            results.append(self.redis_failover())
         return results
 
     def sidecar_restart(self) -> Phase:
@@ -293,6 +305,68 @@ class Faults:
             phase.notes += lost
         else:
             phase.notes.append("task, revocation, approval and session state all survived the restart")
+        return phase
+
+    def redis_failover(self) -> Phase:
+        """Kill the Sentinel-managed primary under load: 503s, never a wrong allow, recovery once the
+        replica is promoted (the old primary then rejoins as its replica, as an orchestrator would
+        restart it), and no acknowledged state lost."""
+        stack = self.stack
+        assert stack is not None
+        sentinel = self.sentinel = LocalSentinel(self.workdir / "sentinel").start()
+        stack.stop_sidecar()  # outside the measured window: the phase's baseline check waits for steady answers
+        stack.sidecar_env.update(
+            {
+                "AUTHZ_STATE__REDIS_MODE": "sentinel",
+                "AUTHZ_STATE__SENTINEL_NODES": json.dumps(sentinel.nodes),
+                "AUTHZ_STATE__SENTINEL_SERVICE": sentinel.service,
+            }
+        )
+        stack.start_sidecar()
+        before = _State.build(stack)
+        killed = sentinel.current_primary()
+        promotion: list[float] = []  # seconds from the kill until the sentinels named the replica
+
+        def watch_promotion(killed_at: float) -> None:
+            while time.monotonic() < killed_at + 30:
+                if sentinel.current_primary() is not killed:
+                    promotion.append(time.monotonic() - killed_at)
+                    return
+                time.sleep(0.05)
+
+        def kill_primary() -> None:
+            killed.kill()
+            threading.Thread(target=watch_promotion, args=(time.monotonic(),), daemon=True).start()
+
+        def rejoin_as_replica() -> None:
+            deadline = time.monotonic() + 30
+            while not promotion:  # not before the promotion: it would come back as the primary
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the sentinels did not promote the replica within 30 s")
+                time.sleep(0.05)
+            sentinel.restart_as_replica(killed)
+
+        # After the promotion verdicts are real decisions again, so allows inside the fault window
+        # are expected; a wrong allow is still any allow of a request that must be denied.
+        phase = self.phase(
+            "redis-failover",
+            "Redis primary killed (SIGKILL); Sentinel promotes the replica",
+            kill_primary,
+            rejoin_as_replica,
+            no_decision=False,
+            recover_from_fault=True,
+        )
+        if not phase.counts["unavailable_503"]:
+            phase.ok = False
+            phase.notes.append("no 503 seen while the primary was down")
+        if promotion:
+            phase.notes.append(f"the sentinels promoted the replica {promotion[0]:.2f} s after the kill")
+        lost = before.check(stack)
+        if lost:
+            phase.ok = False
+            phase.notes += lost
+        else:
+            phase.notes.append("task, revocation, approval and session state all survived the failover")
         return phase
 
 

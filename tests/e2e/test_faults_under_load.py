@@ -44,3 +44,18 @@ def test_faults_under_load_never_allow_wrongly(tmp_path: Path, opa_bin: str, env
     assert len(timeouts) >= slow.during["unavailable_503"], (len(timeouts), slow.during)
     waits = sorted(s.done - s.sent for s in faults.traffic.samples if s.status == 503)
     assert waits and waits[-1] < ENVOY_EXT_AUTHZ_TIMEOUT_S * 0.75, f"a 503 took {waits[-1]:.2f}s: Envoy's timeout"
+
+
+def test_redis_failover_through_the_whole_stack(tmp_path: Path, opa_bin: str, envoy_bin: str) -> None:
+    """The sidecar on a Sentinel-managed primary and replica, the primary killed under load: 503s
+    until the replica is promoted, never a wrong allow, recovery on its own, no acknowledged state lost."""
+    faults = Faults(tmp_path, fault_s=3.0, settle_s=0.5, rate=30.0)
+    with faults.running():
+        (phase,) = faults.run_all({"redis-failover"})
+    print(table([phase]))
+    assert phase.name == "redis-failover"
+    assert phase.counts["wrongly_allowed"] == 0, phase
+    assert phase.during["unavailable_503"] > 0, "the client saw no 503 while the primary was down"
+    assert phase.recover_s is not None and phase.recover_s < 15, "verdicts did not recover after the promotion"
+    assert any(note.startswith("the sentinels promoted the replica") for note in phase.notes), phase.notes
+    assert phase.ok, phase.notes  # includes: revoked task still refused, approval used once, session counts kept
