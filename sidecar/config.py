@@ -80,6 +80,10 @@ class OpaConfig(_Strict):
     decision_path: str = "agent/authz/decision"
     timeout_ms: int = Field(500, gt=0, le=60_000)
     max_connections: int = Field(64, gt=0)
+    # Calls the sidecar refuses before asking the policy are reported to OPA at this rule path so
+    # that OPA's decision log lists every refused call (sidecar/refusals.py); null: not reported.
+    refusals_path: str | None = "agent/refusals/decision"
+    refusals_max_in_flight: int = Field(16, gt=0, le=1024)
 
     @field_validator("url")
     @classmethod
@@ -92,6 +96,11 @@ class OpaConfig(_Strict):
     @classmethod
     def _path_shape(cls, value: str) -> str:
         return _rule_path(value)
+
+    @field_validator("refusals_path")
+    @classmethod
+    def _refusals_path_shape(cls, value: str | None) -> str | None:
+        return None if value is None else _rule_path(value)
 
 
 class XfccConfig(_Strict):

@@ -27,6 +27,12 @@ SHADOW_DISAGREEMENTS = Counter(
     "Shadowed decisions where the candidate policy gave another verdict, by live and candidate verdict",
     ["live", "shadow"],
 )
+REFUSAL_REPORTS = Counter(
+    "authz_refusal_reports_total",
+    "Calls refused before the policy was asked, reported to OPA's decision log, by outcome: reported, "
+    "busy (in-flight limit, not reported), timeout, unreachable, status, malformed",
+    ["outcome"],
+)
 SHADOW_ERRORS = Counter(
     "authz_shadow_errors_total",
     "Decisions the candidate gave no verdict for: busy (in-flight limit, not asked), timeout, unreachable, "

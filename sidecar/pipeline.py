@@ -28,6 +28,7 @@ from sidecar.intent import declared_intent
 from sidecar.logs import DecisionRecord
 from sidecar.mcp import BodyError
 from sidecar.opa import OpaClient, OpaError
+from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest, request_line_problem
 from sidecar.sessions import Reservation, SessionTracker
 from sidecar.shadow import Shadow
@@ -35,6 +36,8 @@ from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.tasks import TaskError, TaskService, task_input
 
 log = logging.getLogger(__name__)
+# Stages that end before the policy is asked: a call refused there is reported to OPA's decision log.
+REFUSED_BEFORE_POLICY = frozenset({"body", "identity", "task", "intent", "approval", "session"})
 
 
 @dataclass
@@ -92,6 +95,7 @@ class Pipeline:
         approval_header: str = "x-agent-approval-id",
         log_decisions: bool = True,
         shadow: Shadow | None = None,
+        refusals: RefusalReporter | None = None,
     ) -> None:
         self._resolver = resolver
         self._opa = opa
@@ -107,6 +111,7 @@ class Pipeline:
         self._approval_header = approval_header
         self._log_decisions = log_decisions
         self._shadow = shadow
+        self._refusals = refusals
 
     async def check(self, request: CheckRequest) -> wire.WireResponse:
         started = time.perf_counter()
@@ -128,6 +133,8 @@ class Pipeline:
         metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
         if self._log_decisions:
             record.emit()
+        if self._refusals is not None and record.verdict != "allow" and record.stage in REFUSED_BEFORE_POLICY:
+            self._refusals.report(record)  # OPA's decision log lists the calls it was never asked about
         return response
 
     async def _decide(self, request: CheckRequest, record: DecisionRecord) -> wire.WireResponse:

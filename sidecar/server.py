@@ -32,6 +32,7 @@ from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
 from sidecar.opa import OpaClient
 from sidecar.pipeline import Pipeline
+from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow, make_shadow
@@ -132,10 +133,13 @@ class Components:
     pipeline: Pipeline
     api_resolver: IdentityResolver
     shadow: Shadow | None = None
+    refusals: RefusalReporter | None = None
 
     async def close(self) -> None:
         if self.shadow is not None:
             await self.shadow.close()
+        if self.refusals is not None:
+            await self.refusals.close()
         await self.opa.close()
         await self.store.close()
         if self.bundles is not None:
@@ -172,6 +176,9 @@ async def build_components(config: Config) -> Components:
     shadow = make_shadow(config)
     if shadow is not None:
         await shadow.start()
+    refusals = make_refusal_reporter(config)
+    if refusals is not None:
+        await refusals.start()
     pipeline = Pipeline(
         resolver,
         opa,
@@ -187,8 +194,20 @@ async def build_components(config: Config) -> Components:
         approval_header=config.approvals.header,
         log_decisions=config.log.decisions,
         shadow=shadow,
+        refusals=refusals,
     )
-    return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow)
+    return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals)
+
+
+def make_refusal_reporter(config: Config) -> RefusalReporter | None:
+    """Reports refusals made before OPA was asked to OPA's decision log, unless turned off."""
+    settings = config.opa
+    if settings.refusals_path is None:
+        return None
+    client = OpaClient(
+        settings.url, settings.refusals_path, settings.timeout_ms, max_connections=settings.refusals_max_in_flight
+    )
+    return RefusalReporter(client, settings.refusals_path, settings.refusals_max_in_flight)
 
 
 def restrict_socket(path: Path) -> None:

@@ -133,3 +133,51 @@ def test_decision_logs_are_masked_complete_and_correlated(logged_stack: Stack) -
     assert "arguments" not in mcp_event["input"]["mcp"]
     assert "arguments" not in mcp_event["input"]["parsed_body"]["params"]
     assert mcp_event["input"]["mcp"]["name"] == "search_docs"
+
+
+def test_refusals_before_the_policy_reach_opas_decision_log(logged_stack: Stack) -> None:
+    """Calls the sidecar refuses itself (no identity, a forged token, an unreadable body) are in
+    OPA's decision stream too, under the decision id the client saw, with the sidecar's reason."""
+    stack = logged_stack
+    token = stack.trust_domain.mint_jwt(READER)
+    refused = [
+        requests.get(stack.egress_url + "/api/docs/handbook", timeout=10),
+        requests.get(
+            stack.egress_url + "/api/docs/handbook", headers={"authorization": "Bearer not.a.jwt"}, timeout=10
+        ),
+        requests.post(
+            stack.egress_url + "/mcp",
+            data=b'{"jsonrpc": "2.0", "id": 1, "method": ',
+            headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+            timeout=10,
+        ),
+        requests.get(
+            stack.egress_url + "/api/docs/handbook",
+            headers={"authorization": f"Bearer {token}", "x-agent-task-token": "forged.task.token"},
+            timeout=10,
+        ),
+    ]
+    assert [r.status_code for r in refused] == [401, 401, 400, 401], [r.text for r in refused]
+    seen = [seen_decision_id(r) for r in refused]
+
+    def reported() -> dict[str, dict[str, Any]]:
+        events = read_jsonl(stack.decision_log)
+        return {
+            e["input"]["refusal"]["decision_id"]: e
+            for e in events
+            if e.get("path") == "agent/refusals/decision" and "refusal" in e.get("input", {})
+        }
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not set(seen) <= set(reported()):
+        time.sleep(0.3)
+    events = reported()
+    assert set(seen) <= set(events), "every refused call is in OPA's decision log"
+    for decision_id, response in zip(seen, refused, strict=True):
+        refusal = events[decision_id]["input"]["refusal"]
+        assert refusal["status"] == response.status_code
+        assert refusal["reasons"] == response.json()["reasons"]
+        assert refusal["path"] == response.request.path_url.split("?")[0]
+        assert events[decision_id]["result"] == {"verdict": "deny", "reasons": refusal["reasons"]}
+    assert [events[d]["input"]["refusal"]["stage"] for d in seen] == ["identity", "identity", "body", "task"]
+    assert events[seen[3]]["input"]["refusal"]["agent"] == READER  # known once the identity was verified

@@ -1,0 +1,82 @@
+"""Refusals made before OPA was asked, reported to OPA so that its decision log lists them too.
+
+The sidecar refuses some calls itself: an unreadable request line or body, no valid identity, a
+refused task grant or approval, a store it cannot reach. Those calls never reach the policy, so
+OPA's decision log, the stream reviewers read, would not show them. After answering, the sidecar
+asks OPA about each one at ``opa.refusals_path`` (the shipped bundle's ``agent.refusals``) with
+``input.refusal`` describing it (the sidecar's decision id, stage, status, reasons, method, host,
+path, agent and task), and OPA logs that query like any other decision. The answer is never
+enforced: the call has already been refused. A bundle without the rule still gets the query
+logged (with an undefined result).
+
+Reported in the background, off the response's path, on a small connection pool of its own: an
+agent sending a flood of refused calls can neither slow the live decisions nor queue reports
+without bound (past ``opa.refusals_max_in_flight`` a refusal is counted as not reported; the
+sidecar's own decision log still has it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sidecar import metrics
+from sidecar.logs import DecisionRecord
+from sidecar.opa import OpaClient, OpaError
+
+
+def refusal_input(record: DecisionRecord) -> dict[str, Any]:
+    """The input document OPA logs for a call refused before the policy was asked."""
+    return {
+        "refusal": {
+            "decision_id": record.decision_id,
+            "stage": record.stage,
+            "status": record.status,
+            "verdict": record.verdict,
+            "reasons": list(record.reasons),
+            "method": record.method,
+            "host": record.host,
+            "path": record.path,
+            "request_id": record.request_id,
+            "agent": record.agent,
+            "task": record.task,
+            "approval": record.approval,
+        }
+    }
+
+
+class RefusalReporter:
+    """Reports refusals to OPA in the background; see the module docstring."""
+
+    def __init__(self, client: OpaClient, path: str, max_in_flight: int) -> None:
+        self._client = client
+        self._path = path
+        self._max_in_flight = max_in_flight
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        await self._client.start()
+
+    def report(self, record: DecisionRecord) -> None:
+        """Start reporting one refusal (returns at once)."""
+        if len(self._pending) >= self._max_in_flight:
+            metrics.REFUSAL_REPORTS.labels("busy").inc()
+            return
+        task = asyncio.get_running_loop().create_task(self._send(refusal_input(record)))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _send(self, input_doc: dict[str, Any]) -> None:
+        try:
+            await self._client.decide(input_doc, self._path)
+        except OpaError as exc:
+            # undefined: the bundle has no refusals rule, but OPA has logged the query all the same.
+            metrics.REFUSAL_REPORTS.labels("reported" if exc.kind == "undefined" else exc.kind).inc()
+            return
+        metrics.REFUSAL_REPORTS.labels("reported").inc()
+
+    async def close(self) -> None:
+        """Let the reports in flight finish (each bounded by the OPA timeout), then close the pool."""
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._client.close()
