@@ -29,9 +29,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ async def decision(store: RedisStore, agent: str, task: TaskRecord, i: int) -> N
     )
 
 
-async def gather_bounded(calls: list[Callable[[], Awaitable[Any]]], concurrency: int = 64) -> None:
+async def gather_bounded(calls: Sequence[Callable[[], Awaitable[Any]]], concurrency: int = 64) -> None:
     gate = asyncio.Semaphore(concurrency)
 
     async def one(call: Callable[[], Awaitable[Any]]) -> None:
@@ -249,7 +250,7 @@ async def measure_memory(
     ``busy_agents`` agents with hundreds of calls in their last minute give the cost of a call past
     128 (0: not measured)."""
 
-    async def per(name: str, make: Callable[[], list[Callable[[], Awaitable[Any]]]]) -> None:
+    async def per(name: str, make: Callable[[], Sequence[Callable[[], Awaitable[Any]]]]) -> None:
         calls = make()
         warm, measured = calls[: len(calls) // 5], calls[len(calls) // 5 :]
         await gather_bounded(warm)  # scripts loaded, first-time allocations made: not counted
@@ -267,9 +268,9 @@ async def measure_memory(
         report.memory_usage_per[name]["keys"] = round((after_keys - before_keys) / len(measured), 2)
 
     roots = [new_task(agent_id()) for _ in range(n)]
-    await per("task, opened (with its tree)", lambda: [lambda t=t: store.create_task(t) for t in roots])
+    await per("task, opened (with its tree)", lambda: [partial(store.create_task, t) for t in roots])
     children = [new_task(agent_id(), parent=t) for t in roots]
-    await per("task, delegated", lambda: [lambda t=t: store.create_task(t) for t in children])
+    await per("task, delegated", lambda: [partial(store.create_task, t) for t in children])
 
     async def session(t: TaskRecord, calls: int) -> None:
         key, now = f"task:{t.id}", time.time()
@@ -279,8 +280,8 @@ async def measure_memory(
             await store.commit_call(key, f"r{i}", True, labels, entry(i), now, 3600, LIMITS)
 
     full = f"session, window full ({WINDOW} calls in its last minute)"
-    await per(full, lambda: [lambda t=t: session(t, WINDOW) for t in roots])
-    await per("longer session", lambda: [lambda t=t: session(t, 3 * WINDOW) for t in children])
+    await per(full, lambda: [partial(session, t, WINDOW) for t in roots])
+    await per("longer session", lambda: [partial(session, t, 3 * WINDOW) for t in children])
     longer = report.bytes_per.pop("longer session")
     report.memory_usage_per.pop("longer session")
     report.bytes_per["each further call in a session's last minute"] = round(
@@ -294,8 +295,8 @@ async def measure_memory(
             await store.commit_agent_call(agent, f"r{i}", LABELS, now, AGENT_LIMITS)
 
     one = f"agent history (1 call, {len(LABELS)} labels)"
-    await per(one, lambda: [lambda a=a: history(a, 1) for a in (agent_id() for _ in range(n))])
-    await per("busy agent", lambda: [lambda a=a: history(a, 41) for a in (agent_id() for _ in range(n))])
+    await per(one, lambda: [partial(history, a, 1) for a in (agent_id() for _ in range(n))])
+    await per("busy agent", lambda: [partial(history, a, 41) for a in (agent_id() for _ in range(n))])
     busy = report.bytes_per.pop("busy agent")
     report.memory_usage_per.pop("busy agent")
     report.bytes_per["each further call in an agent's last minute"] = round((busy - report.bytes_per[one]) / 40, 1)
@@ -304,7 +305,9 @@ async def measure_memory(
         for calls in (150, 350):
             await per(
                 f"{calls}",
-                lambda calls=calls: [lambda a=a: history(a, calls) for a in (agent_id() for _ in range(busy_agents))],
+                partial(
+                    lambda calls: [partial(history, a, calls) for a in (agent_id() for _ in range(busy_agents))], calls
+                ),
             )
         report.memory_usage_per.pop("150")
         report.memory_usage_per.pop("350")
@@ -312,7 +315,8 @@ async def measure_memory(
         report.bytes_per["each call past 128 in one agent's (or session's) last minute"] = round(per_call, 1)
     approvals = [new_approval(agent_id()) for _ in range(n)]
     await per(
-        "approval, pending", lambda: [lambda a=a: store.create_approval(a, 20, int(time.time())) for a in approvals]
+        "approval, pending",
+        lambda: [partial(lambda a: store.create_approval(a, 20, int(time.time())), a) for a in approvals],
     )
 
 
@@ -340,23 +344,26 @@ async def measure_costs(store: RedisStore, servers: Servers, report: Report, n: 
 
     agent = agent_id()
     roots = [new_task(agent) for _ in range(n)]
-    await cost("open a task", [lambda t=t: store.create_task(t) for t in roots])
+    await cost("open a task", [partial(store.create_task, t) for t in roots])
     children = [new_task(agent_id(), parent=t) for t in roots]
-    await cost("delegate it", [lambda t=t: store.create_task(t) for t in children])
-    await cost("decision (hot path)", [lambda t=t, i=i: decision(store, agent, t, i) for i, t in enumerate(roots)])
+    await cost("delegate it", [partial(store.create_task, t) for t in children])
+    await cost("decision (hot path)", [partial(decision, store, agent, t, i) for i, t in enumerate(roots)])
     await cost(
-        "revoke a 2-task tree", [lambda t=t: store.end_task(t.id, "revoked", "bench", int(time.time())) for t in roots]
+        "revoke a 2-task tree",
+        [partial(lambda t: store.end_task(t.id, "revoked", "bench", int(time.time())), t) for t in roots],
     )
     approvals = [new_approval(agent_id()) for _ in range(n)]
-    await cost("ask for an approval", [lambda a=a: store.create_approval(a, 20, int(time.time())) for a in approvals])
+    await cost(
+        "ask for an approval", [partial(lambda a: store.create_approval(a, 20, int(time.time())), a) for a in approvals]
+    )
     await cost(
         "approve it",
         [
-            lambda a=a: store.decide_approval(a.id, "approved", {"kind": "oidc"}, None, int(time.time()))
+            partial(lambda a: store.decide_approval(a.id, "approved", {"kind": "oidc"}, None, int(time.time())), a)
             for a in approvals
         ],
     )
-    await cost("use it", [lambda a=a: store.consume_approval(a.id, int(time.time())) for a in approvals])
+    await cost("use it", [partial(lambda a: store.consume_approval(a.id, int(time.time())), a) for a in approvals])
 
 
 async def measure_sample(store: RedisStore, servers: Servers, prefix: str, agents: int) -> dict[str, float]:
@@ -368,14 +375,9 @@ async def measure_sample(store: RedisStore, servers: Servers, prefix: str, agent
     for agent, tasks in population:
         for _ in range(TASKS_PER_AGENT):
             tasks.append(new_task(agent))
-            opened.append(lambda t=tasks[-1]: store.create_task(t))
+            opened.append(partial(store.create_task, tasks[-1]))
     await gather_bounded(opened)
-    calls = [
-        lambda a=agent, t=t, i=i: decision(store, a, t, i)
-        for agent, tasks in population
-        for t in tasks
-        for i in range(WINDOW)
-    ]
+    calls = [partial(decision, store, agent, t, i) for agent, tasks in population for t in tasks for i in range(WINDOW)]
     started = time.monotonic()
     await gather_bounded(calls)
     elapsed = time.monotonic() - started
@@ -393,7 +395,7 @@ async def measure_sample(store: RedisStore, servers: Servers, prefix: str, agent
 async def measure_throughput(store: RedisStore, servers: Servers, seconds: float, concurrency: int) -> dict[str, float]:
     """Decisions per second of the hot path with ``concurrency`` callers over 200 agents x 2 tasks."""
     population = [(agent, new_task(agent)) for agent in (agent_id() for _ in range(200)) for _ in range(2)]
-    await gather_bounded([lambda t=t: store.create_task(t) for _, t in population])
+    await gather_bounded([partial(store.create_task, t) for _, t in population])
     for agent, t in population[:concurrency]:  # warm: connections open, scripts loaded
         await decision(store, agent, t, 0)
     servers.reset_stats()

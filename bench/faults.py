@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -214,7 +215,9 @@ class Faults:
     def run_all(self, only: set[str] | None = None) -> list[Phase]:
         stack, proxy = self.stack, self.proxy
         assert stack is not None and proxy is not None
-        opa = lambda: stack.processes["opa"]  # noqa: E731 - the process object changes on restart
+
+        def opa() -> subprocess.Popen[bytes]:  # looked up on each call: the process object changes on restart
+            return stack.processes["opa"]
 
         def set_mode(mode: str) -> Callable[[], None]:
             return lambda: setattr(proxy, "mode", mode)

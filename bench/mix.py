@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
@@ -35,7 +36,12 @@ class BenchRequest:
 
 def mcp_body(size: int) -> bytes:
     """A JSON-RPC tools/call of exactly ``size`` bytes (the query argument pads it)."""
-    envelope = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "search_docs", "arguments": {}}}
+    envelope: dict[str, Any] = {
+        "jsonrpc": "2.0",
+        "id": 7,
+        "method": "tools/call",
+        "params": {"name": "search_docs", "arguments": {}},
+    }
     base = len(json.dumps({**envelope, "params": {**envelope["params"], "arguments": {"q": ""}}}).encode())
     padding = max(0, size - base)
     envelope["params"] = {"name": "search_docs", "arguments": {"q": "v" * padding}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 import statistics
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +34,8 @@ class Cell:
     runs: list[LoadResult] = field(default_factory=list)
 
     def median(self, metric: str) -> float:
-        return statistics.median(getattr(r, metric) for r in self.runs)
+        median: float = statistics.median(getattr(r, metric) for r in self.runs)
+        return median
 
     def spread(self, metric: str) -> float:
         """(max - min) / median, over the repeats."""
@@ -249,7 +251,7 @@ def to_markdown(results: Results, document: dict[str, Any]) -> str:
 
 def _scaling_table(title: str, table: dict[str, dict[int, Cell]], unit: str) -> list[str]:
     keys = sorted({k for cells in table.values() for k in cells})
-    label = (lambda k: f"{k // 1024} KiB") if unit == "KiB" else (lambda k: f"{k} {unit}")
+    label: Callable[[int], str] = (lambda k: f"{k // 1024} KiB") if unit == "KiB" else (lambda k: f"{k} {unit}")
     lines = [f"## {title}", "", "| setup | " + " | ".join(label(k) for k in keys) + " |", "|---|" + "---|" * len(keys)]
     for setup, cells in table.items():
         row = []

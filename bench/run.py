@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import report
-from bench.load import LoadError, preflight, run_wrk, wrk_path
+from bench.load import LoadError, LoadResult, preflight, run_wrk, wrk_path
 from bench.mix import READER, TOKEN_TTL, WRITER, BenchRequest, mcp_call, read_under_task, request_mix
 from bench.report import DIRECT
 from bench.setups import DirectSetup, PluginSetup, Setup, SidecarSetup, policy_bundle
@@ -158,7 +158,7 @@ class Bench:
             setup.stop()
 
     # -- measuring -------------------------------------------------------------------------
-    def _run(self, name: str, mix: list[BenchRequest], connections: int, seconds: float) -> report.LoadResult:
+    def _run(self, name: str, mix: list[BenchRequest], connections: int, seconds: float) -> LoadResult:
         result = run_wrk(self.setups[name].url, mix, connections, seconds, self.workdir)
         expected_denies = sum(1 for r in mix if r.expected(self.setups[name].authz) >= 400) / len(mix)
         observed = result.status_errors / result.requests if result.requests else 1.0

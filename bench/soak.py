@@ -19,6 +19,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Required, TypedDict
 
 import requests
 
@@ -161,7 +162,24 @@ def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:
     return 0 if verdict["wrongly_allowed"] == 0 and verdict["errors"] == 0 else 1
 
 
-def _verdict(points: list[Point], cycles: int, failures: int) -> dict[str, object]:
+class Verdict(TypedDict, total=False):
+    """What soak.json and the table say; the RSS and fd figures only when there were points."""
+
+    rss_start_mb: float
+    rss_half_mb: float
+    rss_end_mb: float
+    rss_growth_second_half: float
+    rss_flat: Required[bool | None]
+    fds_min: int
+    fds_max: int
+    requests: int
+    errors: Required[int]
+    wrongly_allowed: Required[int]
+    task_cycles: Required[int]
+    task_failures: Required[int]
+
+
+def _verdict(points: list[Point], cycles: int, failures: int) -> Verdict:
     if not points:
         return {"rss_flat": None, "errors": 0, "wrongly_allowed": 0, "task_cycles": cycles, "task_failures": failures}
     half = points[len(points) // 2]
@@ -183,7 +201,7 @@ def _verdict(points: list[Point], cycles: int, failures: int) -> dict[str, objec
     }
 
 
-def _print_table(points: list[Point], verdict: dict[str, object]) -> None:
+def _print_table(points: list[Point], verdict: Verdict) -> None:
     print()
     print(f"{'time s':>8} {'requests':>9} {'req/s':>7} {'RSS MB':>8} {'fds':>5} {'errors':>7} {'wrongly':>8}")
     step = max(1, len(points) // 20)

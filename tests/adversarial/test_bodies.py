@@ -204,13 +204,13 @@ def test_oversized_chunked_body_is_never_judged(attacker: Attacker) -> None:
 
 def _search_body(size: int) -> bytes:
     """An allowed MCP call (search_docs) of exactly ``size`` bytes."""
-    base = {
+    base: dict[str, Any] = {
         "jsonrpc": "2.0",
         "id": 1,
         "method": "tools/call",
         "params": {"name": "search_docs", "arguments": {"q": ""}},
     }
-    base["params"]["arguments"]["q"] = "x" * (size - len(json.dumps(base)))  # type: ignore[index]
+    base["params"]["arguments"]["q"] = "x" * (size - len(json.dumps(base)))
     body = json.dumps(base).encode()
     assert len(body) == size
     return body

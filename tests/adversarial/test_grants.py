@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jwt
@@ -77,7 +78,7 @@ def test_task_token_without_any_identity(attacker: Attacker, writer_task: dict[s
     assert response.status_code == 401
 
 
-FORGED = {
+FORGED: dict[str, tuple[Callable[[str], str], str]] = {
     "scopes-widened": (lambda t: _edit_claims(t, scopes=["tickets:write", "records:delete"]), "payload edited"),
     "sub-swapped": (lambda t: _edit_claims(t, sub=READER), "payload edited to name the reader"),
     "expiry-extended": (lambda t: _edit_claims(t, exp=int(time.time()) + 86_400), "payload edited"),

@@ -207,7 +207,7 @@ def test_local_is_the_template_as_the_stack_renders_it() -> None:
 VARIANT_BASE = {"extends": "kubernetes", "listeners": ["egress"], "values": {"EGRESS_ADDRESS": "::", "EGRESS_PORT": 1}}
 TOOL = {"name": "t", "domains": ["t"], "cluster": "t"}
 T_CLUSTER = {"type": "STATIC", "load_assignment": {"cluster_name": "t", "endpoints": []}}
-REFUSED = {
+REFUSED: dict[str, tuple[dict[str, Any], str]] = {
     "an ext_authz setting": ({"http_filters": []}, "unknown keys"),
     "per-tool filter settings": (
         {"routing": {"egress": {"tools": [{**TOOL, "typed_per_filter_config": {}}]}}},

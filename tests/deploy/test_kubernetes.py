@@ -381,8 +381,8 @@ def test_sidecar_config_loads_and_matches_the_pod(rendered: tuple[str, list[dict
             assert str(config.listen.socket) == pipe["path"], "Envoy asks the sidecar's check socket"
             assert config.listen.host == "127.0.0.1", "the agent API stays pod-local"
             admin = envoy["admin"]["address"]["pipe"]["path"]
-            assert Path(admin).parent == config.listen.socket.parent, "Envoy's admin is a socket beside it"
             assert config.listen.socket is not None and config.listen.socket.parent == RUN_DIR, name
+            assert Path(admin).parent == config.listen.socket.parent, "Envoy's admin is a socket beside it"
         assert_run_dir_is_the_trios_only(name, spec)
 
 

@@ -39,7 +39,7 @@ def readyz(stack: Stack) -> tuple[int, dict[str, Any]]:
 
 
 def bundle_status(stack: Stack) -> dict[str, Any]:
-    status: dict[str, Any] = stack.opa_request("GET", "/v1/status").json()["result"]["bundles"]
+    status: dict[str, dict[str, Any]] = stack.opa_request("GET", "/v1/status").json()["result"]["bundles"]
     return status.get(BUNDLE_NAME, {})
 
 

@@ -8,9 +8,9 @@ import json
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import requests
@@ -21,6 +21,8 @@ from sidecar.dev.unix_http import unix_request
 from tests.e2e.conftest import READER, WRITER
 
 pytestmark = pytest.mark.e2e
+
+T = TypeVar("T")
 
 
 def candidate_policy(root: Path) -> Path:
@@ -55,7 +57,7 @@ def _json_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
-def _wait(what: str, found: Any, timeout: float = 20) -> Any:
+def _wait(what: str, found: Callable[[], T], timeout: float = 20) -> T:
     deadline = time.monotonic() + timeout
     while True:
         value = found()

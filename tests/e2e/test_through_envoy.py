@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -109,7 +110,7 @@ def _alg_none(td: DevTrustDomain) -> str:
     return enc({"alg": "none"}) + "." + enc({"sub": WRITER, "aud": "authz-sidecar", "exp": time.time() + 60}) + "."
 
 
-BAD_TOKENS = {
+BAD_TOKENS: dict[str, Callable[[DevTrustDomain], str]] = {
     "forged": _forged,
     "expired": lambda td: td.mint_jwt(READER, ttl=-30),
     "wrong audience": lambda td: td.mint_jwt(READER, audience="some-other-service"),

@@ -48,7 +48,7 @@ def _workload(stack: Stack, api_key: str, approval_note: str) -> list[str]:
         requests.get(stack.egress_url + "/api/docs/a", headers=reader, timeout=10).headers["x-authz-decision-id"]
     )
     rpc = {"jsonrpc": "2.0", "id": 1, "method": "tools/call"}
-    rpc["params"] = {"name": "search_docs", "arguments": {"q": "vpn", "api_key": api_key}}  # type: ignore[assignment]
+    rpc["params"] = {"name": "search_docs", "arguments": {"q": "vpn", "api_key": api_key}}
     searched = requests.post(stack.egress_url + "/mcp", json=rpc, headers=reader, timeout=10)
     assert searched.status_code == 200, searched.text
     ids.append(searched.headers["x-authz-decision-id"])

@@ -133,7 +133,7 @@ def test_the_approver_view_flags_what_it_cut() -> None:
 def test_a_partial_body_is_never_bound_to_an_approval() -> None:
     """The fingerprint would cover only the part Envoy buffered: another tail, the same approval."""
     sidecar = _Sidecar(allow_partial_body=True)
-    status, refused = sidecar.delete("7", **{"x-envoy-auth-partial-body": "true"})
+    status, refused = sidecar.delete("7", rpc_id=1, **{"x-envoy-auth-partial-body": "true"})
     assert status == 413 and "only partly inspected" in refused["reasons"][0]
     assert asyncio.run(sidecar.store.list_approvals("pending")) == []
 

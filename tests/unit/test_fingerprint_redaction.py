@@ -10,10 +10,11 @@ JSON = {"content-type": "application/json"}
 
 
 def rest(
+    body: bytes = b"",
+    /,
     method: str = "DELETE",
     host: str = "api.demo.local",
     target: str = "/api/records/42",
-    body: bytes = b"",
     **headers: str,
 ) -> str:
     return request_fingerprint(method, host, target, {**JSON, **headers}, body, False)
@@ -39,7 +40,7 @@ def test_fingerprint_binds_every_part_of_the_request() -> None:
         "host trailing dot": rest(host="api.demo.local."),
         "path": rest(target="/api/records/43"),
         "query": rest(target="/api/records/42?force=1"),
-        "body": rest(body=b"x"),
+        "body": rest(b"x"),
         "content type": rest(**{"content-type": "text/plain"}),
         "content encoding": rest(**{"content-encoding": "gzip"}),
         "method override": rest(**{"x-http-method-override": "PURGE"}),
@@ -82,7 +83,10 @@ def test_methods_without_a_name_are_bound_by_their_params() -> None:
 
 
 def test_redaction_by_name_and_pointer() -> None:
-    summary = {"arguments": {"to": "x", "body": "secret"}, "body": {"card": {"number": "4111"}, "list": ["a", "b"]}}
+    summary: dict[str, Any] = {
+        "arguments": {"to": "x", "body": "secret"},
+        "body": {"card": {"number": "4111"}, "list": ["a", "b"]},
+    }
     shown = redact(summary, ("body", "/card/number", "/list/1", "/missing/x"))
     assert shown["arguments"] == {"to": "x", "body": REDACTED}
     assert shown["body"] == {"card": {"number": REDACTED}, "list": ["a", REDACTED]}
@@ -92,7 +96,7 @@ def test_redaction_by_name_and_pointer() -> None:
 def test_the_view_says_what_it_cut() -> None:
     """Fifty harmless ids and the dangerous one behind them: the view says 37 more are not shown."""
     ids = [f"harmless-{i}" for i in range(86)] + ["the-dangerous-one"]
-    summary = {"arguments": {"ids": ids, "note": "n" * 1403, "short": "ok"}, "path": "/mcp"}
+    summary: dict[str, Any] = {"arguments": {"ids": ids, "note": "n" * 1403, "short": "ok"}, "path": "/mcp"}
     shown, cuts = trim(summary)
     assert shown["arguments"]["ids"][:50] == ids[:50]
     assert shown["arguments"]["ids"][50:] == ["… 37 more items not shown"]

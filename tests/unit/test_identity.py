@@ -7,7 +7,10 @@ import hashlib
 import hmac
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import MethodType
+from typing import cast
 
 import jwt
 import pytest
@@ -75,7 +78,7 @@ def _kid(td: DevTrustDomain) -> str:
         (lambda td: td.mint_jwt(READER) + "x" * 9000, "larger"),
     ],
 )
-def test_rejected_tokens(trust_domain: DevTrustDomain, make, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_rejected_tokens(trust_domain: DevTrustDomain, make: Callable[[DevTrustDomain], str], reason: str) -> None:
     with pytest.raises(JwtSvidError, match=reason):
         verifier(trust_domain).verify(make(trust_domain))
 
@@ -200,7 +203,7 @@ def test_missing_identity(trust_domain: DevTrustDomain) -> None:
     with pytest.raises(IdentityError, match="no agent identity"):
         resolver(trust_domain).resolve({})
     assert resolver(trust_domain, required=False).resolve({}) is None
-    assert resolver(trust_domain).resolve.__self__ is not None
+    assert cast(MethodType, resolver(trust_domain).resolve).__self__ is not None
 
 
 def test_xfcc_from_untrusted_domain(trust_domain: DevTrustDomain) -> None:

@@ -20,7 +20,7 @@ VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
 def request(
-    method: str = "GET", path: str = "/api/docs/a%20b?x=1&x=2&y=", body: bytes = b"", **headers: str
+    method: str = "GET", path: str = "/api/docs/a%20b?x=1&x=2&y=", body: bytes = b"", /, **headers: str
 ) -> CheckRequest:
     return CheckRequest(method, path, {"host": "Tools.Demo.Local.:8080", "x-request-id": "r1", **headers}, body)
 

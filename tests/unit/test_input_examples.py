@@ -44,7 +44,7 @@ from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state import ApprovalRecord, TaskRecord
 from sidecar.state.memory import MemoryStore
-from sidecar.tasks import task_token_claims
+from sidecar.tasks import TaskService, task_token_claims
 from sidecar.tokens import TASK_TYP
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "schema"
@@ -179,7 +179,7 @@ class _Agent:
         return self.identity
 
 
-class _Tasks:
+class _Tasks(TaskService):
     """The task service's verdict on the presented grant: verified, active, bound to the caller."""
 
     def __init__(self, grant: TaskRecord | None) -> None:

@@ -97,7 +97,7 @@ def _request() -> CheckRequest:
 
 def _shadow_lines(caplog: pytest.LogCaptureFixture) -> list[tuple[str, dict[str, Any]]]:
     """(the live decision id, the shadow field) of each ``authz.shadow`` line."""
-    return [(r.decision_id, r.shadow) for r in caplog.records if r.name == "authz.shadow"]
+    return [(vars(r)["decision_id"], vars(r)["shadow"]) for r in caplog.records if r.name == "authz.shadow"]
 
 
 async def _settle(shadow: Shadow) -> None:
@@ -201,7 +201,7 @@ async def test_the_sidecars_other_queries_are_logged_with_their_opa_decision_id(
     finally:
         await client.close()
     [record] = [r for r in caplog.records if r.name == "authz.opa"]
-    assert (record.decision_id, record.path) == ("task-query-1", "agent/tasks/decision")
+    assert (vars(record)["decision_id"], vars(record)["path"]) == ("task-query-1", "agent/tasks/decision")
 
 
 @pytest.mark.parametrize(

@@ -473,7 +473,7 @@ async def test_a_failure_inside_the_redis_client_is_a_store_error(
     await store.close()
     store = RedisStore.from_url(redis_url, prefix, 1000)
     with monkeypatch.context() as patch:
-        patch.setattr(redis_state.json, "loads", lambda *a, **k: 1 / 0)
+        patch.setattr("sidecar.state.redis.json.loads", lambda *a, **k: 1 / 0)
         with pytest.raises(ZeroDivisionError):
             await store.get_task(t.id)
     await store.close()

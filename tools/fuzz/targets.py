@@ -38,7 +38,12 @@ from sidecar.tokens import TASK_TYP, TokenError, sign, verify
 
 SECRET = "fuzz-xfcc-secret-0123456789"
 CONTENT_TYPES = ("application/json", "text/plain", "", "application/x+json", "application/json; charset=utf-16")
-MCP_HEADERS = ({}, {"mcp-method": "tools/call"}, {"mcp-name": "search_docs"}, {"mcp-method": "tools/list"})
+MCP_HEADERS: tuple[dict[str, str], ...] = (
+    {},
+    {"mcp-method": "tools/call"},
+    {"mcp-name": "search_docs"},
+    {"mcp-method": "tools/list"},
+)
 
 
 class Invariant(AssertionError):
