@@ -337,6 +337,7 @@ class Stack:
             self.workdir / "bundle-build" / f"{BUNDLE_NAME}.tar.gz",
             revision,
             key or SigningKey.ensure(self.workdir),
+            opa=find_tool("opa"),  # the checkout's .tools/bin too, as for the stack's own OPA
         )
         publish(built, self.bundle_root, BUNDLE_NAME)
         return revision

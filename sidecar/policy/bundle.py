@@ -66,13 +66,14 @@ def default_revision(source: Path) -> str:
     return f"{sha}{'-dirty' if dirty.stdout.strip() else ''}-{stamp}"
 
 
-def build_bundle(source: Path, out: Path, revision: str, key: SigningKey) -> Path:
-    """``opa build`` of ``source`` (tests excluded) into a signed bundle at ``out``."""
+def build_bundle(source: Path, out: Path, revision: str, key: SigningKey, opa: str | None = None) -> Path:
+    """``opa build`` of ``source`` (tests excluded) into a signed bundle at ``out``; ``opa``: the
+    binary (default: found on PATH or ``$OPA_BIN``)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     # Run inside the source so the files in the bundle (and their signatures) have relative names.
     result = subprocess.run(
         [
-            find_tool("opa"),
+            opa or find_tool("opa"),
             "build",
             "--bundle",
             ".",

@@ -23,9 +23,12 @@ ENTRY_POINTS = {
     "authz-bundle-server": "sidecar.services.bundle_server:main",
     "authz-decision-log-receiver": "sidecar.services.decision_log_receiver:main",
 }
-# Names of the local stack's modules: none may be in the runtime wheel under any package.
-DEV_MODULES = {"devstack", "dev", "demo", "trust_domain", "upstream", "stack", "supervisor", "spire", "svid_files",
-               "oidc", "redis_server", "redis_cluster", "envoy_config"}  # fmt: skip
+# What the local stack defines (dev CA, demo, demo upstream, stack, SPIRE driver, dev OIDC issuer):
+# none of it may be in the runtime wheel under any module name.
+DEV_DEFINITIONS = re.compile(
+    r"^(class (DevTrustDomain|DevOidcIssuer|Stack|Spire|Supervisor|RedisServer)\b|def (run_demo|run_upstream)\b)",
+    flags=re.MULTILINE,
+)
 NOT_COPIED = shutil.ignore_patterns(
     ".git", ".venv", ".tools", ".dev", "build", "dist", "*.egg-info", "__pycache__", ".*_cache", "bench", "tests"
 )
@@ -79,14 +82,16 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_wheel_holds_only_the_runtime_package(wheel: Path) -> None:
-    names = zipfile.ZipFile(wheel).namelist()
+    archive = zipfile.ZipFile(wheel)
+    names = archive.namelist()
     tops = {name.split("/")[0] for name in names}
     (metadata,) = tops - {"sidecar"}
     assert metadata.startswith("authz_sidecar-") and metadata.endswith(".dist-info"), tops
-    modules = {Path(name).stem for name in names if name.endswith(".py")} | {
-        part for name in names for part in Path(name).parts[:-1]
-    }
-    assert not modules & DEV_MODULES, sorted(modules & DEV_MODULES)
+    assert not [name for name in names if name.startswith("sidecar/dev/")], "the old sidecar/dev/ package"
+    sources = {name: archive.read(name).decode() for name in names if name.endswith(".py")}
+    dev = {name: m.group(0) for name, text in sources.items() if (m := DEV_DEFINITIONS.search(text))}
+    assert not dev, dev
+    assert not [name for name, text in sources.items() if re.search(r"^\s*(from|import) devstack\b", text, re.M)]
     assert "sidecar/services/bundle_server.py" in names and "sidecar/policy/bundle.py" in names
 
 
