@@ -1,7 +1,8 @@
 # syntax=docker/dockerfile:1
 # authz-sidecar: a slim, non-root image. Build: docker build -t authz-sidecar:0.1.0 .
-# The same image runs the reference bundle service and decision-log receiver
-# (`authz-sidecar dev bundle-server` / `dev decision-log-receiver`) and the demo upstream.
+# The runtime distribution only (sidecar/): the same image runs the bundle server and the
+# decision-log receiver (entry points authz-bundle-server, authz-decision-log-receiver). The
+# local stack, dev CA and demo upstream are devstack/, built by devstack/Dockerfile.
 
 FROM python:3.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

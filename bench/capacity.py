@@ -38,9 +38,9 @@ from typing import Any
 
 import redis
 
+from devstack.redis_cluster import LocalRedisCluster
+from devstack.redis_server import RedisServer
 from sidecar.config import StateConfig
-from sidecar.dev.redis_cluster import LocalRedisCluster
-from sidecar.dev.redis_server import RedisServer
 from sidecar.state import AgentLimits, ApprovalRecord, SessionLimits, TaskRecord
 from sidecar.state.redis import RedisStore
 

@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
+from devstack.redis_server import RedisServer
 from sidecar.config import StateConfig
-from sidecar.dev.redis_cluster import LocalRedisCluster, LocalSentinel
-from sidecar.dev.redis_server import RedisServer
 from sidecar.state import (
     AgentLimits,
     ApprovalConflict,

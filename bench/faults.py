@@ -43,10 +43,10 @@ from typing import Any
 import requests
 
 from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds, traffic_bundle
-from sidecar.dev.redis_cluster import LocalSentinel
-from sidecar.dev.redis_server import RedisServer
-from sidecar.dev.stack import Ports, Stack
-from sidecar.dev.unix_http import UnixHTTPConnection
+from devstack.redis_cluster import LocalSentinel
+from devstack.redis_server import RedisServer
+from devstack.stack import Ports, Stack
+from sidecar.unix_http import UnixHTTPConnection
 
 RESULTS = Path(__file__).parent / "results"
 

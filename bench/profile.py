@@ -21,7 +21,7 @@ from bench.load import run_wrk
 from bench.mix import READER, TOKEN_TTL, WRITER, request_mix
 from bench.run import RESULTS
 from bench.setups import SidecarSetup, policy_bundle
-from sidecar.dev.stack import DEFAULT_BUNDLE
+from devstack.stack import DEFAULT_BUNDLE
 
 
 def summarise(collapsed: str, top: int = 25) -> str:

@@ -22,8 +22,8 @@ from bench.load import LoadError, LoadResult, preflight, run_wrk, wrk_path
 from bench.mix import READER, TOKEN_TTL, WRITER, BenchRequest, mcp_call, read_under_task, request_mix
 from bench.report import DIRECT
 from bench.setups import DirectSetup, PluginSetup, Setup, SidecarSetup, policy_bundle
-from sidecar.dev.stack import DEFAULT_BUNDLE, StackError
-from sidecar.dev.tools import ToolMissing, find_tool
+from devstack.stack import DEFAULT_BUNDLE, StackError
+from devstack.tools import ToolMissing, find_tool
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -18,8 +18,8 @@ from typing import Any
 import requests
 import yaml
 
-from sidecar.dev.stack import Ports, Stack
-from sidecar.dev.tools import find_tool
+from devstack.stack import Ports, Stack
+from devstack.tools import find_tool
 
 ADAPTER_BUNDLE = Path(__file__).resolve().parent / "plugin_bundle"
 PLUGIN_DECISION_PATH = "envoy/authz/result"
@@ -124,9 +124,7 @@ class _BareStack(_BenchStack):
         self.logs.mkdir(parents=True, exist_ok=True)
         self.make_run_dir()
         self.trust_domain.ensure()
-        self._spawn(
-            "upstream", [sys.executable, "-m", "sidecar", "dev", "upstream", "--port", str(self.ports.upstream)]
-        )
+        self._spawn("upstream", [sys.executable, "-m", "devstack", "upstream", "--port", str(self.ports.upstream)])
         self.start_authz()
         config = self._write_envoy_config()
         flags = ["--log-level", "warning", "--disable-hot-restart", "--use-dynamic-base-id"]

@@ -24,7 +24,7 @@ from typing import Required, TypedDict
 import requests
 
 from bench.traffic import MIX, WRITER, BaselineError, Traffic, traffic_bundle
-from sidecar.dev.stack import Ports, Stack
+from devstack.stack import Ports, Stack
 
 RESULTS = Path(__file__).parent / "results"
 FLAT_GROWTH = 0.05  # RSS grew by less than 5 % over the second half: flat

@@ -22,7 +22,7 @@ from typing import Any
 import requests
 
 from bench.setups import AGENT_CEILING_LIFTED, policy_bundle
-from sidecar.dev.stack import DEFAULT_BUNDLE, Stack
+from devstack.stack import DEFAULT_BUNDLE, Stack
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"

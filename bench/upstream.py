@@ -1,6 +1,6 @@
 """The benchmark's upstream: the demo upstream's routes and answers, without its credential check.
 
-The demo upstream (sidecar/dev/upstream.py) is also a resource server: it verifies the credential
+The demo upstream (devstack/upstream.py) is also a resource server: it verifies the credential
 the sidecar mints and refuses the agent's own JWT-SVID. Only the sidecar setups could pass that,
 and verifying is the upstream's work, not mediation's, so every setup of the benchmark gets this
 same plain upstream instead: same paths, same JSON shape, no checks.

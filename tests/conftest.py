@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.dev.redis_cluster import LocalRedisCluster, LocalSentinel
-from sidecar.dev.redis_server import RedisServer
-from sidecar.dev.tools import ToolMissing, find_tool
-from sidecar.dev.trust_domain import DevTrustDomain
+from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
+from devstack.redis_server import RedisServer
+from devstack.tools import ToolMissing, find_tool
+from devstack.trust_domain import DevTrustDomain
 from tests.redaction.ledger import SecretLedger, watch
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,7 +1,8 @@
-"""``authz-sidecar policy replay`` and ``authz-sidecar policy explain``.
+"""``authz-sidecar policy bundle``, ``policy replay`` and ``policy explain``.
 
-Exit status: replay 0 when no compared decision changed, 1 when one did; explain 0; both 2 on
-bad input (a missing file, no events, an unknown decision id, a bundle OPA cannot load).
+Exit status: bundle 0, 2 when ``opa build`` fails; replay 0 when no compared decision changed,
+1 when one did; explain 0; both 2 on bad input (a missing file, no events, an unknown decision
+id, a bundle OPA cannot load).
 """
 
 from __future__ import annotations
@@ -14,15 +15,25 @@ from typing import Any
 
 from sidecar.audit.render import printable
 from sidecar.audit.sources import STDIN
-from sidecar.dev.envoy_config import REPO_ROOT
 from sidecar.policy.engine import Bundle, EngineError
 from sidecar.policy.events import LogError, read_events
+
+DEFAULT_SOURCE = Path("rego")
 
 
 def add_command(commands: Any) -> None:
     """Register ``policy`` on the top-level subparsers."""
     policy = commands.add_parser("policy", help="replay decision logs against a candidate policy; explain a decision")
     actions = policy.add_subparsers(dest="policy_command", required=True)
+
+    bundle = actions.add_parser("bundle", help="build a policy directory into a signed, revisioned bundle")
+    bundle.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="policy directory (default ./rego)")
+    bundle.add_argument("--out", type=Path, default=Path("build/bundle/authz.tar.gz"))
+    bundle.add_argument("--revision", help="bundle revision (default: the source's git sha and the UTC time)")
+    bundle.add_argument(
+        "--key-dir", type=Path, required=True, help="where bundle-signing.key/.pub live; created if missing"
+    )
+    bundle.set_defaults(run=_bundle)
 
     replay = actions.add_parser(
         "replay",
@@ -43,9 +54,25 @@ def add_command(commands: Any) -> None:
     )
     explain.add_argument("decision_id", help="the decision id (x-authz-decision-id, decision_id in the logs)")
     explain.add_argument("--log", type=Path, required=True, help="OPA decision-log file (.gz too), or - for stdin")
-    explain.add_argument("--bundle", type=Path, default=REPO_ROOT / "rego", help="bundle to explain with (rego/)")
+    explain.add_argument("--bundle", type=Path, default=DEFAULT_SOURCE, help="bundle to explain with (default ./rego)")
     explain.add_argument("--json", action="store_true", help="print a JSON object")
     explain.set_defaults(run=_explain)
+
+
+def _bundle(args: argparse.Namespace) -> int:
+    from sidecar.executables import ToolMissing
+    from sidecar.policy.bundle import BundleBuildError, SigningKey, build_bundle, default_revision
+
+    if not args.source.is_dir():
+        return _fail("bundle", f"no such policy directory: {args.source}")
+    key = SigningKey.ensure(args.key_dir)
+    revision = args.revision or default_revision(args.source)
+    try:
+        out = build_bundle(args.source, args.out, revision, key)
+    except (BundleBuildError, ToolMissing) as exc:
+        return _fail("bundle", str(exc))
+    print(f"built {out} (revision {revision}), signed with {key.private}; OPA verifies it with {key.public}")
+    return 0
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -26,8 +26,8 @@ from typing import Any
 
 import aiohttp
 
-from sidecar.dev.tools import ToolMissing, find_tool
-from sidecar.dev.unix_http import unix_request
+from sidecar.executables import ToolMissing, find_tool
+from sidecar.unix_http import unix_request
 
 IGNORE = "*_test.rego"  # tests are not part of a policy, as for `opa build` of the bundle
 CONCURRENCY = 8

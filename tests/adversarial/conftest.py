@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.stack import Ports, Stack
+from devstack.stack import Ports, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adversarial]
 

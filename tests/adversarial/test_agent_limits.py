@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.stack import DEFAULT_BUNDLE
+from devstack.stack import DEFAULT_BUNDLE
 from tests.adversarial.conftest import ASSISTANT, WRITER, Attacker, verdict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adversarial]

@@ -21,9 +21,9 @@ import requests
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from sidecar.dev.stack import Stack
-from sidecar.dev.trust_domain import DevTrustDomain
-from sidecar.dev.unix_http import UnixResponse
+from devstack.stack import Stack
+from devstack.trust_domain import DevTrustDomain
+from sidecar.unix_http import UnixResponse
 from tests.adversarial.conftest import READER, WRITER, Attacker, verdict
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adversarial]

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from sidecar.dev.stack import Ports, Stack
+from devstack.stack import Ports, Stack
 from tests.adversarial.conftest import READER
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adversarial]

@@ -1,5 +1,5 @@
 """Dockerfile and docker-compose.yml, checked without a Docker engine: what they mount exists
-(or is made by `authz-sidecar dev init` and `./taskw bundle`), every container is non-root and
+(or is made by `authz-dev init` and `./taskw bundle`), every container is non-root and
 read-only, and the configs they mount pass Envoy's and the sidecar's own validation."""
 
 from __future__ import annotations

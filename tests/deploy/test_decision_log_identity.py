@@ -16,9 +16,9 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from sidecar.dev.bundles import DECISION_LOG_BUFFER_BYTES, decision_log_identity, opa_config
-from sidecar.dev.tools import ToolMissing, find_tool
-from sidecar.dev.unix_http import unix_request
+from devstack.bundles import DECISION_LOG_BUFFER_BYTES, decision_log_identity, opa_config
+from devstack.tools import ToolMissing, find_tool
+from sidecar.unix_http import unix_request
 
 REPO = Path(__file__).resolve().parents[2]
 OVERLAYS = ["overlays/egress", "overlays/ingress", "overlays/istio"]

@@ -1,4 +1,4 @@
-"""Every Envoy that runs is rendered from one template (sidecar/dev/envoy_config.py).
+"""Every Envoy that runs is rendered from one template (devstack/envoy_config.py).
 
 - The committed configs (kubernetes/base/envoy.yaml, kubernetes/overlays/ingress/envoy.yaml,
   compose/envoy.yaml) are exactly their rendering, and are what kustomize and compose deploy: a
@@ -32,9 +32,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sidecar.config import Config, validate_config
-from sidecar.dev import envoy_config
-from sidecar.dev.envoy_config import (
+from devstack import envoy_config
+from devstack.envoy_config import (
     EXT_AUTHZ,
     HCM,
     VariantError,
@@ -48,8 +47,9 @@ from sidecar.dev.envoy_config import (
     variant_config,
     variant_names,
 )
-from sidecar.dev.stack import Ports, Stack
-from sidecar.dev.upstream import METHOD_OVERRIDE_HEADERS, TARGET_OVERRIDE_HEADERS
+from devstack.stack import Ports, Stack
+from devstack.upstream import METHOD_OVERRIDE_HEADERS, TARGET_OVERRIDE_HEADERS
+from sidecar.config import Config, validate_config
 from tests.deploy.test_kubernetes import KUBE, kustomize
 
 REPO = Path(__file__).resolve().parents[2]

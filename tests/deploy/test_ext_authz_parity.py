@@ -1,8 +1,8 @@
 """Istio's proxies ask the sidecar exactly the way the tested Envoy config does.
 
-The e2e and adversarial suites run ``envoy/envoy.yaml`` (rendered by ``sidecar/dev/stack.py``).
+The e2e and adversarial suites run ``envoy/envoy.yaml`` (rendered by ``devstack/stack.py``).
 ``kubernetes/base/envoy.yaml``, the ingress overlay's ``envoy.yaml`` and ``compose/envoy.yaml``
-are rendered from that same template (``sidecar/dev/envoy_config.py``; checked by
+are rendered from that same template (``devstack/envoy_config.py``; checked by
 ``test_envoy_variants.py``), so they need no comparison. Istio's own proxies cannot be rendered
 from it: they are configured by ``kubernetes/overlays/istio`` (the ``envoyExtAuthzHttp``
 extension provider, the ``EnvoyFilter`` for the inbound connection manager, the ``CUSTOM``
@@ -40,9 +40,9 @@ from typing import Any
 import pytest
 import yaml
 
+from devstack.envoy_config import TEMPLATE, render_envoy_config
+from devstack.stack import Stack
 from sidecar.config import validate_config
-from sidecar.dev.envoy_config import TEMPLATE, render_envoy_config
-from sidecar.dev.stack import Stack
 from tests.deploy.test_kubernetes import KUBE
 
 REPO = Path(__file__).resolve().parents[2]

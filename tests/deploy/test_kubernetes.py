@@ -21,8 +21,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devstack.tools import ToolMissing, find_tool
 from sidecar.config import load_config
-from sidecar.dev.tools import ToolMissing, find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 KUBE = REPO / "kubernetes"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from sidecar.dev.bundles import SigningKey, build_bundle
-from sidecar.dev.trust_domain import DevTrustDomain
+from devstack.trust_domain import DevTrustDomain
+from sidecar.policy.bundle import SigningKey, build_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.trust_domain import DevTrustDomain
+from devstack.trust_domain import DevTrustDomain
 from tests.docker.conftest import UNAVAILABLE
 
 pytestmark = [pytest.mark.docker, pytest.mark.skipif(UNAVAILABLE is not None, reason=f"compose tests: {UNAVAILABLE}")]

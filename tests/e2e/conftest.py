@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import pytest
 import requests
 
-from sidecar.dev.stack import Ports, Stack
+from devstack.stack import Ports, Stack
 
 pytestmark = pytest.mark.e2e
 

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.stack import Stack
 from sidecar.cli import main
-from sidecar.dev.stack import Stack
 from tests.e2e.conftest import WRITER, Client
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,9 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.bundles import BUNDLE_NAME, SigningKey
-from sidecar.dev.stack import DEFAULT_BUNDLE, Ports, Stack
+from devstack.bundles import BUNDLE_NAME
+from devstack.stack import DEFAULT_BUNDLE, Ports, Stack
+from sidecar.policy.bundle import SigningKey
 from tests.e2e.conftest import READER, WRITER
 
 pytestmark = pytest.mark.e2e

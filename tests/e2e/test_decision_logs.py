@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.stack import DEFAULT_BUNDLE, Ports, Stack
+from devstack.stack import DEFAULT_BUNDLE, Ports, Stack
 from tests.e2e.conftest import READER, WRITER
 
 pytestmark = pytest.mark.e2e

@@ -26,9 +26,9 @@ import pytest
 import requests
 import yaml
 
-from sidecar.dev.envoy_config import load_variant, render_variant, variant_config
-from sidecar.dev.stack import Stack
-from sidecar.dev.unix_http import unix_request
+from devstack.envoy_config import load_variant, render_variant, variant_config
+from devstack.stack import Stack
+from sidecar.unix_http import unix_request
 from tests.e2e.conftest import READER, WRITER, Client
 
 pytestmark = pytest.mark.e2e

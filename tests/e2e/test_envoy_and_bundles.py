@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from sidecar.dev.demo import SCRIPT, run_demo
-from sidecar.dev.envoy_config import render_envoy_config
-from sidecar.dev.stack import Ports, Stack
+from devstack.demo import SCRIPT, run_demo
+from devstack.envoy_config import render_envoy_config
+from devstack.stack import Ports, Stack
 from tests.e2e.conftest import READER
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.stack import Ports, Stack
+from devstack.stack import Ports, Stack
 from tests.e2e.conftest import READER, SIDECAR_OPA_TIMEOUT_MS, FakeOpa
 
 pytestmark = pytest.mark.e2e

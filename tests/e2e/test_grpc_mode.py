@@ -15,7 +15,7 @@ import requests
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
-from sidecar.dev.stack import Ports, Stack
+from devstack.stack import Ports, Stack
 from tests.e2e.conftest import READER, WRITER, Client
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ import time
 import jwt
 import pytest
 
-from sidecar.dev.stack import Stack
+from devstack.stack import Stack
 from tests.e2e.conftest import READER, Client
 
 pytestmark = pytest.mark.e2e

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 import pytest
 import requests
 
+from devstack.stack import DEFAULT_BUNDLE, Ports, Stack
 from sidecar.cli import main
-from sidecar.dev.stack import DEFAULT_BUNDLE, Ports, Stack
-from sidecar.dev.unix_http import unix_request
+from sidecar.unix_http import unix_request
 from tests.e2e.conftest import READER, WRITER
 
 pytestmark = pytest.mark.e2e

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.redis_server import RedisServer
-from sidecar.dev.stack import Ports, Stack
+from devstack.redis_server import RedisServer
+from devstack.stack import Ports, Stack
 from tests.e2e.conftest import READER, WRITER
 from tests.e2e.test_tasks import ASSISTANT, Agent, grant
 

@@ -5,7 +5,7 @@ when ``spire-server`` and ``spire-agent`` are built (``./taskw spire``), and alw
 the test Workload API server (tests/e2e/workload_api.py), which speaks the same gRPC protocol.
 The agents in these tests fetch their X.509- and JWT-SVIDs with the ``spiffe`` library; the
 sidecar takes its JWT bundles from the Workload API and Envoy its mTLS certificate from it
-(files written by ``authz-sidecar dev svid-files``, reloaded by Envoy as file-based SDS).
+(files written by ``authz-dev svid-files``, reloaded by Envoy as file-based SDS).
 """
 
 from __future__ import annotations
@@ -33,10 +33,10 @@ from cryptography.hazmat.primitives import serialization
 from spiffe import SpiffeId, WorkloadApiClient
 from spiffe.svid.x509_svid import X509Svid
 
-from sidecar.dev.spire import DEMO_IDS, ENVOY_ID, spire_binaries
-from sidecar.dev.stack import Ports, Stack
-from sidecar.dev.tools import ToolMissing
-from sidecar.dev.trust_domain import DEFAULT_AUDIENCE, DevTrustDomain
+from devstack.spire import DEMO_IDS, ENVOY_ID, spire_binaries
+from devstack.stack import Ports, Stack
+from devstack.tools import ToolMissing
+from devstack.trust_domain import DEFAULT_AUDIENCE, DevTrustDomain
 from tests.e2e.workload_api import TestWorkloadApi
 
 pytestmark = pytest.mark.e2e

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from sidecar.dev.stack import Ports, Stack
-from sidecar.dev.supervisor import Backoff, Supervisor
+from devstack.stack import Ports, Stack
+from devstack.supervisor import Backoff, Supervisor
 from tests.e2e.test_faults import get_docs
 
 pytestmark = pytest.mark.e2e

@@ -10,7 +10,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
-from sidecar.dev.stack import Ports, Stack
+from devstack.stack import Ports, Stack
 from sidecar.keys import KeySet
 from sidecar.tokens import CREDENTIAL_TYP, TASK_TYP, sign
 from tests.e2e.conftest import READER, WRITER

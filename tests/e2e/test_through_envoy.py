@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import requests
 
-from sidecar.dev.stack import Stack
-from sidecar.dev.trust_domain import DevTrustDomain
+from devstack.stack import Stack
+from devstack.trust_domain import DevTrustDomain
 from tests.adversarial.conftest import Attacker
 from tests.e2e.conftest import READER, WRITER, Client
 

@@ -117,9 +117,9 @@ def watch(patch: Any, ledger: SecretLedger) -> None:
     """Patch the places secrets and logs come from so ``ledger`` sees them (``patch``: a MonkeyPatch)."""
     import requests
 
-    from sidecar.dev.oidc import DevOidcIssuer
-    from sidecar.dev.stack import Stack
-    from sidecar.dev.trust_domain import DevTrustDomain
+    from devstack.oidc import DevOidcIssuer
+    from devstack.stack import Stack
+    from devstack.trust_domain import DevTrustDomain
 
     start, stop, send = Stack.start, Stack.stop, requests.Session.send
     mint_jwt, mint_oidc = DevTrustDomain.mint_jwt, DevOidcIssuer.mint

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from sidecar.dev.envoy_config import REPO_ROOT
-from sidecar.dev.stack import Ports, Stack
+from devstack.envoy_config import REPO_ROOT
+from devstack.stack import Ports, Stack
 from tests.redaction.ledger import SecretLedger
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redaction_scan]

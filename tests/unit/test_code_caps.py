@@ -21,8 +21,8 @@ import pytest
 import requests
 from spiffe import SpiffeId
 
+from devstack.trust_domain import DevTrustDomain
 from sidecar.config import validate_config
-from sidecar.dev.trust_domain import DevTrustDomain
 from sidecar.identity import Identity
 from sidecar.request import CheckRequest
 from sidecar.server import Components, build_components

@@ -14,9 +14,9 @@ from typing import Any
 import jwt
 import pytest
 
+from devstack.upstream import ReceivedRequest, binding_mismatch
 from sidecar.config import IdentityConfig
 from sidecar.credentials import CredentialMinter, CredentialSpec, RequestBinding, body_sha256
-from sidecar.dev.upstream import ReceivedRequest, binding_mismatch
 from sidecar.identity import IdentityResolver
 from sidecar.keys import KeySet
 from sidecar.opa import OpaAnswer, OpaClient

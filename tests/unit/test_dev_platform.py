@@ -13,12 +13,14 @@ import yaml
 from aiohttp.test_utils import TestClient, TestServer
 from spiffe import TrustDomain
 
-from sidecar.dev import bundle_server, decision_log_receiver, svid_files
-from sidecar.dev.bundles import BUNDLE_NAME, KEY_ID, SigningKey, opa_config
-from sidecar.dev.decision_log_receiver import BatchError, decode_batch
-from sidecar.dev.envoy_config import render_envoy_config
-from sidecar.dev.service_token import read_token
+from devstack import svid_files
+from devstack.bundles import BUNDLE_NAME, KEY_ID, opa_config
+from devstack.envoy_config import render_envoy_config
 from sidecar.identity.bundles import WorkloadApiBundleSource
+from sidecar.policy.bundle import SigningKey
+from sidecar.services import bundle_server, decision_log_receiver
+from sidecar.services.decision_log_receiver import BatchError, decode_batch
+from sidecar.services.service_token import read_token
 
 
 def test_decode_batch_gzip_and_plain() -> None:
@@ -169,7 +171,7 @@ def test_workload_api_source_without_a_socket_trusts_nothing(tmp_path: Path) -> 
 
 
 def test_spire_cli_json_is_read_in_either_field_style() -> None:
-    from sidecar.dev.spire import AUTHORITY_ID, _find_key
+    from devstack.spire import AUTHORITY_ID, _find_key
 
     assert _find_key({"prepared_authority": {"authority_id": "a1"}}, AUTHORITY_ID) == "a1"
     assert _find_key({"prepared": {"authorityId": "b2", "expiresAt": "1"}}, AUTHORITY_ID) == "b2"

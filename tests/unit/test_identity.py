@@ -16,8 +16,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from devstack.trust_domain import DevTrustDomain
 from sidecar.config import IdentityConfig
-from sidecar.dev.trust_domain import DevTrustDomain
 from sidecar.identity import IdentityError, IdentityResolver, bearer_token
 from sidecar.identity.bundles import FileBundleSource
 from sidecar.identity.jwt_svid import JwtSvidError, JwtSvidVerifier

@@ -33,9 +33,9 @@ import pytest
 import yaml
 from spiffe import SpiffeId
 
+from devstack.envoy_config import TEMPLATE, render_envoy_config
 from sidecar.approvals import ApprovalService
 from sidecar.config import IdentityConfig, load_config
-from sidecar.dev.envoy_config import TEMPLATE, render_envoy_config
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityResolver
 from sidecar.opa import OpaAnswer, OpaClient

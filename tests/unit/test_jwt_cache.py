@@ -9,7 +9,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from sidecar.dev.trust_domain import DevTrustDomain
+from devstack.trust_domain import DevTrustDomain
 from sidecar.identity.bundles import FileBundleSource
 from sidecar.identity.jwt_svid import JwtSvidError, JwtSvidVerifier
 

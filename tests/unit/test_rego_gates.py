@@ -16,7 +16,7 @@ import jsonschema
 import pytest
 import yaml
 
-from sidecar.dev.tools import ToolMissing, find_tool
+from devstack.tools import ToolMissing, find_tool
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "rego" / "agent" / "config" / "data.json"

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from redis.asyncio.connection import AbstractConnection
 
+from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
 from sidecar.config import StateConfig
-from sidecar.dev.redis_cluster import LocalRedisCluster, LocalSentinel
 from sidecar.state import (
     TASK_SLOT_TIMEOUT_SECONDS,
     AgentLimits,

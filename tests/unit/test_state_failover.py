@@ -16,8 +16,8 @@ import pytest
 import redis
 
 from bench.failover import FailoverRun, run_failover, table
+from devstack.redis_cluster import LocalRedisCluster
 from sidecar.config import StateConfig
-from sidecar.dev.redis_cluster import LocalRedisCluster
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.state.redis import RedisStore, hash_tag
 

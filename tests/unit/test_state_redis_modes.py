@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import redis
 
+from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
+from devstack.trust_domain import DevTrustDomain, X509Files
 from sidecar.config import ConfigError, StateConfig, load_config, validate_config
-from sidecar.dev.redis_cluster import LocalRedisCluster, LocalSentinel
-from sidecar.dev.trust_domain import DevTrustDomain, X509Files
 from sidecar.state import StoreError, TaskRecord
 from sidecar.state.redis import RedisStore
 

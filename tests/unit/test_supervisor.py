@@ -1,10 +1,10 @@
-"""Unit tests: the local stack's restart policy (sidecar/dev/supervisor.py), on an injected clock."""
+"""Unit tests: the local stack's restart policy (devstack/supervisor.py), on an injected clock."""
 
 from __future__ import annotations
 
 import signal
 
-from sidecar.dev.supervisor import Backoff, describe_exit
+from devstack.supervisor import Backoff, describe_exit
 
 
 def test_backoff_doubles_from_half_a_second_to_the_cap() -> None:

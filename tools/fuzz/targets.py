@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from devstack.trust_domain import DevTrustDomain
 from sidecar import wire
 from sidecar.body import EMPTY, parse_body
 from sidecar.config import IdentityConfig
 from sidecar.decision import DecisionError, Verdict, to_verdict
-from sidecar.dev.trust_domain import DevTrustDomain
 from sidecar.identity import IdentityError, IdentityResolver
 from sidecar.identity.bundles import FileBundleSource
 from sidecar.identity.chain import DelegationError, actor_chain

@@ -21,23 +21,17 @@ from typing import Literal
 import requests
 import yaml
 
-from sidecar.dev import svid_files
-from sidecar.dev.bundle_server import publish
-from sidecar.dev.bundles import (
-    BUNDLE_NAME,
-    SigningKey,
-    build_bundle,
-    decision_log_flags,
-    default_revision,
-    opa_config,
-)
-from sidecar.dev.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
-from sidecar.dev.oidc import DevOidcIssuer
-from sidecar.dev.spire import ENVOY_ID, Spire, SpireError
-from sidecar.dev.tools import ToolMissing, find_tool
-from sidecar.dev.trust_domain import DEFAULT_AUDIENCE, DevTrustDomain
-from sidecar.dev.unix_http import UnixResponse, unix_request
+from devstack import svid_files
+from devstack.bundles import BUNDLE_NAME, decision_log_flags, opa_config
+from devstack.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
+from devstack.oidc import DevOidcIssuer
+from devstack.spire import ENVOY_ID, Spire, SpireError
+from devstack.tools import ToolMissing, find_tool
+from devstack.trust_domain import DEFAULT_AUDIENCE, DevTrustDomain
 from sidecar.keys import generate_key, write_key
+from sidecar.policy.bundle import SigningKey, build_bundle, default_revision
+from sidecar.services.bundle_server import publish
+from sidecar.unix_http import UnixResponse, unix_request
 
 DEFAULT_BUNDLE = REPO_ROOT / "rego"
 DEFAULT_DECISION_PATH = "agent/authz/decision"
@@ -269,7 +263,7 @@ class Stack:
 
     def start_upstream(self) -> None:
         jwks = f"{self.sidecar_url}/.well-known/jwks.json"
-        argv = [sys.executable, "-m", "sidecar", "dev", "upstream", "--port", str(self.ports.upstream)]
+        argv = [sys.executable, "-m", "devstack", "upstream", "--port", str(self.ports.upstream)]
         self._spawn("upstream", [*argv, "--jwks-url", jwks])
 
     def start_envoy(self) -> None:
@@ -327,7 +321,7 @@ class Stack:
         SigningKey.ensure(self.workdir)
         if publish and self.publish_on_start:
             self.publish_bundle()
-        argv = [sys.executable, "-m", "sidecar", "dev", "bundle-server", "--dir", str(self.bundle_root)]
+        argv = [sys.executable, "-m", "sidecar.services.bundle_server", "--dir", str(self.bundle_root)]
         argv += ["--token-file", str(self.service_token)]
         self._spawn("bundle-service", [*argv, "--port", str(self.ports.bundle_service)])
         self._wait_http("bundle-service", f"{self.bundle_service_url}/healthz")
@@ -336,18 +330,20 @@ class Stack:
         self, source: Path | None = None, revision: str | None = None, key: SigningKey | None = None
     ) -> str:
         """Build ``source`` (default: the stack's bundle) into a signed bundle and publish it; the revision."""
-        revision = revision or default_revision()
+        source = (source or self.bundle).resolve()
+        revision = revision or default_revision(source)
         built = build_bundle(
-            (source or self.bundle).resolve(),
+            source,
             self.workdir / "bundle-build" / f"{BUNDLE_NAME}.tar.gz",
             revision,
             key or SigningKey.ensure(self.workdir),
+            opa=find_tool("opa"),  # the checkout's .tools/bin too, as for the stack's own OPA
         )
         publish(built, self.bundle_root, BUNDLE_NAME)
         return revision
 
     def start_decision_log_receiver(self) -> None:
-        argv = [sys.executable, "-m", "sidecar", "dev", "decision-log-receiver", "--out", str(self.decision_log)]
+        argv = [sys.executable, "-m", "sidecar.services.decision_log_receiver", "--out", str(self.decision_log)]
         argv += ["--token-file", str(self.service_token)]
         self._spawn("decision-log-receiver", [*argv, "--port", str(self.ports.decision_logs)])
         self._wait_http("decision-log-receiver", f"{self.decision_log_url}/healthz")
@@ -404,7 +400,7 @@ class Stack:
         assert self.workload_api_socket is not None
         for stale in (svid_files.cert_file(self.envoy_sds_dir), svid_files.bundle_file(self.envoy_sds_dir)):
             stale.unlink(missing_ok=True)
-        argv = [sys.executable, "-m", "sidecar", "dev", "svid-files", "--socket", self.workload_api_socket]
+        argv = [sys.executable, "-m", "devstack", "svid-files", "--socket", self.workload_api_socket]
         self._spawn("svid-files", [*argv, "--spiffe-id", ENVOY_ID, "--out", str(self.envoy_sds_dir)])
         deadline = time.monotonic() + 60
         written = (svid_files.cert_file(self.envoy_sds_dir), svid_files.bundle_file(self.envoy_sds_dir))
@@ -470,8 +466,8 @@ class Stack:
 
     def run_until_interrupted(self) -> None:
         """Block until Ctrl-C or SIGTERM; a part that dies is started again, like the kubelet does
-        (sidecar/dev/supervisor.py), while the rest keeps serving."""
-        from sidecar.dev.supervisor import Supervisor
+        (devstack/supervisor.py), while the rest keeps serving."""
+        from devstack.supervisor import Supervisor
 
         def interrupt(signum: int, frame: object) -> None:
             raise KeyboardInterrupt  # not via SIGINT: a stack started in the background ignores it
@@ -525,7 +521,7 @@ class Stack:
                 f"  TOKEN=$(.tools/bin/spire-agent api fetch jwt -audience {DEFAULT_AUDIENCE} "
                 f"-spiffeID spiffe://demo.local/agent/reader -socketPath {socket} | sed -n 2p | tr -d '[:space:]')"
             )
-        return "  TOKEN=$(.venv/bin/authz-sidecar dev mint-jwt --spiffe-id spiffe://demo.local/agent/reader)"
+        return "  TOKEN=$(.venv/bin/authz-dev mint-jwt --spiffe-id spiffe://demo.local/agent/reader)"
 
     # -- internals ------------------------------------------------------------------------
     def _write_envoy_config(self) -> Path:

@@ -17,7 +17,7 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from sidecar.dev.redis_server import RedisServer, _free_port
+from devstack.redis_server import RedisServer, _free_port
 
 # Quick failure detection, so a failover in a test takes seconds (production keeps Redis's defaults:
 # cluster-node-timeout 15 s, down-after-milliseconds 30 s).

@@ -15,8 +15,8 @@ from typing import Any
 
 import requests
 
-from sidecar.dev.stack import Ports, Stack, StackError
-from sidecar.dev.trust_domain import DevTrustDomain
+from devstack.stack import Ports, Stack, StackError
+from devstack.trust_domain import DevTrustDomain
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"

@@ -1,106 +1,22 @@
-"""Policy bundles as artefacts: a signing key, ``opa build --signing-key``, OPA's bundle config.
-
-``./taskw bundle`` builds ``rego/`` into a signed, revisioned ``bundle.tar.gz``; the dev stack
-serves it from a bundle service (``authz-sidecar dev bundle-server``) and OPA pulls it with
-signature verification and polling, exactly as a cluster would.
+"""OPA's config for the local stack: the signed bundle (built by :mod:`sidecar.policy.bundle`)
+from the bundle service (``authz-bundle-server``), decision logs to the receiver, with signature
+verification and polling exactly as a cluster would.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import socket
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from sidecar.dev.envoy_config import REPO_ROOT
-from sidecar.dev.tools import find_tool
+from sidecar.policy.bundle import SIGNING_ALG
 
 BUNDLE_NAME = "authz"
 BUNDLE_RESOURCE = f"bundles/{BUNDLE_NAME}.tar.gz"
 KEY_ID = "authz-bundle"
-SIGNING_ALG = "RS256"
 # OPA keeps decision-log events it could not upload yet in memory up to this size, then drops the
 # oldest (counted in its metrics); the same limit as kubernetes/components/trio/opa.yaml.
 DECISION_LOG_BUFFER_BYTES = 16 * 1024 * 1024
-
-
-class BundleBuildError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    """An RSA key pair for bundle signatures: OPA gets only ``public``."""
-
-    private: Path
-    public: Path
-
-    @classmethod
-    def ensure(cls, directory: Path) -> SigningKey:
-        key = cls(directory / "bundle-signing.key", directory / "bundle-signing.pub")
-        if not (key.private.exists() and key.public.exists()):
-            directory.mkdir(parents=True, exist_ok=True)
-            private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            key.private.touch(mode=0o600, exist_ok=True)
-            key.private.write_bytes(
-                private.private_bytes(
-                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-                )
-            )
-            key.public.write_bytes(
-                private.public_key().public_bytes(
-                    serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-                )
-            )
-        return key
-
-
-def default_revision() -> str:
-    """``<git short sha>[-dirty]-<UTC time>``, or only the time outside a git checkout."""
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "rego"], cwd=REPO_ROOT, capture_output=True)
-    except (OSError, subprocess.CalledProcessError):
-        return stamp
-    return f"{sha}{'-dirty' if dirty.stdout.strip() else ''}-{stamp}"
-
-
-def build_bundle(source: Path, out: Path, revision: str, key: SigningKey) -> Path:
-    """``opa build`` of ``source`` (tests excluded) into a signed bundle at ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Run inside the source so the files in the bundle (and their signatures) have relative names.
-    result = subprocess.run(
-        [
-            find_tool("opa"),
-            "build",
-            "--bundle",
-            ".",
-            "--ignore",
-            "*_test.rego",
-            "--revision",
-            revision,
-            "--signing-key",
-            str(key.private.resolve()),
-            "--signing-alg",
-            SIGNING_ALG,
-            "--output",
-            str(out.resolve()),
-        ],
-        cwd=source,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        raise BundleBuildError(f"opa build failed for {source}:\n{result.stdout}{result.stderr}")
-    return out
 
 
 def opa_config(

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar.dev.envoy_config import REPO_ROOT
-from sidecar.dev.tools import ToolMissing, find_tool
+from devstack.envoy_config import REPO_ROOT
+from devstack.tools import ToolMissing, find_tool
 
 SPIRE_VERSION = "v1.13.3"  # keep in step with SPIRE_VERSION in ./taskw
 TRUST_DOMAIN = "demo.local"

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sidecar.dev.stack import Stack, StackError
+from devstack.stack import Stack, StackError
 
 Clock = Callable[[], float]
 

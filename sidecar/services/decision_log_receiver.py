@@ -4,10 +4,12 @@ OPA POSTs batches to ``<service url>/logs`` as a JSON array of events, gzip-comp
 (``Content-Encoding: gzip``), and retries a batch until it gets a 2xx. Each event becomes one
 line: the already-masked event exactly as OPA sent it, so a reviewer reads what OPA decided
 (``decision_id``, ``path``, ``input``, ``result``, ``bundles`` revisions, ``erased`` pointers).
+``authz-decision-log-receiver``; with ``--out /dev/stdout`` the cluster's log pipeline ships them.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import gzip
 import io
@@ -19,7 +21,8 @@ from typing import IO
 
 from aiohttp import web
 
-from sidecar.dev.service_token import read_token, require_bearer
+from sidecar.logs import setup_logging
+from sidecar.services.service_token import read_token, require_bearer
 from sidecar.signals import until_signalled
 
 log = logging.getLogger(__name__)
@@ -99,3 +102,22 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
         await until_signalled()
     finally:
         await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``authz-decision-log-receiver``: append OPA's decision logs to ``--out`` until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(
+        prog="authz-decision-log-receiver", description="receive OPA decision logs (POST /logs) into a JSON-lines file"
+    )
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8183)
+    parser.add_argument("--token-file", type=Path, help="require OPA's bearer token from this file (all but /healthz)")
+    args = parser.parse_args(argv)
+    setup_logging("INFO")
+    run_receiver(args.out, args.host, args.port, args.token_file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,19 +1,23 @@
 """A bundle service: serves signed policy bundles to OPA over HTTP, with ETags for cheap polling.
 
-Any static file server works for OPA (nginx, S3, an OCI registry); this one is what the local
-stack and the tests run. OPA asks ``GET /bundles/<name>.tar.gz`` with ``If-None-Match`` and
+Any static file server works for OPA (nginx, S3, an OCI registry); this one adds the bearer
+token OPA presents (``--token-file``) without a templated web-server config, and is what
+``kubernetes/services``, the compose file, the local stack and the tests run
+(``authz-bundle-server``). OPA asks ``GET /bundles/<name>.tar.gz`` with ``If-None-Match`` and
 gets 304 while the file is unchanged, so publishing a revision is an atomic file replace.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import tempfile
 from pathlib import Path
 
 from aiohttp import web
 
-from sidecar.dev.service_token import read_token, require_bearer
+from sidecar.logs import setup_logging
+from sidecar.services.service_token import read_token, require_bearer
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -43,3 +47,20 @@ def publish(bundle: Path, root: Path, name: str) -> Path:
 def run_bundle_server(root: Path, host: str, port: int, token_file: Path | None = None) -> None:
     (root / "bundles").mkdir(parents=True, exist_ok=True)
     web.run_app(make_app(root, read_token(token_file)), host=host, port=port, access_log=None, print=None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``authz-bundle-server``: serve ``DIR/bundles/*.tar.gz`` until SIGTERM/SIGINT."""
+    parser = argparse.ArgumentParser(prog="authz-bundle-server", description="serve DIR/bundles/*.tar.gz to OPA")
+    parser.add_argument("--dir", type=Path, required=True, help="serves DIR/bundles/")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8182)
+    parser.add_argument("--token-file", type=Path, help="require OPA's bearer token from this file (all but /healthz)")
+    args = parser.parse_args(argv)
+    setup_logging("INFO")  # JSON lines with RFC 3339 UTC times, like the sidecar's
+    run_bundle_server(args.dir, args.host, args.port, args.token_file)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

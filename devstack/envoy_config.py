@@ -26,9 +26,9 @@ comes from the template: the renderer refuses a variant that tries to set any of
 ``extends: <variant>`` starts from another variant (``values``, ``clusters``, ``extra_listeners``
 and ``routing`` merge by name, ``null`` removes an entry; other keys replace).
 
-    python -m sidecar.dev.envoy_config --write    # regenerate the committed files (./taskw envoy-configs)
-    python -m sidecar.dev.envoy_config --check    # exit 1 when a committed file is not its rendering
-    python -m sidecar.dev.envoy_config --variant kubernetes-egress-local --set RUN_DIR=/tmp/run ...
+    python -m devstack.envoy_config --write    # regenerate the committed files (./taskw envoy-configs)
+    python -m devstack.envoy_config --check    # exit 1 when a committed file is not its rendering
+    python -m devstack.envoy_config --variant kubernetes-egress-local --set RUN_DIR=/tmp/run ...
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "envoy" / "envoy.yaml"
 GRPC_TEMPLATE = REPO_ROOT / "envoy" / "envoy-grpc.yaml"  # ext_authz gRPC mode
 VARIANTS = REPO_ROOT / "envoy" / "variants"
@@ -397,7 +397,7 @@ def _header(variant: Variant) -> str:
     template = variant.template.relative_to(REPO_ROOT)
     lines = [
         f"GENERATED from {template} and envoy/variants/{variant.name}.yaml: do not edit.",
-        f"Regenerate with `{REGENERATE}` (python -m sidecar.dev.envoy_config --write); tests/deploy fail",
+        f"Regenerate with `{REGENERATE}` (python -m devstack.envoy_config --write); tests/deploy fail",
         "when this file differs from its rendering. Every check, header, route and reply setting comes",
         f"from {template} (what each one protects against is written there); the variant gives only",
         "addresses, certificates, secrets and the tool routing.",
@@ -409,7 +409,7 @@ def _header(variant: Variant) -> str:
 
 # -- command line -----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sidecar.dev.envoy_config", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m devstack.envoy_config", description=__doc__.split("\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--write", action="store_true", help="write every committed variant's file")
     action.add_argument("--check", action="store_true", help="exit 1 when a committed file is not its rendering")
