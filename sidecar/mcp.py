@@ -12,12 +12,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.errors import Kind, SidecarError
+
 MAX_DEPTH = 64
 NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
-class BodyError(ValueError):
+class BodyError(SidecarError, ValueError):
     """The body cannot be judged safely; the message is safe to show to the caller."""
+
+    KIND = Kind.INVALID
+    CODE = "body"
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from sidecar.approvals import ApprovalError, ApprovalService, approval_view, req
 from sidecar.body import ParsedBody, parse_body
 from sidecar.credentials import CredentialMinter, RequestBinding
 from sidecar.decision import DecisionError, Verdict, to_verdict
+from sidecar.errors import Kind
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityError, IdentityResolver
 from sidecar.input import CREDENTIAL_HEADERS, READ_ONLY_METHODS, build_input, split_target
@@ -33,6 +34,7 @@ from sidecar.sessions import Reservation, SessionTracker
 from sidecar.shadow import Shadow
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.tasks import TaskError, TaskService, task_input
+from sidecar.wire_status import HTTP_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -169,9 +171,9 @@ class Pipeline:
                 call.task = await self._tasks.verify_presented(token, call.identity)
             except TaskError as exc:
                 record.task = exc.task_id  # a refused but genuine token: the audit shows it under its task
-                if exc.status == 401:
+                if exc.kind is Kind.UNAUTHENTICATED:
                     return self._unauthenticated(call, exc.reason, True)
-                return self._reject(record, exc.status, exc.reason, call.rpc)
+                return self._reject(record, HTTP_STATUS[exc.kind], exc.reason, call.rpc)
             except StoreError as exc:
                 return self._unavailable(record, str(exc), call.rpc)
             record.task = call.task.id
@@ -239,7 +241,7 @@ class Pipeline:
         try:
             answer = await self._opa.decide(input_doc)
         except OpaError as exc:
-            metrics.OPA_ERRORS.labels(exc.kind).inc()
+            metrics.OPA_ERRORS.labels(exc.code).inc()
             return self._unavailable(record, exc.reason, call.rpc)
         metrics.OPA_SECONDS.observe(answer.seconds)
         record.opa_ms = round(answer.seconds * 1000, 3)
@@ -338,7 +340,7 @@ class Pipeline:
                 summary=call.summary,
             )
         except ApprovalError as exc:  # too many pending, or a request it cannot be bound to
-            return self._reject(record, exc.status, exc.reason, call.rpc)
+            return self._reject(record, HTTP_STATUS[exc.kind], exc.reason, call.rpc)
         except StoreError as exc:
             return self._unavailable(record, str(exc), call.rpc)
         record.approval = pending.id  # the audit trail links the step-up to its approval
@@ -366,7 +368,7 @@ class Pipeline:
             )
         except ApprovalError as exc:
             call.record.approval = _presented_id(approval_id)  # the refused retry is audited with its approval
-            return self._reject(call.record, exc.status, exc.reason, call.rpc)
+            return self._reject(call.record, HTTP_STATUS[exc.kind], exc.reason, call.rpc)
         except StoreError as exc:
             return self._unavailable(call.record, str(exc), call.rpc)
         call.record.approval = call.approval.id

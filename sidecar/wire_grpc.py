@@ -26,18 +26,17 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
+from sidecar.errors import SidecarError
 from sidecar.wire import DECISION_ID_HEADER, HEADERS_TO_REMOVE, WireResponse
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 DENY_CODES = {401: code_pb2.UNAUTHENTICATED, 403: code_pb2.PERMISSION_DENIED}
 
 
-class Unavailable(Exception):
+class Unavailable(SidecarError):
     """No decision could be made (the pipeline answered 5xx): fail the Check RPC."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    CODE = "unavailable"
 
 
 def to_check_response(answer: WireResponse) -> Any:
