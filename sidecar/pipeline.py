@@ -16,12 +16,12 @@ from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any
 
-from sidecar import metrics, wire
+from sidecar import metrics, outcome
 from sidecar.approvals import ApprovalError, ApprovalService, approval_view, request_summary
 from sidecar.body import ParsedBody, parse_body
 from sidecar.credentials import CredentialMinter, RequestBinding
 from sidecar.decision import DecisionError, Verdict, to_verdict
-from sidecar.errors import Kind
+from sidecar.errors import Kind, SidecarError
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityError, IdentityResolver
 from sidecar.input import CREDENTIAL_HEADERS, READ_ONLY_METHODS, build_input, split_target
@@ -34,7 +34,6 @@ from sidecar.sessions import Reservation, SessionTracker
 from sidecar.shadow import Shadow
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.tasks import TaskError, TaskService, task_input
-from sidecar.wire_status import HTTP_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class Call:
     request: CheckRequest
     record: DecisionRecord
     body: ParsedBody
-    rpc: wire.RpcContext | None
+    rpc: outcome.RpcContext | None
     identity: Identity | None = None
     task: TaskRecord | None = None
     chain: tuple[str, ...] = ()
@@ -110,7 +109,7 @@ class Pipeline:
         self._log_decisions = log_decisions
         self._shadow = shadow
 
-    async def check(self, request: CheckRequest) -> wire.WireResponse:
+    async def check(self, request: CheckRequest) -> outcome.Decision:
         started = time.perf_counter()
         record = DecisionRecord(
             decision_id=str(uuid.uuid4()),
@@ -132,23 +131,23 @@ class Pipeline:
             record.emit()
         return response
 
-    async def _decide(self, request: CheckRequest, record: DecisionRecord) -> wire.WireResponse:
+    async def _decide(self, request: CheckRequest, record: DecisionRecord) -> outcome.Decision:
         # 1. The request line and body: parsed once, never judged when Envoy sent only part of it.
         record.stage = "body"
         problem = request_line_problem(request.method, request.path)
         if problem is not None:
-            return self._reject(record, 400, problem, None)
+            return self._reject(record, Kind.INVALID, problem, None)
         if len(request.body) >= self._body_buffer_limit and not request.body_truncated:
             request = replace(request, at_buffer_limit=True)
         if request.body_truncated and not self._allow_partial_body:
-            return self._reject(record, 413, "request body is larger than the inspection limit", None)
+            return self._reject(record, Kind.TOO_LARGE, "request body is larger than the inspection limit", None)
         if "," in request.headers.get("host", ""):  # RFC 9112: exactly one Host; routing and judging must agree
-            return self._reject(record, 400, "the request has more than one Host header", None)
+            return self._reject(record, Kind.INVALID, "the request has more than one Host header", None)
         try:
             body = parse_body(request.body, request.headers, request.body_truncated)
         except BodyError as exc:
-            return self._reject(record, 400, f"request body rejected: {exc}", None)
-        call = Call(request, record, body, wire.RpcContext(body.mcp.id) if body.mcp else None)
+            return self._reject(record, Kind.INVALID, f"request body rejected: {exc}", None)
+        call = Call(request, record, body, outcome.RpcContext(body.mcp.id) if body.mcp else None)
         if body.mcp is not None:
             record.mcp_method, record.tool = body.mcp.method, body.mcp.name
 
@@ -166,14 +165,16 @@ class Pipeline:
         token = request.headers.get(self._task_header)
         if token is not None:
             if self._tasks is None:
-                return self._reject(record, 401, "task grants are not enabled on this sidecar", call.rpc)
+                return self._reject(
+                    record, Kind.UNAUTHENTICATED, "task grants are not enabled on this sidecar", call.rpc
+                )
             try:
                 call.task = await self._tasks.verify_presented(token, call.identity)
             except TaskError as exc:
                 record.task = exc.task_id  # a refused but genuine token: the audit shows it under its task
                 if exc.kind is Kind.UNAUTHENTICATED:
                     return self._unauthenticated(call, exc.reason, True)
-                return self._reject(record, HTTP_STATUS[exc.kind], exc.reason, call.rpc)
+                return self._reject(record, exc.kind, exc.reason, call.rpc)
             except StoreError as exc:
                 return self._unavailable(record, str(exc), call.rpc)
             record.task = call.task.id
@@ -184,7 +185,7 @@ class Pipeline:
         try:
             call.intent = declared_intent(request.headers, body.mcp)
         except BodyError as exc:
-            return self._reject(record, 400, f"declared intent rejected: {exc}", call.rpc)
+            return self._reject(record, Kind.INVALID, f"declared intent rejected: {exc}", call.rpc)
 
         # 5. On a retry after a step-up: the approval must match this agent, task and exact request.
         approval_id = request.headers.get(self._approval_header)
@@ -201,7 +202,7 @@ class Pipeline:
             if call.approval is not None and record.verdict != "allow":
                 await self._restore(call.approval)
 
-    async def _governed(self, call: Call) -> wire.WireResponse:
+    async def _governed(self, call: Call) -> outcome.Decision:
         record = call.record
         record.stage = "session"
         reservation: Reservation | None = None
@@ -221,7 +222,7 @@ class Pipeline:
                 except StoreError:
                     log.warning("could not release a session reservation; it expires on its own")
 
-    async def _ask_policy(self, call: Call, reservation: Reservation | None) -> wire.WireResponse:
+    async def _ask_policy(self, call: Call, reservation: Reservation | None) -> outcome.Decision:
         record = call.record
         record.stage = "opa"
         input_doc = build_input(
@@ -262,27 +263,20 @@ class Pipeline:
             return await self._step_up(call, verdict)
         if verdict.kind == "deny":
             record.verdict, record.reasons = "deny", list(verdict.reasons)
-            return wire.deny(verdict, decision_id=record.decision_id, rpc=call.rpc)
+            return outcome.deny(verdict, decision_id=record.decision_id, rpc=call.rpc)
         return await self._allow(call, verdict, reservation)
 
-    async def _allow(self, call: Call, verdict: Verdict, reservation: Reservation | None) -> wire.WireResponse:
+    async def _allow(self, call: Call, verdict: Verdict, reservation: Reservation | None) -> outcome.Decision:
         record = call.record
-        # Tokens addressed to the sidecar never travel upstream.
-        strip = [self._task_header, self._approval_header]
-        # The caller's own Authorization (a JWT-SVID, or Basic/an API key beside an mTLS identity)
-        # never reaches the upstream, unless it carried the verified JWT-SVID and the operator
-        # forwards those (strip_from_upstream: false) or the policy sets its own.
-        forward_svid = call.identity is not None and call.identity.source == "jwt_svid" and not self._strip_jwt_svid
-        policy_sets = "authorization" in verdict.upstream_headers
-        if "authorization" in call.request.headers and not forward_svid and not policy_sets:
-            strip.append("authorization")
         credential = None
         if verdict.credential is not None:
             record.stage = "credential"
             if call.identity is None or self._minter is None:
                 return self._unavailable(record, "policy asked for a credential that cannot be minted here", call.rpc)
             if call.request.body_truncated:  # the body hash would cover only the part Envoy buffered
-                return self._reject(record, 413, "request body is larger than a credential can be bound to", call.rpc)
+                return self._reject(
+                    record, Kind.TOO_LARGE, "request body is larger than a credential can be bound to", call.rpc
+                )
             credential = self._minter.mint(
                 verdict.credential,
                 request=RequestBinding(call.request.method, call.request.path, call.request.body),
@@ -292,8 +286,6 @@ class Pipeline:
                 task_id=call.task.id if call.task else None,
                 not_after=call.task.expires_at if call.task else None,
             )
-            if "authorization" in strip:
-                strip.remove("authorization")  # replaced by the credential, not removed
         if reservation is not None:
             record.stage = "session"
             write = verdict.write if verdict.write is not None else not call.read_only
@@ -310,23 +302,24 @@ class Pipeline:
                 return self._unavailable(record, str(exc), call.rpc)
         record.stage = "policy"
         record.verdict, record.reasons = "allow", list(verdict.reasons)
-        return wire.allow(
+        return outcome.allow(
             verdict,
             decision_id=record.decision_id,
-            spiffe_id=str(call.identity.spiffe_id) if call.identity else None,
-            client_headers=call.request.headers,
-            strip=tuple(strip),
+            request_headers=call.request.headers,
+            identity=call.identity,
+            sidecar_headers=(self._task_header, self._approval_header),
+            forward_jwt_svid=not self._strip_jwt_svid,
             credential=credential,
         )
 
-    async def _step_up(self, call: Call, verdict: Verdict) -> wire.WireResponse:
+    async def _step_up(self, call: Call, verdict: Verdict) -> outcome.Decision:
         record = call.record
         assert verdict.step_up is not None
         record.verdict, record.reasons = "step_up", list(verdict.reasons)
         if verdict.step_up.kind != "approval":
-            return wire.step_up(verdict, decision_id=record.decision_id, rpc=call.rpc)
+            return outcome.step_up(verdict, decision_id=record.decision_id, rpc=call.rpc)
         if self._approvals is None or call.identity is None:
-            return wire.step_up(verdict, decision_id=record.decision_id, rpc=call.rpc)
+            return outcome.step_up(verdict, decision_id=record.decision_id, rpc=call.rpc)
         record.stage = "approval"
         try:
             pending = await self._approvals.request(
@@ -340,23 +333,23 @@ class Pipeline:
                 summary=call.summary,
             )
         except ApprovalError as exc:  # too many pending, or a request it cannot be bound to
-            return self._reject(record, HTTP_STATUS[exc.kind], exc.reason, call.rpc)
+            return self._reject(record, exc.kind, exc.reason, call.rpc)
         except StoreError as exc:
             return self._unavailable(record, str(exc), call.rpc)
         record.approval = pending.id  # the audit trail links the step-up to its approval
         record.stage = "policy"
-        return wire.step_up(
+        return outcome.step_up(
             verdict,
             decision_id=record.decision_id,
             rpc=call.rpc,
-            approval=wire.PendingApproval(
+            approval=outcome.PendingApproval(
                 pending.id, pending.expires_at, self._approvals.status_url(pending.id), self._approval_header
             ),
         )
 
-    async def _redeem(self, call: Call, approval_id: str) -> wire.WireResponse | None:
+    async def _redeem(self, call: Call, approval_id: str) -> outcome.Decision | None:
         if self._approvals is None:
-            return self._reject(call.record, 400, "approvals are not enabled on this sidecar", call.rpc)
+            return self._reject(call.record, Kind.INVALID, "approvals are not enabled on this sidecar", call.rpc)
         if call.identity is None:
             return self._unauthenticated(call, "an approval needs a verified agent identity", False)
         try:
@@ -368,7 +361,7 @@ class Pipeline:
             )
         except ApprovalError as exc:
             call.record.approval = _presented_id(approval_id)  # the refused retry is audited with its approval
-            return self._reject(call.record, HTTP_STATUS[exc.kind], exc.reason, call.rpc)
+            return self._reject(call.record, exc.kind, exc.reason, call.rpc)
         except StoreError as exc:
             return self._unavailable(call.record, str(exc), call.rpc)
         call.record.approval = call.approval.id
@@ -382,21 +375,21 @@ class Pipeline:
             log.warning("could not give back approval %s after a failed call", approval.id)
 
     @staticmethod
-    def _unauthenticated(call: Call, reason: str, invalid_token: bool) -> wire.WireResponse:
+    def _unauthenticated(call: Call, reason: str, invalid_token: bool) -> outcome.Decision:
         call.record.verdict, call.record.reasons = "deny", [reason]
-        return wire.unauthenticated(
+        return outcome.unauthenticated(
             reason, decision_id=call.record.decision_id, invalid_token=invalid_token, rpc=call.rpc
         )
 
     @staticmethod
-    def _reject(record: DecisionRecord, status: int, reason: str, rpc: wire.RpcContext | None) -> wire.WireResponse:
+    def _reject(record: DecisionRecord, kind: Kind, reason: str, rpc: outcome.RpcContext | None) -> outcome.Decision:
         record.verdict, record.reasons = "deny", [reason]
-        return wire.rejected(status, reason, decision_id=record.decision_id, rpc=rpc)
+        return outcome.refused(SidecarError(reason, kind=kind), decision_id=record.decision_id, rpc=rpc)
 
     @staticmethod
-    def _unavailable(record: DecisionRecord, reason: str, rpc: wire.RpcContext | None) -> wire.WireResponse:
+    def _unavailable(record: DecisionRecord, reason: str, rpc: outcome.RpcContext | None) -> outcome.Decision:
         record.verdict, record.reasons = "error", [reason]
-        return wire.unavailable(reason, decision_id=record.decision_id, rpc=rpc)
+        return outcome.unavailable(reason, decision_id=record.decision_id, rpc=rpc)
 
 
 def _presented_id(value: str) -> str | None:

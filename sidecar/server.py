@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import agent_api
+from sidecar import agent_api, wire_http
 from sidecar.approvals import ApprovalService
 from sidecar.config import Config
 from sidecar.credentials import CredentialMinter
@@ -61,7 +61,7 @@ async def check_handler(request: web.Request) -> web.StreamResponse:
         key = name.lower()
         headers[key] = f"{headers[key]},{value}" if key in headers else value
     check = CheckRequest(method=request.method, path=original, headers=headers, body=await request.read())
-    answer = await request.app[PIPELINE].check(check)
+    answer = wire_http.encode(await request.app[PIPELINE].check(check))
     response = web.Response(status=answer.status, body=answer.body)
     for name, value in answer.headers:
         if name == "content-type":

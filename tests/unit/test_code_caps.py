@@ -103,7 +103,7 @@ async def minted_credential(
         headers["x-agent-task-token"] = task_token
     answer = await parts.pipeline.check(CheckRequest("GET", "/api/docs/handbook", headers, b""))
     assert answer.status == 200, answer.body
-    bearer = dict(answer.headers)["authorization"]
+    bearer = dict(answer.upstream_headers)["authorization"]
     assert bearer.startswith("Bearer ")
     claims: dict[str, Any] = jwt.decode(bearer.removeprefix("Bearer "), options={"verify_signature": False})
     return claims
