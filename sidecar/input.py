@@ -13,6 +13,7 @@ from urllib.parse import parse_qs, unquote
 from sidecar.body import ParsedBody
 from sidecar.identity import Identity
 from sidecar.request import CheckRequest
+from sidecar.state import ApprovalRecord
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Credentials never reach OPA whole: OPA masks its decision log only while a policy with a mask
@@ -94,6 +95,20 @@ def build_input(
         "approval": approval,
         "approval_view": approval_view,
         "intent": intent,
+    }
+
+
+def approval_input(approval: ApprovalRecord | None) -> dict[str, Any] | None:
+    """``input.approval``: the approval redeemed on this retry, or None."""
+    if approval is None:
+        return None
+    return {
+        "id": approval.id,
+        "status": "approved",
+        "approver": {k: (approval.approver or {}).get(k) for k in ("kind", "id")},
+        "reason": approval.decision_reason,
+        "decided_at": approval.decided_at,
+        "fingerprint": approval.fingerprint,
     }
 
 

@@ -31,7 +31,7 @@ from sidecar.identity.bundles import (
 from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
 from sidecar.opa import OpaClient
-from sidecar.pipeline import Pipeline
+from sidecar.pipeline import Pipeline, Services, build_pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow, make_shadow
@@ -172,22 +172,16 @@ async def build_components(config: Config) -> Components:
     shadow = make_shadow(config)
     if shadow is not None:
         await shadow.start()
-    pipeline = Pipeline(
+    services = Services(
         resolver,
         opa,
-        allow_partial_body=config.request_body.allow_partial,
-        body_buffer_limit=config.request_body.envoy_max_request_bytes,
-        strip_jwt_svid=identity.jwt_svid.strip_from_upstream,
-        hidden_headers=frozenset({identity.xfcc.secret_header}),
         tasks=tasks,
-        task_header=config.tasks.token_header,
-        minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         sessions=SessionTracker(store, config.sessions) if config.sessions.enabled else None,
         approvals=approvals,
-        approval_header=config.approvals.header,
-        log_decisions=config.log.decisions,
+        minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         shadow=shadow,
     )
+    pipeline = build_pipeline(config, services)
     return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow)
 
 

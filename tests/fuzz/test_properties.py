@@ -23,6 +23,7 @@ from sidecar.identity import IdentityResolver
 from sidecar.opa import OpaAnswer, OpaClient, OpaError
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
+from tests.pipelines import make_pipeline
 from tools.fuzz import targets
 
 settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -107,14 +108,7 @@ class _AnswerWith(OpaClient):
 
 def _pipeline(result: Any) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["jwt_svid"], "required": False})
-    return Pipeline(
-        IdentityResolver(identity, None, None),
-        _AnswerWith(result),
-        allow_partial_body=False,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-    )
+    return make_pipeline(IdentityResolver(identity, None, None), _AnswerWith(result))
 
 
 @settings(max_examples=100)

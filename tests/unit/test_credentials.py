@@ -24,6 +24,7 @@ from sidecar.opa import OpaAnswer, OpaClient
 from sidecar.pipeline import Pipeline
 from sidecar.request import PARTIAL_BODY_HEADER, CheckRequest
 from sidecar.tokens import CREDENTIAL_TYP, verify
+from tests.pipelines import make_pipeline
 
 AGENT = "spiffe://demo.local/agent/writer"
 SPEC = CredentialSpec("demo-upstream", ("tickets:write",), 60)
@@ -91,13 +92,10 @@ class _Answer(OpaClient):
 
 def _pipeline(keys: KeySet, *, allow_partial_body: bool) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["pod"], "pod": {"spiffe_id": AGENT}})
-    return Pipeline(
+    return make_pipeline(
         IdentityResolver(identity, None, None),
         _Answer(ALLOW_WITH_CREDENTIAL),
-        allow_partial_body=allow_partial_body,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
+        {"request_body": {"allow_partial": allow_partial_body}},
         minter=CredentialMinter(keys, "authz-sidecar", 300),
     )
 
