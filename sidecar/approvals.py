@@ -30,7 +30,7 @@ from sidecar.decision import StepUp
 from sidecar.errors import Kind, SidecarError
 from sidecar.fingerprint import BOUND_HEADERS
 from sidecar.identity.approvers import Approver
-from sidecar.input import split_target
+from sidecar.input import approver_input, approver_policy_input, split_target
 from sidecar.mcp import NAME_PARAM
 from sidecar.opa import OpaClient, OpaError
 from sidecar.request import CheckRequest
@@ -173,7 +173,7 @@ class ApprovalService:
             return await self._store.decide_approval(
                 approval_id,
                 "approved" if approve else "rejected",
-                approver.as_input() | {"claims": None},
+                approver_input(approver) | {"claims": None},
                 reason,
                 int(time.time()),
             )
@@ -200,21 +200,7 @@ class ApprovalService:
         """None when ``approver`` may decide ``approval``, else the reason why not."""
         if approver.kind == "spiffe" and (approver.id == approval.agent or approver.id in approval.delegation_chain):
             return f"{approver.id} may not approve a request made by itself or by its delegation chain"
-        input_doc = {
-            "operation": operation,
-            "approver": approver.as_input(),
-            "approval": {
-                "id": approval.id,
-                "agent": approval.agent,
-                "task_id": approval.task_id,
-                "delegation_chain": approval.delegation_chain,
-                "data_class": approval.data_class,
-                "approvers": approval.approvers,
-                "reasons": approval.reasons,
-                "summary": approval.summary,
-                "expires_at": approval.expires_at,
-            },
-        }
+        input_doc = approver_policy_input(operation, approver, approval)
         try:
             result = (await self._opa.decide(input_doc, self._config.decision_path)).result
         except OpaError as exc:

@@ -35,15 +35,6 @@ class McpRequest:
     meta: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)  # all of them, for the approver's view
 
-    def as_input(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "name": self.name,
-            "arguments": self.arguments,
-            "id": self.id,
-            "is_notification": self.is_notification,
-        }
-
 
 def is_json_content_type(content_type: str | None) -> bool:
     if not content_type:

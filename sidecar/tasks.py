@@ -27,6 +27,7 @@ from spiffe import SpiffeId
 from sidecar.config import TasksConfig
 from sidecar.errors import Kind, SidecarError
 from sidecar.identity import Identity
+from sidecar.input import task_input, task_policy_input
 from sidecar.keys import KeySet
 from sidecar.opa import OpaClient, OpaError
 from sidecar.state import ParentEnded, Store, StoreError, TaskRecord
@@ -80,20 +81,6 @@ class Grant:
         return {**task_view(self.task), "token": self.token}
 
 
-def task_input(task: TaskRecord) -> dict[str, Any]:
-    """``input.task`` for the policy."""
-    return {
-        "id": task.id,
-        "purpose": task.purpose,
-        "scopes": task.scopes,
-        "issued_at": task.issued_at,
-        "expires_at": task.expires_at,
-        "parent_id": task.parent_id,
-        "root_id": task.root_id,
-        "depth": task.depth,
-    }
-
-
 def task_view(task: TaskRecord) -> dict[str, Any]:
     """The task as the API shows it (never the token)."""
     expired = task.status == "active" and task.expires_at <= time.time()
@@ -130,18 +117,16 @@ class TaskService:
     async def open(self, caller: Identity, body: Any) -> Grant:
         request: OpenRequest = parse_request(OpenRequest, body)
         async with self._slot(str(caller.spiffe_id)) as (slot, open_tasks):
-            decision = await self._ask(
-                {
-                    "operation": "open",
-                    "agent": caller.as_input(),
-                    "request": request.model_dump(),
-                    "parent": None,
-                    "delegate_to": None,
-                    "delegation": {"chain": [], "depth": 0},
-                    "open_tasks": open_tasks,
-                },
-                request,
+            input_doc = task_policy_input(
+                "open",
+                caller=caller,
+                request=request.model_dump(),
+                parent=None,
+                delegate_to=None,
+                chain=[],
+                open_tasks=open_tasks,
             )
+            decision = await self._ask(input_doc, request)
             now = int(time.time())
             task_id = str(uuid.uuid4())
             task = TaskRecord(
@@ -178,18 +163,16 @@ class TaskService:
         # A delegated task counts against the delegator (its creator), never the delegate: no
         # agent can fill another's cap by delegating to it.
         async with self._slot(parent.sub) as (slot, open_tasks):
-            decision = await self._ask(
-                {
-                    "operation": "delegate",
-                    "agent": caller.as_input(),
-                    "request": {"purpose": parent.purpose, **request.model_dump(exclude={"to"}), "intent": None},
-                    "parent": task_input(parent),
-                    "delegate_to": delegate,
-                    "delegation": {"chain": chain, "depth": len(chain)},
-                    "open_tasks": open_tasks,
-                },
-                request,
+            input_doc = task_policy_input(
+                "delegate",
+                caller=caller,
+                request={"purpose": parent.purpose, **request.model_dump(exclude={"to"}), "intent": None},
+                parent=parent,
+                delegate_to=delegate,
+                chain=chain,
+                open_tasks=open_tasks,
             )
+            decision = await self._ask(input_doc, request)
             now = int(time.time())
             task = TaskRecord(
                 id=str(uuid.uuid4()),

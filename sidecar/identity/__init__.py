@@ -43,15 +43,6 @@ class Identity:
     claims: dict[str, Any] = field(default_factory=dict)
     delegation_chain: tuple[str, ...] = ()
 
-    def as_input(self) -> dict[str, Any]:
-        return {
-            "spiffe_id": str(self.spiffe_id),
-            "trust_domain": self.spiffe_id.trust_domain.name,
-            "path": self.spiffe_id.path,
-            "identity_source": self.source,
-            "claims": self.claims,
-        }
-
 
 class IdentityResolver:
     """Applies the configured identity sources, in order, to one request's headers."""

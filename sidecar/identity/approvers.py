@@ -25,9 +25,6 @@ class Approver:
     id: str  # a SPIFFE ID, or "<issuer>#<sub>"
     claims: dict[str, Any] = field(default_factory=dict)
 
-    def as_input(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id": self.id, "claims": self.claims}
-
 
 class OidcVerifier:
     def __init__(self, issuer: str, audience: str, jwks_file: Path | None, jwks_url: str | None) -> None:

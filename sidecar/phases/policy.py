@@ -6,11 +6,10 @@ from sidecar import metrics
 from sidecar.approvals import approval_view
 from sidecar.call import Call
 from sidecar.decision import DecisionError, to_verdict
-from sidecar.input import approval_input, build_input
+from sidecar.input import build_input
 from sidecar.opa import OpaClient, OpaError
 from sidecar.outcome import Decision
 from sidecar.shadow import Shadow
-from sidecar.tasks import task_input
 
 
 class AskPolicy:
@@ -36,11 +35,11 @@ class AskPolicy:
             identity=call.identity,
             body=call.body,
             intent=call.intent,
-            task=task_input(call.task) if call.task else None,
+            task=call.task,
             delegation_chain=call.chain,
-            session=reservation.view.to_json() if reservation else None,
-            agent_history=reservation.history.to_json() if reservation else None,
-            approval=approval_input(call.approval),
+            session=reservation.view if reservation else None,
+            agent_history=reservation.history if reservation else None,
+            approval=call.approval,
             approval_view=approval_view(call.summary) if self._approval_view and call.identity else None,
             hidden_headers=self._hidden_headers,
             credential_headers=self._credential_headers,

@@ -85,18 +85,6 @@ class SessionView:
     recent: list[dict[str, Any]]
     started_at: int
 
-    def to_json(self) -> dict[str, Any]:
-        # Shallow on purpose: it is a fresh snapshot per call, and asdict's deep copy showed in profiles.
-        return {
-            "key": self.key,
-            "calls": self.calls,
-            "writes": self.writes,
-            "calls_last_minute": self.calls_last_minute,
-            "labels": self.labels,
-            "recent": self.recent,
-            "started_at": self.started_at,
-        }
-
 
 @dataclass(frozen=True)
 class AgentLimits:
@@ -118,9 +106,6 @@ class AgentHistory:
 
     calls_last_minute: int
     labels: dict[str, int]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"calls_last_minute": self.calls_last_minute, "labels": dict(self.labels)}
 
 
 # An open-task request in flight stops counting against the agent's cap after this long.
