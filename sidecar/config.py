@@ -17,12 +17,17 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from spiffe import TrustDomain
 
+from sidecar.errors import Kind, SidecarError
+
 ENV_PREFIX = "AUTHZ_"
 ENV_CONFIG_FILE = "AUTHZ_CONFIG"
 
 
-class ConfigError(Exception):
+class ConfigError(SidecarError):
     """The configuration is invalid; the message names the offending key."""
+
+    KIND = Kind.INVALID
+    CODE = "config"
 
 
 class _Strict(BaseModel):

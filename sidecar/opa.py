@@ -19,16 +19,20 @@ from typing import Any
 import aiohttp
 import orjson
 
+from sidecar.errors import Kind, SidecarError
+
 QUERY_LOGGER = logging.getLogger("authz.opa")
 
 
-class OpaError(Exception):
-    """OPA could not give a usable answer; ``reason`` is short and safe to show."""
+class OpaError(SidecarError):
+    """OPA could not give a usable answer; ``reason`` is short and safe to show.
 
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind  # metric label: unreachable | timeout | status | malformed | undefined
+    ``code`` is the metric label: unreachable | timeout | status | malformed | undefined."""
+
+    KIND = Kind.UNAVAILABLE
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason, code=code)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,10 @@ from sidecar import metrics
 from sidecar.logs import DecisionRecord
 from sidecar.opa import OpaClient, OpaError
 
+# Stages that can end a call before the policy is asked (approval and session also come after it,
+# so a record counts only when OPA never answered).
+REFUSED_BEFORE_POLICY = frozenset({"body", "identity", "task", "intent", "approval", "session"})
+
 
 def refusal_input(record: DecisionRecord) -> dict[str, Any]:
     """The input document OPA logs for a call refused before the policy was asked."""
@@ -56,6 +60,11 @@ class RefusalReporter:
 
     async def start(self) -> None:
         await self._client.start()
+
+    def observe(self, record: DecisionRecord) -> None:
+        """Report the call if the sidecar refused it before the policy was asked."""
+        if record.verdict != "allow" and record.opa_ms is None and record.stage in REFUSED_BEFORE_POLICY:
+            self.report(record)
 
     def report(self, record: DecisionRecord) -> None:
         """Start reporting one refusal (returns at once)."""

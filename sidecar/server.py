@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import agent_api
+from sidecar import agent_api, wire_http
 from sidecar.approvals import ApprovalService
 from sidecar.config import Config
 from sidecar.credentials import CredentialMinter
@@ -31,7 +31,7 @@ from sidecar.identity.bundles import (
 from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
 from sidecar.opa import OpaClient
-from sidecar.pipeline import Pipeline
+from sidecar.pipeline import Pipeline, Services, build_pipeline
 from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
@@ -62,7 +62,7 @@ async def check_handler(request: web.Request) -> web.StreamResponse:
         key = name.lower()
         headers[key] = f"{headers[key]},{value}" if key in headers else value
     check = CheckRequest(method=request.method, path=original, headers=headers, body=await request.read())
-    answer = await request.app[PIPELINE].check(check)
+    answer = wire_http.encode(await request.app[PIPELINE].check(check))
     response = web.Response(status=answer.status, body=answer.body)
     for name, value in answer.headers:
         if name == "content-type":
@@ -179,23 +179,17 @@ async def build_components(config: Config) -> Components:
     refusals = make_refusal_reporter(config)
     if refusals is not None:
         await refusals.start()
-    pipeline = Pipeline(
+    services = Services(
         resolver,
         opa,
-        allow_partial_body=config.request_body.allow_partial,
-        body_buffer_limit=config.request_body.envoy_max_request_bytes,
-        strip_jwt_svid=identity.jwt_svid.strip_from_upstream,
-        hidden_headers=frozenset({identity.xfcc.secret_header}),
         tasks=tasks,
-        task_header=config.tasks.token_header,
-        minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         sessions=SessionTracker(store, config.sessions) if config.sessions.enabled else None,
         approvals=approvals,
-        approval_header=config.approvals.header,
-        log_decisions=config.log.decisions,
+        minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         shadow=shadow,
         refusals=refusals,
     )
+    pipeline = build_pipeline(config, services)
     return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals)
 
 

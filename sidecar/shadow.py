@@ -58,7 +58,7 @@ class Shadow:
             shadow["decision_id"] = answer.decision_id
             verdict = to_verdict(answer.result)
         except OpaError as exc:
-            metrics.SHADOW_ERRORS.labels(exc.kind).inc()
+            metrics.SHADOW_ERRORS.labels(exc.code).inc()
             shadow.update(verdict="error", reasons=[exc.reason], agree=None)
         except DecisionError as exc:
             metrics.SHADOW_ERRORS.labels("shape").inc()

@@ -19,6 +19,7 @@ from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state.memory import MemoryStore
 from sidecar.tasks import TaskError, TaskService
+from tests.pipelines import QUIET, make_pipeline
 
 DEFAULTS = load_config(None, {})
 AGENT = "spiffe://demo.local/agent/reader"
@@ -44,16 +45,7 @@ class _Resolver:
 
 
 def _pipeline(opa: OpaClient, store: MemoryStore) -> Pipeline:
-    return Pipeline(
-        _Resolver(),  # type: ignore[arg-type]
-        opa,
-        allow_partial_body=False,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-        sessions=SessionTracker(store, DEFAULTS.sessions),
-        log_decisions=False,
-    )
+    return make_pipeline(_Resolver(), opa, QUIET, sessions=SessionTracker(store, DEFAULTS.sessions))
 
 
 def _call(session_id: str) -> CheckRequest:

@@ -18,10 +18,10 @@ from sidecar.approvals import ApprovalService
 from sidecar.config import ApprovalsConfig, IdentityConfig
 from sidecar.identity import IdentityResolver
 from sidecar.opa import OpaAnswer, OpaClient
-from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.state.memory import MemoryStore
 from sidecar.webhook import Webhook
+from tests.pipelines import make_pipeline
 
 WRITER = "spiffe://demo.local/agent/writer"
 STEP_UP = {
@@ -60,13 +60,10 @@ class _Sidecar:
         self.store = MemoryStore()
         self.webhook = _Announced()
         config = ApprovalsConfig(max_pending_per_agent=max_pending)
-        self.pipeline = Pipeline(
+        self.pipeline = make_pipeline(
             IdentityResolver(identity, None, None),
             self.opa,
-            allow_partial_body=allow_partial_body,
-            body_buffer_limit=65_536,
-            strip_jwt_svid=True,
-            hidden_headers=frozenset(),
+            {"request_body": {"allow_partial": allow_partial_body}},
             approvals=ApprovalService(config, self.store, self.opa, self.webhook),
         )
 

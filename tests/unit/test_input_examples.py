@@ -3,7 +3,7 @@
 Each example is a described request: what the agent sent (only the headers envoy/envoy.yaml
 forwards to the sidecar), the calls it made before in the same session, and what the sidecar
 verifies (identity, task grant, approval). The request goes through the sidecar's own pipeline
-(sidecar/pipeline.py: body parser, identity, task, intent, approval redemption, the session
+(sidecar/pipeline.py and its phases: body parser, identity, task, intent, approval redemption, the session
 tracker on the memory store, ``build_input`` of sidecar/input.py) against a stand-in OPA that
 records the input document it is asked about. Only the JWT-SVID and task-token signatures are
 stood in for (the input never shows a signature). The committed file must equal what the
@@ -39,13 +39,13 @@ from sidecar.config import IdentityConfig, load_config
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityResolver
 from sidecar.opa import OpaAnswer, OpaClient
-from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state import ApprovalRecord, TaskRecord
 from sidecar.state.memory import MemoryStore
 from sidecar.tasks import TaskService, task_token_claims
 from sidecar.tokens import TASK_TYP
+from tests.pipelines import QUIET, make_pipeline
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "schema"
 EXAMPLES = SCHEMA_DIR / "examples"
@@ -203,19 +203,13 @@ def build(described: Described, monkeypatch: pytest.MonkeyPatch) -> dict[str, An
     clock = _Clock()
     monkeypatch.setattr(time, "time", clock)
     store, opa = MemoryStore(), _Opa()
-    pipeline = Pipeline(
+    pipeline = make_pipeline(
         _resolver(described),
         opa,
-        allow_partial_body=DEFAULTS.request_body.allow_partial,
-        body_buffer_limit=DEFAULTS.request_body.envoy_max_request_bytes,
-        strip_jwt_svid=DEFAULTS.identity.jwt_svid.strip_from_upstream,
-        hidden_headers=frozenset({DEFAULTS.identity.xfcc.secret_header}),
+        QUIET,
         tasks=_Tasks(described.task),
-        task_header=DEFAULTS.tasks.token_header,
         sessions=SessionTracker(store, DEFAULTS.sessions),
         approvals=ApprovalService(DEFAULTS.approvals, store, opa, None),
-        approval_header=DEFAULTS.approvals.header,
-        log_decisions=False,
     )
 
     async def run() -> dict[str, Any]:

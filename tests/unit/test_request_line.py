@@ -18,6 +18,7 @@ from sidecar.input import build_input
 from sidecar.opa import OpaAnswer, OpaClient
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest, request_line_problem
+from tests.pipelines import make_pipeline
 
 LIMIT = 64
 
@@ -34,14 +35,8 @@ class _AllowEverything(OpaClient):
 
 def _pipeline(opa: OpaClient, allow_partial: bool = False) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["jwt_svid"], "required": False})
-    return Pipeline(
-        IdentityResolver(identity, None, None),
-        opa,
-        allow_partial_body=allow_partial,
-        body_buffer_limit=LIMIT,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-    )
+    settings = {"request_body": {"allow_partial": allow_partial, "envoy_max_request_bytes": LIMIT}}
+    return make_pipeline(IdentityResolver(identity, None, None), opa, settings)
 
 
 @pytest.mark.parametrize(

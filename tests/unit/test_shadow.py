@@ -20,6 +20,7 @@ from sidecar.opa import OpaAnswer, OpaClient
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.shadow import Shadow, make_shadow
+from tests.pipelines import make_pipeline
 
 LIVE_ID = "live-decision-1"
 
@@ -69,15 +70,7 @@ async def candidate() -> AsyncIterator[_Candidate]:
 
 def _pipeline(live: _LiveOpa, shadow: Shadow) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["jwt_svid"], "required": False})
-    return Pipeline(
-        IdentityResolver(identity, None, None),
-        live,
-        allow_partial_body=False,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-        shadow=shadow,
-    )
+    return make_pipeline(IdentityResolver(identity, None, None), live, shadow=shadow)
 
 
 def _shadow(candidate: _Candidate, **settings: Any) -> Shadow:

@@ -14,6 +14,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
 from sidecar.config import StateConfig
+from sidecar.input import agent_history_input
 from sidecar.state import (
     TASK_SLOT_TIMEOUT_SECONDS,
     AgentLimits,
@@ -176,7 +177,7 @@ async def test_agent_history_spans_its_sessions(store: Store) -> None:
     assert view.calls_last_minute == 2, "r1 committed, r2 in flight"
     assert view.labels == {"pii_read": int(now)}
     fresh = await store.reserve_agent_call(other, "o", now, AGENT_LIMITS)
-    assert fresh.to_json() == {"calls_last_minute": 0, "labels": {}}, "another agent starts from nothing"
+    assert agent_history_input(fresh) == {"calls_last_minute": 0, "labels": {}}, "another agent starts from nothing"
 
 
 async def test_parallel_agent_reservations_see_each_other(store: Store) -> None:
