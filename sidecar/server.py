@@ -30,7 +30,7 @@ from sidecar.identity.bundles import (
 )
 from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
-from sidecar.opa import OpaClient
+from sidecar.opa import HttpOpaClient, OpaClient
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
@@ -143,7 +143,7 @@ class Components:
 
 
 async def build_components(config: Config) -> Components:
-    opa = OpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
+    opa = HttpOpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
     await opa.start()
     bundles = await asyncio.to_thread(make_bundle_source, config)
     identity = config.identity
