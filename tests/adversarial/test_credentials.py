@@ -179,7 +179,7 @@ def test_spent_credential_is_refused_as_misbound_not_only_as_replayed(attacker: 
     """The credential the upstream last accepted, tried on a delete: the binding refuses it first,
     so an upstream that forgets (or shards) its jti list still holds."""
     assert attacker.send("POST", "/api/tickets", _headers(attacker, task, ""), data=TICKET).status_code == 201
-    stolen = attacker.stack_credential()
+    stolen = attacker.upstream_credential()
     misused = at_upstream(attacker, "DELETE", "/api/records/42", stolen)
     assert misused.status_code == 401
     assert "minted for another request (method 'DELETE', minted for 'POST')" in misused.json()["error"]

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.agent_client import AgentClient
 from sidecar.cli import main
 from sidecar.dev.stack import Stack
-from tests.e2e.conftest import WRITER, Client
+from tests.e2e.conftest import WRITER
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,7 @@ def _wait_for_opa(stack: Stack, decision_ids: list[str]) -> None:
 
 
 def test_audit_reconstructs_a_task_chain_with_delegation_and_approvals(
-    stack: Stack, client: Client, tmp_path: Path
+    stack: Stack, client: AgentClient, tmp_path: Path
 ) -> None:
     human = {"authorization": "Bearer " + stack.oidc.mint("alice", ["security-approvers"])}
     writer = {"authorization": "Bearer " + client.token(WRITER)}
@@ -147,7 +148,9 @@ def test_audit_reconstructs_a_task_chain_with_delegation_and_approvals(
     assert "eyJ" not in text and not any(secret in text for secret in secrets), "ids only, never token text"
 
 
-def test_audit_table_and_html(stack: Stack, client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_table_and_html(
+    stack: Stack, client: AgentClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     response = client.request("GET", "/api/docs/audit-me", "spiffe://demo.local/agent/reader")
     assert response.status_code == 200
     decision_id = response.headers["x-authz-decision-id"]
