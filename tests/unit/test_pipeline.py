@@ -71,8 +71,10 @@ class _Sidecar:
         assert agent is not None
         return await self.tasks.open(agent, {"purpose": "triage", "scopes": ["tickets:write"], "ttl_seconds": 600})
 
-    async def check(self, method: str, path: str, body: bytes = b"", **headers: str) -> WireResponse:
-        sent = {"host": "api.demo.local", **({"content-type": "application/json"} if body else {}), **headers}
+    async def check(
+        self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None
+    ) -> WireResponse:
+        sent = {"host": "api.demo.local", **({"content-type": "application/json"} if body else {}), **(headers or {})}
         return await self.pipeline.check(CheckRequest(method, path, sent, body))
 
     def authz_inputs(self) -> list[dict[str, Any]]:
@@ -88,7 +90,7 @@ async def test_allow_sends_the_identity_and_decision_upstream_and_commits_the_ca
     sidecar = _Sidecar()
     sidecar.policy = always(OpaAnswer(ALLOW, "opa-decision-1", 0.001))
     grant = await sidecar.open_task()
-    answer = await sidecar.check("POST", "/api/tickets", b"{}", **{TASK_HEADER: grant.token})
+    answer = await sidecar.check("POST", "/api/tickets", b"{}", headers={TASK_HEADER: grant.token})
     assert answer.status == 200
     headers = dict(answer.headers)
     assert headers[DECISION_ID_HEADER] == "opa-decision-1", "OPA's decision id, for the audit"
@@ -96,7 +98,7 @@ async def test_allow_sends_the_identity_and_decision_upstream_and_commits_the_ca
     assert TASK_HEADER in headers[HEADERS_TO_REMOVE].split(","), "the task token never reaches the upstream"
     first = sidecar.authz_inputs()[0]
     assert first["task"]["id"] == grant.task.id and first["session"]["calls"] == 0
-    assert (await sidecar.check("POST", "/api/tickets", b"{}", **{TASK_HEADER: grant.token})).status == 200
+    assert (await sidecar.check("POST", "/api/tickets", b"{}", headers={TASK_HEADER: grant.token})).status == 200
     assert sidecar.authz_inputs()[1]["session"]["writes"] == 1, "the allowed write was committed"
 
 
@@ -138,16 +140,16 @@ async def test_an_approval_lets_the_identical_retry_through_once() -> None:
     sidecar.policy = lambda query: ALLOW if query.input["approval"] else APPROVAL
     grant = await sidecar.open_task()
     token = {TASK_HEADER: grant.token}
-    asked = await sidecar.check("DELETE", "/api/records/42", **token)
+    asked = await sidecar.check("DELETE", "/api/records/42", headers=token)
     step_up = _document(asked)["step_up"]
     assert asked.status == 401 and step_up["status"] == "pending"
     approval_id = step_up["approval_id"]
-    refused = await sidecar.check("DELETE", "/api/records/42", **token, **{APPROVAL_HEADER: approval_id})
+    refused = await sidecar.check("DELETE", "/api/records/42", headers={**token, APPROVAL_HEADER: approval_id})
     assert refused.status == 403 and "still pending" in _document(refused)["reasons"][0]
     await sidecar.approvals.decide(Approver("oidc", "idp#alice"), approval_id, True, "checked")
-    other = await sidecar.check("DELETE", "/api/records/43", **token, **{APPROVAL_HEADER: approval_id})
+    other = await sidecar.check("DELETE", "/api/records/43", headers={**token, APPROVAL_HEADER: approval_id})
     assert other.status == 403 and "different request" in _document(other)["reasons"][0]
-    retried = await sidecar.check("DELETE", "/api/records/42", **token, **{APPROVAL_HEADER: approval_id})
+    retried = await sidecar.check("DELETE", "/api/records/42", headers={**token, APPROVAL_HEADER: approval_id})
     assert retried.status == 200
     assert APPROVAL_HEADER in dict(retried.headers)[HEADERS_TO_REMOVE].split(",")
     seen = sidecar.authz_inputs()[-1]["approval"]
@@ -156,7 +158,7 @@ async def test_an_approval_lets_the_identical_retry_through_once() -> None:
         "approved",
         {"kind": "oidc", "id": "idp#alice"},
     )
-    again = await sidecar.check("DELETE", "/api/records/42", **token, **{APPROVAL_HEADER: approval_id})
+    again = await sidecar.check("DELETE", "/api/records/42", headers={**token, APPROVAL_HEADER: approval_id})
     assert again.status == 403 and "already used" in _document(again)["reasons"][0]
 
 
@@ -166,9 +168,9 @@ async def test_an_approval_is_given_back_when_the_policy_refuses_the_retry() -> 
     approval_id = _document(await sidecar.check("DELETE", "/api/records/42"))["step_up"]["approval_id"]
     await sidecar.approvals.decide(Approver("oidc", "idp#alice"), approval_id, True, "checked")
     sidecar.policy = always(DENY)
-    assert (await sidecar.check("DELETE", "/api/records/42", **{APPROVAL_HEADER: approval_id})).status == 403
+    assert (await sidecar.check("DELETE", "/api/records/42", headers={APPROVAL_HEADER: approval_id})).status == 403
     sidecar.policy = always(ALLOW)
-    assert (await sidecar.check("DELETE", "/api/records/42", **{APPROVAL_HEADER: approval_id})).status == 200
+    assert (await sidecar.check("DELETE", "/api/records/42", headers={APPROVAL_HEADER: approval_id})).status == 200
 
 
 async def test_opa_failing_or_answering_garbage_is_a_503_never_an_allow() -> None:
@@ -189,6 +191,6 @@ async def test_a_revoked_task_is_refused_before_the_policy_is_asked() -> None:
     agent = sidecar.resolver.resolve({})
     assert agent is not None
     await sidecar.tasks.end(agent, grant.task.id)
-    answer = await sidecar.check("POST", "/api/tickets", b"{}", **{TASK_HEADER: grant.token})
+    answer = await sidecar.check("POST", "/api/tickets", b"{}", headers={TASK_HEADER: grant.token})
     assert answer.status == 403 and "was completed" in _document(answer)["reasons"][0]
     assert sidecar.authz_inputs() == []
