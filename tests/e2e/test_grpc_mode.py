@@ -74,21 +74,8 @@ def test_deny_is_403_json(grpc_client: AgentClient) -> None:
     assert response.headers["content-type"] == "application/json"
 
 
-def task_token(stack: Stack, agent: str, purpose: str, scopes: list[str]) -> str:
-    """A task grant from the sidecar's own API (HTTP listener; writes need one)."""
-    response = requests.post(
-        f"{stack.sidecar_url}/v1/tasks",
-        json={"purpose": purpose, "scopes": scopes, "ttl_seconds": 300},
-        headers={"authorization": "Bearer " + stack.trust_domain.mint_jwt(agent)},
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    token: str = response.json()["token"]
-    return token
-
-
 def test_step_up_acr_challenge(grpc_client: AgentClient, grpc_stack: Stack) -> None:
-    task = {"x-agent-task-token": task_token(grpc_stack, WRITER, "billing", ["payments:write"])}
+    task = {"x-agent-task-token": grpc_client.task_token(WRITER, "billing", ["payments:write"])}
     response = grpc_client.request("POST", "/api/payments", WRITER, headers=task, json={"amount": 5})
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]
@@ -98,7 +85,7 @@ def test_step_up_acr_challenge(grpc_client: AgentClient, grpc_stack: Stack) -> N
 
 
 def test_write_under_a_task_gets_the_minted_credential(grpc_client: AgentClient, grpc_stack: Stack) -> None:
-    task = {"x-agent-task-token": task_token(grpc_stack, WRITER, "triage", ["tickets:write"])}
+    task = {"x-agent-task-token": grpc_client.task_token(WRITER, "triage", ["tickets:write"])}
     response = grpc_client.request("POST", "/api/tickets", WRITER, headers=task, json={"title": "x"})
     assert response.status_code == 201, response.text
     saw = body(response)["upstream_saw"]
