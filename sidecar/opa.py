@@ -1,4 +1,8 @@
-"""The OPA client: one pooled keep-alive session to OPA's REST Data API, fail-closed.
+"""The OPA seam: what the sidecar asks of OPA (:class:`OpaClient`), and the real client over
+OPA's REST API (:class:`HttpOpaClient`, one pooled keep-alive session, fail-closed).
+
+Everything else depends on the protocol only, so unit tests run the pipeline, tasks, approvals
+and shadow mode on :class:`sidecar.opa_fake.FakeOpa` (shipped, like httpx's ``MockTransport``).
 
 Any failure (OPA down, slow, non-200, not JSON, no result) raises :class:`OpaError`,
 which the pipeline turns into a 503. Nothing here ever produces an allow by itself.
@@ -14,7 +18,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -55,7 +59,27 @@ def loads(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
-class OpaClient:
+class OpaClient(Protocol):
+    """What the sidecar asks of OPA. ``decide`` raises :class:`OpaError`, never answers on a failure."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
+        """The result at ``path`` (default: the configured decision path) for ``input_doc``."""
+        ...
+
+    async def health(self) -> tuple[bool, str]:
+        """(ready, why not): ready once OPA serves with its bundles activated."""
+        ...
+
+    async def bundle_revisions(self) -> dict[str, str] | None:
+        """Active revision per bundle; None when OPA cannot say."""
+        ...
+
+
+class HttpOpaClient:
     """Queries ``POST {url}/v1/data/{decision_path}``; ``unix://`` URLs use a unix socket."""
 
     def __init__(self, url: str, decision_path: str, timeout_ms: int, max_connections: int) -> None:
@@ -153,5 +177,5 @@ class OpaClient:
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("OpaClient.start() was not awaited")
+            raise RuntimeError("HttpOpaClient.start() was not awaited")
         return self._session

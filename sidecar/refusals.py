@@ -80,7 +80,7 @@ class RefusalReporter:
             await self._client.decide(input_doc, self._path)
         except OpaError as exc:
             # undefined: the bundle has no refusals rule, but OPA has logged the query all the same.
-            metrics.REFUSAL_REPORTS.labels("reported" if exc.kind == "undefined" else exc.kind).inc()
+            metrics.REFUSAL_REPORTS.labels("reported" if exc.code == "undefined" else exc.code).inc()
             return
         metrics.REFUSAL_REPORTS.labels("reported").inc()
 

@@ -30,7 +30,7 @@ from sidecar.identity.bundles import (
 )
 from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
-from sidecar.opa import OpaClient
+from sidecar.opa import HttpOpaClient, OpaClient
 from sidecar.pipeline import Pipeline, Services, build_pipeline
 from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
@@ -147,7 +147,7 @@ class Components:
 
 
 async def build_components(config: Config) -> Components:
-    opa = OpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
+    opa = HttpOpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
     await opa.start()
     bundles = await asyncio.to_thread(make_bundle_source, config)
     identity = config.identity
@@ -198,7 +198,7 @@ def make_refusal_reporter(config: Config) -> RefusalReporter | None:
     settings = config.opa
     if settings.refusals_path is None:
         return None
-    client = OpaClient(
+    client = HttpOpaClient(
         settings.url, settings.refusals_path, settings.timeout_ms, max_connections=settings.refusals_max_in_flight
     )
     return RefusalReporter(client, settings.refusals_path, settings.refusals_max_in_flight)

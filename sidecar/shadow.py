@@ -25,7 +25,7 @@ from typing import Any
 from sidecar import metrics
 from sidecar.config import Config
 from sidecar.decision import DecisionError, Verdict, to_verdict
-from sidecar.opa import OpaClient, OpaError
+from sidecar.opa import HttpOpaClient, OpaClient, OpaError
 
 SHADOW_LOGGER = logging.getLogger("authz.shadow")
 
@@ -85,7 +85,7 @@ def make_shadow(config: Config) -> Shadow | None:
     if settings.decision_path is None and settings.opa_url is None:
         return None
     path = settings.decision_path or config.opa.decision_path
-    client = OpaClient(
+    client = HttpOpaClient(
         settings.opa_url or config.opa.url,
         path,
         settings.timeout_ms,

@@ -173,19 +173,7 @@ class TaskService:
                 open_tasks=open_tasks,
             )
             decision = await self._ask(input_doc, request)
-            now = int(time.time())
-            task = TaskRecord(
-                id=str(uuid.uuid4()),
-                sub=delegate,
-                purpose=parent.purpose,
-                scopes=decision["scopes"],
-                issued_at=now,
-                expires_at=min(parent.expires_at, now + decision["ttl_seconds"]),
-                parent_id=parent.id,
-                root_id=parent.root_id,
-                depth=parent.depth + 1,
-                chain=chain,
-            )
+            task = child_task(parent, delegate, decision["scopes"], decision["ttl_seconds"], int(time.time()))
             try:
                 await self._store.create_task(task, slot=slot)
             except ParentEnded:
@@ -274,6 +262,25 @@ class TaskService:
 
     def _token(self, task: TaskRecord) -> str:
         return sign(self._keys, task_token_claims(task, self._config.issuer), TASK_TYP)
+
+
+def child_task(
+    parent: TaskRecord, sub: str, scopes: list[str], ttl_seconds: int, now: int, task_id: str | None = None
+) -> TaskRecord:
+    """``parent`` delegated to ``sub``: its purpose and root, one level deeper, the delegator first in
+    the chain, never outliving it. Narrowing the scopes is the caller's check (see ``delegate``)."""
+    return TaskRecord(
+        id=task_id or str(uuid.uuid4()),
+        sub=sub,
+        purpose=parent.purpose,
+        scopes=scopes,
+        issued_at=now,
+        expires_at=min(parent.expires_at, now + ttl_seconds),
+        parent_id=parent.id,
+        root_id=parent.root_id,
+        depth=parent.depth + 1,
+        chain=[parent.sub, *parent.chain],
+    )
 
 
 def task_token_claims(task: TaskRecord, issuer: str) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sidecar import wire_http
 from sidecar.config import IdentityConfig
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import IdentityResolver
-from sidecar.opa import OpaAnswer, OpaClient, OpaError
+from sidecar.opa_fake import FakeOpa, always, unreachable
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from tests.pipelines import make_pipeline
@@ -93,27 +93,16 @@ def test_no_document_maps_to_an_allow_unless_it_is_an_explicit_allow(document: A
         assert targets.explicit_allow(document)
 
 
-class _AnswerWith(OpaClient):
-    """Stands in for OPA's reply only: the document under test, or an OPA failure."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.result = result
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        if isinstance(self.result, OpaError):
-            raise self.result
-        return OpaAnswer(self.result, "d-1", 0.001)
-
-
 def _pipeline(result: Any) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["jwt_svid"], "required": False})
-    return make_pipeline(IdentityResolver(identity, None, None), _AnswerWith(result))
+    return make_pipeline(
+        IdentityResolver(identity, None, None), FakeOpa(always(result))
+    )  # the document under test, or an OPA failure (raised)
 
 
 @settings(max_examples=100)
 @given(
-    st.one_of(JSON, DECISION_LIKE, st.just(OpaError("down", "unreachable"))),
+    st.one_of(JSON, DECISION_LIKE, st.just(unreachable())),
     st.sampled_from(["GET /api/docs/x", "POST /mcp", "DELETE /api/records/1"]),
 )
 def test_the_pipeline_allows_only_on_an_explicit_allow(result: Any, request_line: str) -> None:

@@ -13,7 +13,8 @@ from spiffe import SpiffeId
 from sidecar.config import load_config
 from sidecar.identity import Identity
 from sidecar.keys import KeySet
-from sidecar.opa import OpaAnswer, OpaClient
+from sidecar.opa import OpaClient
+from sidecar.opa_fake import FakeOpa, Query
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
@@ -25,18 +26,16 @@ DEFAULTS = load_config(None, {})
 AGENT = "spiffe://demo.local/agent/reader"
 
 
-class _Opa(OpaClient):
-    """Records every input document; answers with the verdicts it is given, in order."""
+class _Opa(FakeOpa):
+    """Records every input document (FakeOpa does); answers with the verdicts it is given, in order."""
 
     def __init__(self, answers: list[dict[str, Any]]) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.inputs: list[dict[str, Any]] = []
+        super().__init__(self._next)
         self.answers = answers
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        self.inputs.append(input_doc)
+    async def _next(self, query: Query) -> dict[str, Any]:
         await asyncio.sleep(0)  # let parallel requests interleave here, as with a real OPA
-        return OpaAnswer(self.answers.pop(0), "d-1", 0.001)
+        return self.answers.pop(0)
 
 
 class _Resolver:

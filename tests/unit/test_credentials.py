@@ -20,7 +20,7 @@ from sidecar.config import IdentityConfig
 from sidecar.credentials import CredentialMinter, CredentialSpec, RequestBinding, body_sha256
 from sidecar.identity import IdentityResolver
 from sidecar.keys import KeySet
-from sidecar.opa import OpaAnswer, OpaClient
+from sidecar.opa_fake import FakeOpa, always
 from sidecar.pipeline import Pipeline
 from sidecar.request import PARTIAL_BODY_HEADER, CheckRequest
 from sidecar.tokens import CREDENTIAL_TYP, verify
@@ -79,22 +79,11 @@ def test_each_part_of_the_request_changes_the_binding(keys: KeySet, other: Reque
     assert [mine[k] for k in bound] != [theirs[k] for k in bound]
 
 
-class _Answer(OpaClient):
-    """Stands in for OPA: always answers ``result``."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.result = result
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        return OpaAnswer(self.result, "d-1", 0.001)
-
-
 def _pipeline(keys: KeySet, *, allow_partial_body: bool) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["pod"], "pod": {"spiffe_id": AGENT}})
     return make_pipeline(
         IdentityResolver(identity, None, None),
-        _Answer(ALLOW_WITH_CREDENTIAL),
+        FakeOpa(always(ALLOW_WITH_CREDENTIAL)),
         {"request_body": {"allow_partial": allow_partial_body}},
         minter=CredentialMinter(keys, "authz-sidecar", 300),
     )

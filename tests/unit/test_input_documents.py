@@ -20,7 +20,8 @@ from sidecar.decision import StepUp
 from sidecar.identity import Identity, IdentityResolver
 from sidecar.identity.approvers import Approver
 from sidecar.keys import KeySet
-from sidecar.opa import OpaAnswer, OpaClient
+from sidecar.opa import OpaAnswer
+from sidecar.opa_fake import FakeOpa, always
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state.memory import MemoryStore
@@ -39,17 +40,9 @@ def validator(name: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema)
 
 
-class _Opa(OpaClient):
-    """Records every input document; answers ``result``."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.result = result
-        self.inputs: list[dict[str, Any]] = []
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        self.inputs.append(input_doc)
-        return OpaAnswer(self.result, "d-1", 0.001)
+def _Opa(result: Any) -> FakeOpa:
+    """Records every input document (``.inputs``); answers ``result``."""
+    return FakeOpa(always(OpaAnswer(result, "d-1", 0.001)))
 
 
 async def test_the_check_input_validates() -> None:

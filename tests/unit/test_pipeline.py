@@ -7,7 +7,7 @@ from typing import Any
 from sidecar.call import Call
 from sidecar.config import load_config
 from sidecar.identity import IdentityResolver
-from sidecar.opa import OpaClient
+from sidecar.opa_fake import FakeOpa, always
 from sidecar.outcome import Decision
 from sidecar.phases.approval import RedeemApproval, RefuseApprovals, RequestApproval
 from sidecar.phases.policy import ShadowPolicy
@@ -26,7 +26,7 @@ def _kinds(phases: list[Any]) -> list[type]:
 
 def test_a_disabled_feature_is_a_phase_that_is_not_in_the_list() -> None:
     resolver = IdentityResolver(DEFAULTS.identity, None, None)
-    opa = OpaClient("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
+    opa = FakeOpa(always(True))
     kinds = _kinds(build_phases(DEFAULTS, Services(resolver, opa)))
     for absent in (VerifyTaskGrant, RedeemApproval, RequestApproval, ReserveSession, CommitSession, ShadowPolicy):
         assert absent not in kinds, absent
