@@ -11,7 +11,8 @@ from typing import Any
 
 from sidecar.audit.chain import reconstruct
 from sidecar.audit.render import as_html, as_json, as_table, printable
-from sidecar.audit.sources import STDIN, logs_dir_files, parse_rfc3339, read_logs
+from sidecar.audit.sources import STDIN, logs_dir_files, read_logs
+from sidecar.logformat import parse_rfc3339
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
