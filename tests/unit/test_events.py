@@ -122,7 +122,7 @@ def test_round_trip_through_a_json_line(name: str) -> None:
 
 # The format is a contract with log pipelines and with audits of old logs: a change here is a
 # change for every user, so these lines change only on purpose.
-GOLDEN = {
+GOLDEN: dict[str, tuple[Event, str]] = {
     "decision": (
         DECISION,
         '{"time": "2026-01-02T03:04:05.678901Z", "level": "INFO", "logger": "authz.decision", '
