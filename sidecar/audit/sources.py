@@ -11,8 +11,9 @@
 
 Lines that are not JSON, or not of a kind a reader knows, are skipped and counted: logs are
 shared with other output (Envoy, tracebacks), and an audit must not stop at one odd line. So is an
-event line that does not parse (a malformed field, or a number ``log.redact`` blanked), and a line
-of a sidecar from before typed events (no ``event`` key): it is never guessed at.
+event line that does not parse (a malformed field, or a number ``log.redact`` blanked) and a line
+of a sidecar from before typed events (no ``event`` key): never guessed at, but counted apart
+(``unreadable_events``), as the audit is incomplete without them.
 
 Any file may be ``-`` (standard input) or gzip-compressed, and may be an export of a cluster's
 logs: a ``--log`` file mixes every kind (each line is recognised by its content), a line may carry
@@ -111,6 +112,14 @@ class Sources:
     files: dict[str, str] = field(default_factory=dict)  # path -> kind
     kinds_read: set[str] = field(default_factory=set)  # sidecar, opa, upstream: what was actually read
     skipped_lines: int = 0
+    # Sidecar event lines that could not be read (also in skipped_lines): an audit missing them
+    # is incomplete, so the command says so rather than count them as unrelated.
+    unreadable_events: int = 0
+    first_unreadable: str | None = None  # why the first one was refused
+
+    def unreadable(self, why: str) -> None:
+        self.unreadable_events += 1
+        self.first_unreadable = self.first_unreadable or why
 
     @property
     def has_upstream(self) -> bool:
@@ -143,6 +152,8 @@ class Sources:
             files=self.files,
             kinds_read=self.kinds_read,
             skipped_lines=self.skipped_lines,
+            unreadable_events=self.unreadable_events,
+            first_unreadable=self.first_unreadable,
         )
 
 
@@ -237,10 +248,14 @@ def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
     logger = line.get("logger")
     try:
         event = events.from_log(line)
-    except events.MalformedEvent:
-        return False  # skipped and counted, never read as what it might have meant
+    except events.MalformedEvent as exc:
+        sources.unreadable(str(exc))
+        return False  # never read as what it might have meant
     if event is not None:
         _add_event(event, sources)
+    elif logger in (events.DECISION_LOGGER, events.TASKS_LOGGER):
+        sources.unreadable(f"an {logger} line without 'event': written before events were typed")
+        return False
     elif logger == "authz.opa" and isinstance(line.get("decision_id"), str):
         sources.opa_queries[line["decision_id"]] = str(line.get("path", ""))
     elif logger == "authz.shadow" and isinstance(line.get("decision_id"), str) and isinstance(line.get("shadow"), dict):

@@ -16,6 +16,7 @@ import pytest
 
 from sidecar import events
 from sidecar.audit import read_logs, reconstruct
+from sidecar.cli import main
 from sidecar.events import ApprovalEvent, DecisionEvent, Event, MalformedEvent, TaskEvent, log_event
 from sidecar.logs import REDACTED, DecisionRecord, json_formatter
 
@@ -265,3 +266,17 @@ def test_the_audit_reads_what_the_logger_wrote(tmp_path: Path) -> None:
     assert timeline[-1] == ("task_completed", f"{WRITER} completed task t-1, revoking t-2")
     assert {t.id: t.end for t in chain.tasks} == {"t-1": "completed", "t-2": "revoked with t-1"}
     assert chain.approvals()[0]["decision"]["approver"] == "oidc:https://idp#alice"
+
+
+def test_the_audit_warns_of_event_lines_it_could_not_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = DECISION.to_log() | {"status": REDACTED}  # log.redact named a number
+    before_events = {k: v for k, v in DECISION.to_log().items() if k != "event"} | {"logger": "authz.decision"}
+    log = tmp_path / "sidecar.log"
+    lines = [DECISION.to_log(), broken, before_events, {"logger": "sidecar.webhook", "event": "approval.pending"}]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines) + "Traceback (not JSON)\n")
+
+    sources = read_logs(sidecar=[log])
+    assert (len(sources.decisions), sources.skipped_lines, sources.unreadable_events) == (1, 4, 2)
+    assert main(["audit", "--sidecar-log", str(log), "--format", "json"]) == 0
+    err = capsys.readouterr().err
+    assert "warning: 2 sidecar event line(s) could not be read" in err and "'status' must be an integer" in err
