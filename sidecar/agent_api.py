@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,14 +16,13 @@ from aiohttp import web
 
 from sidecar.approvals import ApprovalError, ApprovalService
 from sidecar.errors import Kind, SidecarError
+from sidecar.events import ApprovalEvent, Outcome, TaskEvent, log_event, now
 from sidecar.identity import Identity, IdentityError, IdentityResolver
 from sidecar.identity.approvers import Approver, ApproverAuthenticator
 from sidecar.keys import KeySet
 from sidecar.state import StoreError
 from sidecar.tasks import TaskError, TaskService, task_view
 from sidecar.wire_status import HTTP_STATUS
-
-log = logging.getLogger("authz.tasks")
 
 API_RESOLVER = web.AppKey("api_resolver", IdentityResolver)
 APPROVALS = web.AppKey("approvals", ApprovalService)
@@ -76,7 +74,7 @@ async def get_task(request: web.Request, caller: Identity) -> web.Response:
 async def end_task(request: web.Request, caller: Identity) -> web.Response:
     task_id = request.match_info["task_id"]
     ended = await request.app[TASKS].end(caller, task_id)
-    _audit("complete", caller, task_id, "allow", revoked=ended)
+    _audit("complete", caller, task_id, "allow", revoked=tuple(ended))
     return web.json_response({"task_id": task_id, "ended": ended})
 
 
@@ -109,16 +107,16 @@ async def _decide(request: web.Request, approver: Approver, approve: bool) -> we
     service = request.app[APPROVALS]
     approval_id = request.match_info["approval_id"]
     decided = await service.decide(approver, approval_id, approve, reason)
-    log.info(
-        "approval decided",
-        extra={
-            "operation": "approve" if approve else "reject",
-            "approver": approver.id,
-            "approval": approval_id,
-            "agent": decided.agent,
-            "task": decided.task_id,
-            "reason": reason,
-        },
+    log_event(
+        ApprovalEvent(
+            time=now(),
+            operation="approve" if approve else "reject",
+            approver=approver.id,
+            approval=approval_id,
+            agent=decided.agent,
+            task=decided.task_id,
+            reason=reason,
+        )
     )
     return web.json_response(service.view(decided))
 
@@ -187,8 +185,26 @@ def _unauthenticated(reason: str) -> web.Response:
     )
 
 
-def _audit(operation: str, caller: Identity, task_id: str | None, outcome: str, **extra: Any) -> None:
-    log.info(
-        "task " + operation,
-        extra={"operation": operation, "agent": str(caller.spiffe_id), "task": task_id, "outcome": outcome, **extra},
+def _audit(
+    operation: str,
+    caller: Identity,
+    task_id: str | None,
+    outcome: Outcome,
+    *,
+    parent: str | None = None,
+    to: str | None = None,
+    revoked: tuple[str, ...] = (),
+    reason: str | None = None,
+) -> None:
+    event = TaskEvent(
+        time=now(),
+        operation=operation,
+        agent=str(caller.spiffe_id),
+        task=task_id,
+        outcome=outcome,
+        parent=parent,
+        to=to,
+        revoked=revoked,
+        reason=reason,
     )
+    log_event(event)
