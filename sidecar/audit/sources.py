@@ -1,7 +1,8 @@
 """Read the logs an audit is built from into plain records, one reader per source.
 
-- the sidecar's JSON log: ``authz.decision`` lines (one per decision) and ``authz.tasks`` lines
-  (task opened, delegated, completed; approvals decided);
+- the sidecar's JSON log: ``authz.decision`` lines (one per decision), ``authz.tasks`` lines
+  (task opened, delegated, completed; approvals decided) and ``authz.authzen`` lines (one per
+  AuthZEN evaluation);
 - OPA's decision-log events: console lines (``"msg": "Decision Log"``) or the JSON lines the
   decision-log receiver writes (the same event, as OPA shipped it);
 - the upstream's JSON access lines (``"logger": "upstream.access"``), to find calls that reached
@@ -91,6 +92,24 @@ class UpstreamHit:
 
 
 @dataclass
+class AuthzenEvaluation:
+    """One AuthZEN evaluation the sidecar answered (its ``authz.authzen`` line)."""
+
+    decision_id: str
+    at: float
+    caller: str | None  # the PEP that asked
+    endpoint: str
+    request_id: str | None
+    batch: str | None
+    subject: str  # type:id
+    action: str | None
+    resource: str  # type:id
+    verdict: str
+    reasons: list[str]
+    error: str | None
+
+
+@dataclass
 class Sources:
     """Everything read, plus what was skipped and from where."""
 
@@ -98,6 +117,7 @@ class Sources:
     task_events: list[TaskEvent] = field(default_factory=list)
     opa_events: dict[str, OpaEvent] = field(default_factory=dict)
     upstream: list[UpstreamHit] = field(default_factory=list)
+    authzen: list[AuthzenEvaluation] = field(default_factory=list)
     # OPA decision ids the sidecar logged beside its decisions: its other queries (``authz.opa``
     # lines: the task and approver APIs) and its shadow evaluations (``authz.shadow`` lines).
     opa_queries: dict[str, str] = field(default_factory=dict)  # OPA decision id -> path
@@ -132,6 +152,7 @@ class Sources:
             task_events=[e for e in self.task_events if keep(e.at)],
             opa_events=self.opa_events,
             upstream=[u for u in self.upstream if keep(u.at)],
+            authzen=[a for a in self.authzen if keep(a.at)],
             opa_queries=self.opa_queries,
             shadows=self.shadows,
             files=self.files,
@@ -264,6 +285,8 @@ def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
                 fields={k: v for k, v in line.items() if k not in known},
             )
         )
+    elif logger == "authz.authzen" and isinstance(line.get("decision_id"), str):
+        sources.authzen.append(_authzen(line))
     elif logger == "authz.opa" and isinstance(line.get("decision_id"), str):
         sources.opa_queries[line["decision_id"]] = str(line.get("path", ""))
     elif logger == "authz.shadow" and isinstance(line.get("decision_id"), str) and isinstance(line.get("shadow"), dict):
@@ -275,6 +298,26 @@ def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
         return False
     sources.kinds_read.add("sidecar")
     return True
+
+
+def _authzen(line: dict[str, Any]) -> AuthzenEvaluation:
+    def entity(value: Any) -> str:
+        return f"{value.get('type')}:{value.get('id')}" if isinstance(value, dict) else "?"
+
+    return AuthzenEvaluation(
+        decision_id=line["decision_id"],
+        at=_time(line.get("time")),
+        caller=_str(line.get("caller")),
+        endpoint=str(line.get("endpoint", "")),
+        request_id=_str(line.get("request_id")),
+        batch=_str(line.get("batch")),
+        subject=entity(line.get("subject")),
+        action=_str(line.get("action")),
+        resource=entity(line.get("resource")),
+        verdict=str(line.get("verdict", "error")),
+        reasons=[str(r) for r in line.get("reasons") or []],
+        error=_str(line.get("error")),
+    )
 
 
 def _take_opa(line: dict[str, Any], number: int, sources: Sources) -> bool:
