@@ -136,9 +136,10 @@ class Sources:
 
     @property
     def has_sidecar(self) -> bool:
-        """Whether the sidecar's decisions were read: only then can an OPA event lack its sidecar
-        record (a log without decision lines, e.g. ``log.decisions: false``, accounts for nothing)."""
-        return bool(self.decisions)
+        """Whether the sidecar's decisions (checks or AuthZEN evaluations) were read: only then can an
+        OPA event lack its sidecar record (a log without decision lines, e.g. ``log.decisions: false``,
+        accounts for nothing)."""
+        return bool(self.decisions or self.authzen)
 
     def within(self, since: float | None, until: float | None) -> Sources:
         """The records from ``since`` (inclusive) to ``until`` (exclusive), epoch seconds; OPA's events
