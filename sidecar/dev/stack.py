@@ -493,6 +493,8 @@ class Stack:
                 f"  sidecar check       unix socket {self.grpc_socket if self.mode == 'grpc' else self.check_socket}"
                 + ("  (gRPC mode)" if self.mode == "grpc" else "  (Envoy only)"),
                 f"  agent API           {self.sidecar_url}/v1/tasks  (tasks, approvals, JWKS)",
+                f"  AuthZEN PDP         {self.sidecar_url}  (/access/v1/evaluation(s), /.well-known/authzen-configuration;"
+                " PEPs send a JWT-SVID)",
                 f"  sidecar admin       {self.sidecar_admin_url}  (/healthz /readyz /metrics)",
                 f"  OPA                 {self.opa_url}  bundle {self.bundle}, decision {self.decision_path}",
                 f"  demo upstream       http://127.0.0.1:{p.upstream}",
