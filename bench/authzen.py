@@ -21,10 +21,9 @@ from typing import Any
 
 import requests
 
-from sidecar.dev.stack import Ports, Stack
+from sidecar.dev.stack import AUTHZEN_PEP, Ports, Stack
 
 RESULTS = Path(__file__).parent / "results"
-PEP = "spiffe://demo.local/pep/bench"
 AGENTS = ("spiffe://demo.local/agent/reader", "spiffe://demo.local/agent/writer")
 ROUTES = (
     ("GET", "/api/docs/handbook"),
@@ -70,7 +69,7 @@ def batch(session: requests.Session, url: str, asked: list[dict[str, Any]]) -> t
 def measure(stack: Stack, size: int, rounds: int) -> dict[str, Any]:
     asked = questions(size)
     session = requests.Session()
-    session.headers["authorization"] = "Bearer " + stack.trust_domain.mint_jwt(PEP, ttl=3600)
+    session.headers["authorization"] = "Bearer " + stack.trust_domain.mint_jwt(AUTHZEN_PEP, ttl=3600)
     url = stack.sidecar_url
     _, expected = singles(session, url, asked)  # warm-up: connections, OPA's caches
     single_rates, batch_rates = [], []

@@ -16,13 +16,13 @@ import pytest
 import requests
 
 from sidecar.cli import main
-from sidecar.dev.stack import Ports, Stack
+from sidecar.dev.stack import AUTHZEN_PEP, Ports, Stack
 from tests.e2e.conftest import READER, WRITER, Client
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parents[2]
-PEP = "spiffe://demo.local/pep/gateway"
+PEP = AUTHZEN_PEP
 TODO_BUNDLE = REPO / "examples" / "authzen-todo"
 # The interop suite's decision vectors: openid/authzen, interop/authzen-todo-backend/test/, at this
 # commit ("Sync evaluation schemas with the final 1.0 text", 2026-08-20). The files are not in this
@@ -50,6 +50,7 @@ def route(agent: str, method: str, path: str) -> dict[str, Any]:
 
 
 def test_discovery_names_the_endpoints_at_the_api_listener(stack: Stack) -> None:
+    assert f"AuthZEN PDP         {stack.sidecar_url}" in stack.banner()  # what ./taskw up prints
     response = requests.get(f"{stack.sidecar_url}/.well-known/authzen-configuration", timeout=10)
     assert response.status_code == 200 and response.headers["content-type"].startswith("application/json")
     assert response.json() == {
@@ -126,6 +127,9 @@ def test_callers_and_bad_requests_never_get_a_decision(stack: Stack) -> None:
         requests.post(url, json=question, headers={"authorization": f"Bearer {wrong_audience}"}, timeout=10).status_code
         == 401
     )
+    as_agent = {"authorization": "Bearer " + stack.trust_domain.mint_jwt(READER)}  # an agent probing the policy
+    probed = requests.post(url, json=question, headers=as_agent, timeout=10)
+    assert probed.status_code == 403 and '"decision":' not in probed.text
     bad = pep(stack, "/access/v1/evaluation", {"subject": {"type": "agent"}, "action": {"name": "GET"}})
     assert (bad.status_code, bad.text) == (400, "subject.id must be a non-empty string")
     through_envoy = requests.post(f"{stack.egress_url}/access/v1/evaluation", json=question, timeout=10)
