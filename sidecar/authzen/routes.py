@@ -141,7 +141,12 @@ async def _body(request: web.Request) -> Any:
     if request.content_type != "application/json":
         raise AuthzenError(400, "Content-Type must be application/json")
     limit = request.app[SETTINGS].max_body_bytes
-    raw = await request.content.read(limit + 1)
+    raw = bytearray()
+    while len(raw) <= limit:  # read() returns what has arrived, up to n: a large body comes in chunks
+        chunk = await request.content.read(limit + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > limit:
         raise AuthzenError(413, f"request body is larger than {limit} bytes")
     try:

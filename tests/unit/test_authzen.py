@@ -6,8 +6,10 @@ action's name, so each test says what the policy would decide.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -344,6 +346,25 @@ async def test_bad_requests_get_the_spec_error_never_a_decision(
         )
         assert (response.status, await response.text()) == (status, reason)
         assert response.headers["x-request-id"] == "r-2"
+    finally:
+        await client.close()
+
+
+async def test_a_body_sent_in_pieces_is_read_whole() -> None:
+    client = await pdp(AuthzenConfig(max_evaluations=1000))
+    items = [{"resource": {"type": "doc", "id": f"{i:0>100}"}} for i in range(1000)]  # about 150 KB
+    body = json.dumps({**QUESTION, "evaluations": items}).encode()
+
+    async def pieces() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 16_384):
+            yield body[start : start + 16_384]
+            await asyncio.sleep(0.01)  # the handler sees what has arrived so far
+
+    try:
+        headers = {**AUTH, "content-type": "application/json"}
+        response = await client.post("/access/v1/evaluations", data=pieces(), headers=headers)
+        assert response.status == 200, await response.text()
+        assert len((await response.json())["evaluations"]) == 1000
     finally:
         await client.close()
 
