@@ -1,4 +1,5 @@
-"""One ``authz.authzen`` log line per AuthZEN evaluation: the decision log's record of it.
+"""One ``authz.authzen`` log line per AuthZEN evaluation (the decision log's record of it), and
+its count in ``authz_authzen_evaluations_total``.
 
 Beside the evaluation (subject and resource by type and id, the action's name) it names the
 caller, the PEP whose JWT-SVID was verified. Properties and context are not logged: they are
@@ -12,6 +13,7 @@ from typing import Any
 
 from sidecar.authzen.evaluate import Outcome
 from sidecar.identity import Identity
+from sidecar.metrics import AUTHZEN_EVALUATIONS
 
 AUTHZEN_LOGGER = logging.getLogger("authz.authzen")
 
@@ -20,6 +22,8 @@ def log_outcome(
     outcome: Outcome, caller: Identity, endpoint: str, request_id: str | None, batch: str | None, index: int | None
 ) -> None:
     evaluation = outcome.evaluation
+    verdict = "error" if outcome.error else "allow" if outcome.decision else "deny"
+    AUTHZEN_EVALUATIONS.labels(verdict, endpoint).inc()
     fields: dict[str, Any] = {
         "decision_id": outcome.decision_id,
         "caller": str(caller.spiffe_id),
@@ -31,7 +35,7 @@ def log_outcome(
         "action": evaluation.action.get("name"),
         "resource": {"type": evaluation.resource["type"], "id": evaluation.resource["id"]},
         "decision": outcome.decision,
-        "verdict": "error" if outcome.error else "allow" if outcome.decision else "deny",
+        "verdict": verdict,
         "reasons": reasons_of(outcome.context),
         "error": outcome.error,
         "opa_ms": outcome.opa_ms,

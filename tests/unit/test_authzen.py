@@ -15,10 +15,12 @@ from typing import Any, cast
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 from spiffe import SpiffeId
 
 from sidecar import agent_api
-from sidecar.authzen.evaluate import Evaluator, PolicyAnswerError, decision_of
+from sidecar.authzen.evaluate import Evaluator, Outcome, PolicyAnswerError, decision_of
+from sidecar.authzen.log import log_outcome
 from sidecar.authzen.model import AuthzenError, Batch, Evaluation, parse_evaluation, parse_evaluations
 from sidecar.authzen.routes import add_authzen_routes
 from sidecar.config import AuthzenConfig
@@ -300,6 +302,22 @@ async def test_evaluations_answer_in_order_and_log_each_with_the_caller(caplog: 
     assert records[1].__dict__["reasons"] == ["no"] and records[1].__dict__["action"] == "deny"
     assert len({r.__dict__["decision_id"] for r in records}) == 3 and len({r.__dict__["batch"] for r in records}) == 1
     assert response.headers["x-authz-decision-id"] == ",".join(r.__dict__["decision_id"] for r in records)
+
+
+def test_evaluations_are_counted_by_verdict() -> None:
+    def count(verdict: str) -> float:
+        return (
+            REGISTRY.get_sample_value(
+                "authz_authzen_evaluations_total", {"verdict": verdict, "endpoint": "evaluations"}
+            )
+            or 0.0
+        )
+
+    before = {v: count(v) for v in ("allow", "deny", "error")}
+    caller = Identity(SpiffeId(PEP), "jwt_svid")
+    for outcome in (Outcome(evaluation("a"), True, None, "1"), Outcome(evaluation("b"), False, None, "2", error="x")):
+        log_outcome(outcome, caller, "evaluations", None, "b", 0)
+    assert {v: count(v) - before[v] for v in before} == {"allow": 1.0, "deny": 0.0, "error": 1.0}
 
 
 @pytest.mark.parametrize(
