@@ -367,12 +367,14 @@ class AuthzenConfig(_Strict):
     @field_validator("callers")
     @classmethod
     def _caller_ids(cls, value: list[str]) -> list[str]:
+        """Each as the parsed ID prints, which is how a verified caller is compared to it."""
+        ids = []
         for caller in value:
             try:
-                SpiffeId(caller)
+                ids.append(str(SpiffeId(caller)))
             except Exception as exc:  # the spiffe package's errors are not ValueErrors
                 raise ValueError(f"{caller!r} is not a SPIFFE ID: {exc}") from None
-        return value
+        return ids
 
     @field_validator("base_url")
     @classmethod

@@ -429,3 +429,22 @@ async def test_discovery_lists_only_what_is_served() -> None:
     finally:
         await client.close()
         await off.close()
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"callers": ["demo.local/pep"]},
+        {"base_url": "ftp://pdp"},
+        {"base_url": "https://pdp/?x"},
+        {"decision_path": "a b"},
+    ],
+)
+def test_bad_settings_are_refused_at_start(settings: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        AuthzenConfig.model_validate(settings)
+
+
+def test_settings_are_normalised() -> None:
+    settings = AuthzenConfig.model_validate({"base_url": "https://pdp.example.com/", "decision_path": "/x/y/"})
+    assert (settings.base_url, settings.decision_path) == ("https://pdp.example.com", "x/y")
