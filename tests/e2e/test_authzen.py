@@ -180,6 +180,7 @@ def vectors(name: str) -> dict[str, Any]:
     return document
 
 
+@pytest.mark.interop_vectors
 @pytest.mark.parametrize("name", sorted(VECTORS))
 def test_the_todo_bundle_passes_the_interop_decision_vectors(todo_stack: Stack, name: str) -> None:
     suite = vectors(name)
