@@ -75,8 +75,9 @@ class OpaClient:
             await self._session.close()
             self._session = None
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        """Evaluate the decision at ``path`` (default: the configured decision path) for ``input_doc``."""
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None, *, trace: bool = True) -> OpaAnswer:
+        """Evaluate the decision at ``path`` (default: the configured decision path) for ``input_doc``.
+        ``trace=False``: the caller logs OPA's decision id itself (the AuthZEN evaluations do)."""
         session = self._require_session()
         payload = dumps({"input": input_doc})
         started = time.perf_counter()
@@ -109,7 +110,7 @@ class OpaClient:
             decision_id=decision_id if isinstance(decision_id, str) and decision_id else None,
             seconds=seconds,
         )
-        if path is not None and path != self._decision_path and answer.decision_id:
+        if trace and path is not None and path != self._decision_path and answer.decision_id:
             QUERY_LOGGER.info("policy query", extra={"decision_id": answer.decision_id, "path": path})
         return answer
 

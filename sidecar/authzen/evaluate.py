@@ -68,7 +68,8 @@ class Evaluator:
 
     async def one(self, evaluation: Evaluation) -> Outcome:
         try:
-            answer = await self._opa.decide(evaluation.as_input(), self._decision_path)
+            # Not traced as an authz.opa line: the authz.authzen line carries OPA's decision id.
+            answer = await self._opa.decide(evaluation.as_input(), self._decision_path, trace=False)
         except OpaError as exc:
             return _failed(evaluation, None, 503, exc.reason)
         decision_id = answer.decision_id or str(uuid.uuid4())

@@ -38,7 +38,7 @@ class FakeOpa:
     def __init__(self) -> None:
         self.asked: list[dict[str, Any]] = []
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None, *, trace: bool = True) -> OpaAnswer:
         self.asked.append(input_doc)
         if path == "authzen/actions":
             return OpaAnswer([{"name": "allow"}, {"name": "deny"}], "search-id", 0.001)
@@ -448,3 +448,27 @@ def test_bad_settings_are_refused_at_start(settings: dict[str, Any]) -> None:
 def test_settings_are_normalised() -> None:
     settings = AuthzenConfig.model_validate({"base_url": "https://pdp.example.com/", "decision_path": "/x/y/"})
     assert (settings.base_url, settings.decision_path) == ("https://pdp.example.com", "x/y")
+
+
+async def test_evaluations_are_not_traced_twice(caplog: pytest.LogCaptureFixture) -> None:
+    """The authz.authzen line carries OPA's decision id, so OpaClient writes no authz.opa line for it."""
+
+    async def data_api(_: web.Request) -> web.Response:
+        return web.json_response({"result": True, "decision_id": "opa-7"})
+
+    app = web.Application()
+    app.router.add_post("/v1/data/{path:.*}", data_api)
+    server = TestServer(app)
+    await server.start_server()
+    opa = OpaClient(f"http://{server.host}:{server.port}", "agent/authz/decision", 1000, 4)
+    await opa.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="authz.opa"):
+            outcome = await Evaluator(opa, "authzen/decision", None, 4).one(evaluation("allow"))
+            assert outcome.decision_id == "opa-7" and outcome.decision is True
+            assert not [r for r in caplog.records if r.name == "authz.opa"]
+            await opa.decide({}, "agent/tasks/decision")  # other queries still are
+            assert [r.__dict__["decision_id"] for r in caplog.records if r.name == "authz.opa"] == ["opa-7"]
+    finally:
+        await opa.close()
+        await server.close()
