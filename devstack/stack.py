@@ -36,6 +36,8 @@ from sidecar.unix_http import UnixResponse, unix_request
 DEFAULT_BUNDLE = REPO_ROOT / "rego"
 DEFAULT_DECISION_PATH = "agent/authz/decision"
 CHECK_PATH_PREFIX = "/authz"  # the sidecar's listen.path_prefix: Envoy's ext_authz path_prefix in envoy/envoy.yaml
+# The one PEP the local stack lets ask its AuthZEN PDP (authzen.callers): agents may not probe the policy.
+AUTHZEN_PEP = "spiffe://demo.local/pep/gateway"
 Mode = Literal["http", "grpc"]  # how Envoy asks the sidecar: ext_authz HTTP service or gRPC
 
 
@@ -454,6 +456,7 @@ class Stack:
                 "oidc_issuer": self.oidc.issuer,
                 "oidc_jwks_file": str(self.oidc.jwks_file),
             },
+            "authzen": {"callers": [AUTHZEN_PEP]},
             **({"shadow": {"opa_url": f"unix://{self.shadow_socket}"}} if self.shadow is not None else {}),
         }
 
@@ -496,6 +499,8 @@ class Stack:
                 f"  sidecar check       unix socket {self.grpc_socket if self.mode == 'grpc' else self.check_socket}"
                 + ("  (gRPC mode)" if self.mode == "grpc" else "  (Envoy only)"),
                 f"  agent API           {self.sidecar_url}/v1/tasks  (tasks, approvals, JWKS)",
+                f"  AuthZEN PDP         {self.sidecar_url}  (/access/v1/*, /.well-known/authzen-configuration)",
+                f"                      asked by the PEP {AUTHZEN_PEP} with its JWT-SVID",
                 f"  sidecar admin       {self.sidecar_admin_url}  (/healthz /readyz /metrics)",
                 f"  OPA                 {self.opa_url}  bundle {self.bundle}, decision {self.decision_path}",
                 f"  demo upstream       http://127.0.0.1:{p.upstream}",

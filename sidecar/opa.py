@@ -66,8 +66,10 @@ class OpaClient(Protocol):
 
     async def close(self) -> None: ...
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        """The result at ``path`` (default: the configured decision path) for ``input_doc``."""
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None, *, trace: bool = True) -> OpaAnswer:
+        """The result at ``path`` (default: the configured decision path) for ``input_doc``.
+
+        ``trace``: log OPA's decision id of a query at another path (``authz.opa``)."""
         ...
 
     async def health(self) -> tuple[bool, str]:
@@ -103,8 +105,9 @@ class HttpOpaClient:
             await self._session.close()
             self._session = None
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        """Evaluate the decision at ``path`` (default: the configured decision path) for ``input_doc``."""
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None, *, trace: bool = True) -> OpaAnswer:
+        """Evaluate the decision at ``path`` (default: the configured decision path) for ``input_doc``.
+        ``trace=False``: the caller logs OPA's decision id itself (the AuthZEN evaluations do)."""
         session = self._require_session()
         payload = dumps({"input": input_doc})
         started = time.perf_counter()
@@ -137,7 +140,7 @@ class HttpOpaClient:
             decision_id=decision_id if isinstance(decision_id, str) and decision_id else None,
             seconds=seconds,
         )
-        if path is not None and path != self._decision_path and answer.decision_id:
+        if trace and path is not None and path != self._decision_path and answer.decision_id:
             QUERY_LOGGER.info("policy query", extra={"decision_id": answer.decision_id, "path": path})
         return answer
 

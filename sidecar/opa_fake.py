@@ -69,7 +69,7 @@ class FakeOpa:
     async def close(self) -> None:
         self.closed = True
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None, *, trace: bool = True) -> OpaAnswer:
         query = Query(path or self.decision_path, loads(dumps(input_doc)))
         self.queries.append(query)
         started = time.perf_counter()

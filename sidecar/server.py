@@ -18,6 +18,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar import agent_api, wire_http
 from sidecar.approvals import ApprovalService
+from sidecar.authzen.evaluate import Evaluator
+from sidecar.authzen.routes import add_authzen_routes
 from sidecar.config import Config
 from sidecar.credentials import CredentialMinter
 from sidecar.identity import IdentityResolver
@@ -258,6 +260,10 @@ def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.
         authz[agent_api.APPROVALS] = parts.approvals
         authz[agent_api.APPROVERS] = parts.approvers
         agent_api.add_approval_routes(authz)
+    if config.authzen.enabled:
+        settings = config.authzen
+        evaluator = Evaluator(parts.opa, settings.decision_path, settings.actions_path, settings.concurrency)
+        add_authzen_routes(authz, evaluator, settings)
 
     admin = web.Application()
     admin[OPA] = parts.opa
@@ -318,6 +324,7 @@ async def serve(config: Config) -> None:
         extra={
             "check": check_at,
             "api": f"{config.listen.host}:{config.listen.port}",
+            "authzen": f"http://{config.listen.host}:{config.listen.port}" if config.authzen.enabled else "off",
             "admin": f"{config.admin.host}:{config.admin.port}",
             "opa": f"{config.opa.url}/v1/data/{config.opa.decision_path}",
             "grpc": (

@@ -3,7 +3,8 @@
 - the sidecar's JSON log: its typed events (:mod:`sidecar.events`, read only through their
   ``from_log``): one ``decision`` per check, ``task`` (opened, delegated, completed, refused) and
   ``approval`` (approved or rejected); and the OPA decision ids of its other queries
-  (``authz.opa``, ``authz.shadow`` lines);
+  (``authz.opa``, ``authz.shadow`` lines); ``authz.authzen`` lines (one per
+  AuthZEN evaluation);
 - OPA's decision-log events: console lines (``"msg": "Decision Log"``) or the JSON lines the
   decision-log receiver writes (the same event, as OPA shipped it);
 - the upstream's JSON access lines (``"logger": "upstream.access"``), to find calls that reached
@@ -98,6 +99,24 @@ class UpstreamHit:
 
 
 @dataclass
+class AuthzenEvaluation:
+    """One AuthZEN evaluation the sidecar answered (its ``authz.authzen`` line)."""
+
+    decision_id: str
+    at: float
+    caller: str | None  # the PEP that asked
+    endpoint: str
+    request_id: str | None
+    batch: str | None
+    subject: str  # type:id
+    action: str | None
+    resource: str  # type:id
+    verdict: str
+    reasons: list[str]
+    error: str | None
+
+
+@dataclass
 class Sources:
     """Everything read, plus what was skipped and from where."""
 
@@ -105,6 +124,7 @@ class Sources:
     task_events: list[TaskEvent] = field(default_factory=list)
     opa_events: dict[str, OpaEvent] = field(default_factory=dict)
     upstream: list[UpstreamHit] = field(default_factory=list)
+    authzen: list[AuthzenEvaluation] = field(default_factory=list)
     # OPA decision ids the sidecar logged beside its decisions: its other queries (``authz.opa``
     # lines: the task and approver APIs) and its shadow evaluations (``authz.shadow`` lines).
     opa_queries: dict[str, str] = field(default_factory=dict)  # OPA decision id -> path
@@ -131,9 +151,10 @@ class Sources:
 
     @property
     def has_sidecar(self) -> bool:
-        """Whether the sidecar's decisions were read: only then can an OPA event lack its sidecar
-        record (a log without decision lines, e.g. ``log.decisions: false``, accounts for nothing)."""
-        return bool(self.decisions)
+        """Whether the sidecar's decisions (checks or AuthZEN evaluations) were read: only then can an
+        OPA event lack its sidecar record (a log without decision lines, e.g. ``log.decisions: false``,
+        accounts for nothing)."""
+        return bool(self.decisions or self.authzen)
 
     def within(self, since: float | None, until: float | None) -> Sources:
         """The records from ``since`` (inclusive) to ``until`` (exclusive), epoch seconds; OPA's events
@@ -147,6 +168,7 @@ class Sources:
             task_events=[e for e in self.task_events if keep(e.at)],
             opa_events=self.opa_events,
             upstream=[u for u in self.upstream if keep(u.at)],
+            authzen=[a for a in self.authzen if keep(a.at)],
             opa_queries=self.opa_queries,
             shadows=self.shadows,
             files=self.files,
@@ -253,6 +275,8 @@ def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
         return False  # never read as what it might have meant
     if event is not None:
         _add_event(event, sources)
+    elif logger == "authz.authzen" and isinstance(line.get("decision_id"), str):
+        sources.authzen.append(_authzen(line))
     elif logger in (events.DECISION_LOGGER, events.TASKS_LOGGER):
         sources.unreadable(f"an {logger} line without 'event': written before events were typed")
         return False
@@ -300,6 +324,26 @@ def _add_event(event: events.Event, sources: Sources) -> None:
         details = {"approval": event.approval, "approver": event.approver, "reason": event.reason}
         operation = "approval " + event.operation
         sources.task_events.append(TaskEvent(operation, at, seq, _str(event.agent), _str(event.task), None, details))
+
+
+def _authzen(line: dict[str, Any]) -> AuthzenEvaluation:
+    def entity(value: Any) -> str:
+        return f"{value.get('type')}:{value.get('id')}" if isinstance(value, dict) else "?"
+
+    return AuthzenEvaluation(
+        decision_id=line["decision_id"],
+        at=_time(line.get("time")),
+        caller=_str(line.get("caller")),
+        endpoint=str(line.get("endpoint", "")),
+        request_id=_str(line.get("request_id")),
+        batch=_str(line.get("batch")),
+        subject=entity(line.get("subject")),
+        action=_str(line.get("action")),
+        resource=entity(line.get("resource")),
+        verdict=str(line.get("verdict", "error")),
+        reasons=[str(r) for r in line.get("reasons") or []],
+        error=_str(line.get("error")),
+    )
 
 
 def _take_opa(line: dict[str, Any], number: int, sources: Sources) -> bool:

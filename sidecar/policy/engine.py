@@ -138,6 +138,9 @@ def _collect_input_refs(node: Any, file: str, reads: list[InputRead]) -> None:
             _collect_input_refs(call[2:], file, reads)
             _collect_input_refs([v for k, v in node.items() if k not in ("terms", "value")], file, reads)
             return
+    if "target" in node and "value" in node and "type" not in node:  # `with input as x`: replaces, reads nothing
+        _collect_input_refs(node["value"], file, reads)
+        return
     for key, item in node.items():
         if key not in ("annotations", "comments"):  # a METADATA `schemas: - input: ...` reads nothing
             _collect_input_refs(item, file, reads)
