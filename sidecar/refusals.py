@@ -21,32 +21,13 @@ import asyncio
 from typing import Any
 
 from sidecar import metrics
+from sidecar.input import refusal_policy_input
 from sidecar.logs import DecisionRecord
 from sidecar.opa import OpaClient, OpaError
 
 # Stages that can end a call before the policy is asked (approval and session also come after it,
 # so a record counts only when OPA never answered).
 REFUSED_BEFORE_POLICY = frozenset({"body", "identity", "task", "intent", "approval", "session"})
-
-
-def refusal_input(record: DecisionRecord) -> dict[str, Any]:
-    """The input document OPA logs for a call refused before the policy was asked."""
-    return {
-        "refusal": {
-            "decision_id": record.decision_id,
-            "stage": record.stage,
-            "status": record.status,
-            "verdict": record.verdict,
-            "reasons": list(record.reasons),
-            "method": record.method,
-            "host": record.host,
-            "path": record.path,
-            "request_id": record.request_id,
-            "agent": record.agent,
-            "task": record.task,
-            "approval": record.approval,
-        }
-    }
 
 
 class RefusalReporter:
@@ -71,7 +52,7 @@ class RefusalReporter:
         if len(self._pending) >= self._max_in_flight:
             metrics.REFUSAL_REPORTS.labels("busy").inc()
             return
-        task = asyncio.get_running_loop().create_task(self._send(refusal_input(record)))
+        task = asyncio.get_running_loop().create_task(self._send(refusal_policy_input(record)))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
