@@ -353,6 +353,15 @@ class GrpcConfig(_Strict):
     socket: Path | None = None  # serve gRPC on this unix socket instead of host:port
 
 
+class ShutdownConfig(_Strict):
+    """What SIGTERM does: fail /readyz at once, keep answering for ``drain_delay_seconds`` (so load
+    balancers and Envoy stop sending new checks), then close the listeners and give the checks in
+    flight up to ``drain_timeout_seconds`` to finish before exiting."""
+
+    drain_delay_seconds: float = Field(5.0, ge=0, le=300)
+    drain_timeout_seconds: float = Field(20.0, gt=0, le=600)
+
+
 class Config(_Strict):
     """The whole sidecar configuration."""
 
@@ -369,6 +378,7 @@ class Config(_Strict):
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 
     @model_validator(mode="after")
     def _shadow_is_another_policy(self) -> Config:
