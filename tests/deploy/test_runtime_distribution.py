@@ -139,12 +139,13 @@ def _compose() -> dict[str, Any]:
 
 
 def test_manifests_run_the_runtime_entry_points() -> None:
+    from tests.deploy.chart import render
+
     deployed = {}
-    for path in (REPO / "kubernetes" / "services").glob("*.yaml"):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") == "Deployment":
-                for container in doc["spec"]["template"]["spec"]["containers"]:
-                    deployed[doc["metadata"]["name"]] = (container["command"], container["args"][0])
+    for doc in render("istio", {"services.enabled": True}):
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] in {"authz-bundles", "authz-decision-logs"}:
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                deployed[doc["metadata"]["name"]] = (container["command"], container["args"][0])
     assert deployed == {
         "authz-bundles": (["authz-bundle-server"], "--dir"),
         "authz-decision-logs": (["authz-decision-log-receiver"], "--out"),
