@@ -689,6 +689,24 @@ REFUSED: dict[str, tuple[str, dict[str, Any], str]] = {
         {"state.redis.deploy": False, "state.redis.mode": "sentinel", "state.redis.sentinel.nodes": ["s:26379"]},
         "state.redis.sentinel.service",
     ),
+    "an agent mounting the Workload API": (
+        "egress",
+        {"workload.containers": [{"name": "agent", "image": "a:1", "volumeMounts": [
+            {"name": "spiffe-workload-api", "mountPath": "/var/run/spire"}]}]},
+        "workload container agent must not mount spiffe-workload-api",
+    ),
+    "an agent mounting the trio's sockets": (
+        "egress",
+        {"workload.containers": [{"name": "agent", "image": "a:1", "volumeMounts": [
+            {"name": "mine", "mountPath": "/run/authz"}]}]},
+        "must not mount mine at /run/authz",
+    ),
+    "an agent given the socket's address": (
+        "egress",
+        {"workload.containers": [{"name": "agent", "image": "a:1", "env": [
+            {"name": "SPIFFE_ENDPOINT_SOCKET", "value": "unix:///x"}]}]},
+        "must not be given SPIFFE_ENDPOINT_SOCKET",
+    ),
     "a tool without its SPIFFE ID": (
         "egress", {"egress.tools": [{"name": "t", "host": "t.x", "port": 1}]}, "egress.tools[t].spiffeId"
     ),

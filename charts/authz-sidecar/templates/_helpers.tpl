@@ -43,6 +43,20 @@ seccompProfile: {type: RuntimeDefault}
 {{- if and (ne .Values.mode "istio") (not .Values.workload.containers) -}}
 {{- fail (printf "mode=%s needs workload.containers (the agent or tool beside the trio)" .Values.mode) -}}
 {{- end -}}
+{{- /* The agent or tool must not reach the Workload API or the trio's sockets (the pod boundary). */ -}}
+{{- $reserved := list "spiffe-workload-api" "authz-run" "sidecar-config" "opa-config" "opa-service-token" "xfcc-secret" "signing-keys" "redis-password" "redis-sentinel-password" "redis-tls" -}}
+{{- range $container := .Values.workload.containers -}}
+{{- range $mount := $container.volumeMounts | default list -}}
+{{- if or (has $mount.name $reserved) (hasPrefix "/run/authz" $mount.mountPath) (hasPrefix "/run/spiffe" $mount.mountPath) (hasPrefix "/run/secrets/authz" $mount.mountPath) -}}
+{{- fail (printf "workload container %s must not mount %s at %s: only the trio reaches the Workload API, its sockets and its secrets" $container.name $mount.name $mount.mountPath) -}}
+{{- end -}}
+{{- end -}}
+{{- range $env := $container.env | default list -}}
+{{- if eq $env.name "SPIFFE_ENDPOINT_SOCKET" -}}
+{{- fail (printf "workload container %s must not be given SPIFFE_ENDPOINT_SOCKET: only the trio reaches the Workload API" $container.name) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- if and (eq .Values.mode "egress") (not .Values.egress.tools) -}}
 {{- fail "mode=egress needs egress.tools: the tool services the agent may reach (anything else is 403)" -}}
 {{- end -}}
