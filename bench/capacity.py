@@ -43,6 +43,7 @@ from devstack.redis_server import RedisServer
 from sidecar.config import StateConfig
 from sidecar.state import AgentLimits, ApprovalRecord, SessionLimits, TaskRecord
 from sidecar.state.redis import RedisStore
+from sidecar.tasks import child_task
 
 RESULTS = Path(__file__).parent / "results"
 LIMITS = SessionLimits()  # the defaults: recent window 20, 64 labels
@@ -58,19 +59,11 @@ def agent_id() -> str:
 
 
 def new_task(sub: str, parent: TaskRecord | None = None) -> TaskRecord:
-    now, task_id = int(time.time()), str(uuid.uuid4())
-    return TaskRecord(
-        id=task_id,
-        sub=sub,
-        purpose="triage the customer's open tickets",
-        scopes=["tickets:read", "tickets:write", "docs:read"],
-        issued_at=now,
-        expires_at=now + 3600,
-        parent_id=parent.id if parent else None,
-        root_id=parent.root_id if parent else task_id,
-        depth=parent.depth + 1 if parent else 0,
-        chain=[parent.sub, *parent.chain] if parent else [],
-    )
+    now, task_id, scopes = int(time.time()), str(uuid.uuid4()), ["tickets:read", "tickets:write", "docs:read"]
+    if parent is not None:
+        return child_task(parent, sub, scopes, 3600, now, task_id)
+    purpose = "triage the customer's open tickets"
+    return TaskRecord(task_id, sub, purpose, scopes, issued_at=now, expires_at=now + 3600, root_id=task_id)
 
 
 def new_approval(agent: str) -> ApprovalRecord:

@@ -46,6 +46,7 @@ from sidecar.state import (
     TaskRecord,
 )
 from sidecar.state.redis import RedisStore, hash_tag
+from sidecar.tasks import child_task
 
 RESULTS = Path(__file__).parent / "results"
 LIMITS = SessionLimits()
@@ -85,18 +86,10 @@ class FailoverRun:
 def _task(parent: TaskRecord | None = None, sub: str | None = None, task_id: str | None = None) -> TaskRecord:
     now = int(time.time())
     task_id = task_id or str(uuid.uuid4())
-    return TaskRecord(
-        id=task_id,
-        sub=sub or f"spiffe://demo.local/agent/{uuid.uuid4().hex[:12]}",
-        purpose="failover",
-        scopes=["tickets:write"],
-        issued_at=now,
-        expires_at=now + 600,
-        parent_id=parent.id if parent else None,
-        root_id=parent.root_id if parent else task_id,
-        depth=parent.depth + 1 if parent else 0,
-        chain=[parent.sub, *parent.chain] if parent else [],
-    )
+    sub = sub or f"spiffe://demo.local/agent/{uuid.uuid4().hex[:12]}"
+    if parent is not None:
+        return child_task(parent, sub, ["tickets:write"], 600, now, task_id)
+    return TaskRecord(task_id, sub, "failover", ["tickets:write"], issued_at=now, expires_at=now + 600, root_id=task_id)
 
 
 def _approval(approval_id: str) -> ApprovalRecord:

@@ -43,6 +43,7 @@ from typing import Any
 import requests
 
 from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds, traffic_bundle
+from devstack.agent_client import AgentClient
 from devstack.redis_cluster import LocalSentinel
 from devstack.redis_server import RedisServer
 from devstack.stack import Ports, Stack
@@ -302,12 +303,7 @@ class Faults:
         phase = self.phase(
             "sidecar-restart", "sidecar restarted (state in Redis)", stack.stop_sidecar, stack.start_sidecar
         )
-        lost = before.check(stack)
-        if lost:
-            phase.ok = False
-            phase.notes += lost
-        else:
-            phase.notes.append("task, revocation, approval and session state all survived the restart")
+        before.report(stack, phase, "the restart")
         return phase
 
     def redis_failover(self) -> Phase:
@@ -364,12 +360,7 @@ class Faults:
             phase.notes.append("no 503 seen while the primary was down")
         if promotion:
             phase.notes.append(f"the sentinels promoted the replica {promotion[0]:.2f} s after the kill")
-        lost = before.check(stack)
-        if lost:
-            phase.ok = False
-            phase.notes += lost
-        else:
-            phase.notes.append("task, revocation, approval and session state all survived the failover")
+        before.report(stack, phase, "the failover")
         return phase
 
 
@@ -385,41 +376,36 @@ class _State:
 
     @staticmethod
     def build(stack: Stack) -> _State:
-        writer = _auth(stack, WRITER)
-        active = _post(
-            stack, "/v1/tasks", writer, {"purpose": "triage", "scopes": ["tickets:write"], "ttl_seconds": 600}
-        )
-        completed = _post(
-            stack, "/v1/tasks", writer, {"purpose": "triage", "scopes": ["tickets:write"], "ttl_seconds": 600}
-        )
-        _post(stack, f"/v1/tasks/{completed['id']}/complete", writer, {})
-        cleanup = _post(
-            stack, "/v1/tasks", writer, {"purpose": "cleanup", "scopes": ["records:delete"], "ttl_seconds": 600}
-        )
+        client = AgentClient(stack)
+        active = client.open_task(WRITER, "triage", ["tickets:write"], ttl=600)
+        completed = client.open_task(WRITER, "triage", ["tickets:write"], ttl=600)
+        client.complete(WRITER, completed["id"])
+        cleanup = client.open_task(WRITER, "cleanup", ["records:delete"], ttl=600)
         asked = _call(stack, "DELETE", "/api/records/31", cleanup["token"])
         approval_id = asked.json()["step_up"]["approval_id"]
-        human = {"authorization": "Bearer " + stack.oidc.mint("alice", ["security-approvers"])}
-        _post(stack, f"/v1/approvals/{approval_id}/approve", human, {"reason": "faults"})
+        client.decide_approval(approval_id, reason="faults").raise_for_status()
         writes = 3
         for _ in range(writes):
             assert _call(stack, "POST", "/api/tickets", active["token"]).status_code == 201
         return _State(active, completed, approval_id, cleanup, writes)
 
+    def report(self, stack: Stack, phase: Phase, fault: str) -> None:
+        """Check the state after ``fault`` and put what was lost (or that nothing was) in the phase."""
+        lost = self.check(stack)
+        if lost:
+            phase.ok = False
+            phase.notes += lost
+        else:
+            phase.notes.append(f"task, revocation, approval and session state all survived {fault}")
+
     def check(self, stack: Stack) -> list[str]:
         lost = []
         if _call(stack, "POST", "/api/tickets", self.completed["token"]).status_code != 403:
             lost.append("a completed (revoked) task was honoured again after the restart")
-        retry = _call(
-            stack, "DELETE", "/api/records/31", self.cleanup["token"], {"x-agent-approval-id": self.approval_id}
-        )
+        retry = _call(stack, "DELETE", "/api/records/31", self.cleanup["token"], self.approval_id)
         if retry.status_code != 200:
             lost.append(f"the approved approval was lost ({retry.status_code})")
-        elif (
-            _call(
-                stack, "DELETE", "/api/records/31", self.cleanup["token"], {"x-agent-approval-id": self.approval_id}
-            ).status_code
-            != 403
-        ):
+        elif _call(stack, "DELETE", "/api/records/31", self.cleanup["token"], self.approval_id).status_code != 403:
             lost.append("the used approval could be used again")
         allowed = sum(_call(stack, "POST", "/api/tickets", self.active["token"]).status_code == 201 for _ in range(12))
         if allowed != 10 - self.writes_before:
@@ -427,22 +413,8 @@ class _State:
         return lost
 
 
-def _auth(stack: Stack, agent: str) -> dict[str, str]:
-    return {"authorization": "Bearer " + stack.trust_domain.mint_jwt(agent)}
-
-
-def _post(stack: Stack, path: str, headers: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
-    response = requests.post(stack.sidecar_url + path, json=body, headers=headers, timeout=10)
-    response.raise_for_status()
-    document: dict[str, Any] = response.json()
-    return document
-
-
-def _call(
-    stack: Stack, method: str, path: str, task_token: str, extra: dict[str, str] | None = None
-) -> requests.Response:
-    headers = {**_auth(stack, WRITER), "x-agent-task-token": task_token, **(extra or {})}
-    return requests.request(method, stack.egress_url + path, json={"t": 1}, headers=headers, timeout=10)
+def _call(stack: Stack, method: str, path: str, task_token: str, approval: str | None = None) -> requests.Response:
+    return AgentClient(stack).request(method, path, WRITER, task=task_token, approval=approval, json={"t": 1})
 
 
 def table(phases: list[Phase]) -> str:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+
+from devstack.agent_client import agent_headers, jsonrpc
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
@@ -36,39 +37,28 @@ class BenchRequest:
 
 def mcp_body(size: int) -> bytes:
     """A JSON-RPC tools/call of exactly ``size`` bytes (the query argument pads it)."""
-    envelope: dict[str, Any] = {
-        "jsonrpc": "2.0",
-        "id": 7,
-        "method": "tools/call",
-        "params": {"name": "search_docs", "arguments": {}},
-    }
-    base = len(json.dumps({**envelope, "params": {**envelope["params"], "arguments": {"q": ""}}}).encode())
-    padding = max(0, size - base)
-    envelope["params"] = {"name": "search_docs", "arguments": {"q": "v" * padding}}
-    return json.dumps(envelope).encode()
+
+    def body(query: str) -> bytes:
+        return json.dumps(jsonrpc("tools/call", "search_docs", {"q": query}, rpc_id=7)[1]).encode()
+
+    return body("v" * max(0, size - len(body(""))))
 
 
 def mcp_call(reader_token: str, size: int) -> BenchRequest:
-    headers = {
-        "authorization": f"Bearer {reader_token}",
-        "content-type": "application/json",
-        "mcp-method": "tools/call",
-        "mcp-name": "search_docs",
-    }
+    mcp_headers, _ = jsonrpc("tools/call", "search_docs")
+    headers = agent_headers(reader_token, extra={"content-type": "application/json", **mcp_headers})
     return BenchRequest(f"mcp tools/call {size // 1024} KiB", "POST", "/mcp", headers, mcp_body(size))
 
 
 def read_under_task(reader_token: str, task_token: str) -> BenchRequest:
     """One REST read made under a task grant: every call lands in that task's session history."""
-    headers = {"authorization": f"Bearer {reader_token}", "x-agent-task-token": task_token}
+    headers = agent_headers(reader_token, task=task_token)
     return BenchRequest("REST read under a task", "GET", "/api/docs/handbook", headers)
 
 
 def request_mix(reader_token: str, writer_token: str, task_token: str | None) -> list[BenchRequest]:
-    reader = {"authorization": f"Bearer {reader_token}"}
-    writer = {"authorization": f"Bearer {writer_token}", "content-type": "application/json"}
-    if task_token:
-        writer["x-agent-task-token"] = task_token
+    reader = agent_headers(reader_token)
+    writer = agent_headers(writer_token, task=task_token or None, extra={"content-type": "application/json"})
     ticket = b'{"title": "Printer on fire"}'
     return [
         BenchRequest("REST read", "GET", "/api/docs/handbook", reader),

@@ -18,6 +18,7 @@ from typing import Any
 import requests
 import yaml
 
+from devstack.agent_client import AgentClient, AgentClientError
 from devstack.stack import Ports, Stack
 from devstack.tools import find_tool
 
@@ -88,26 +89,13 @@ class SidecarSetup(Setup):
 
     def open_task(self, agent: str, purpose: str, scopes: list[str]) -> dict[str, Any]:
         """A task grant from the sidecar's own API, for the mix's write request."""
-        response = requests.post(
-            f"{self.stack.sidecar_url}/v1/tasks",
-            json={"purpose": purpose, "scopes": scopes, "ttl_seconds": 3600},
-            headers={"authorization": "Bearer " + self.stack.trust_domain.mint_jwt(agent)},
-            timeout=10,
-        )
-        if response.status_code != 201:
-            raise RuntimeError(f"{self.name}: cannot open a task grant: {response.status_code} {response.text}")
-        grant: dict[str, Any] = response.json()
-        return grant
+        try:
+            return AgentClient(self.stack).open_task(agent, purpose, scopes, ttl=3600)
+        except AgentClientError as exc:
+            raise RuntimeError(f"{self.name}: {exc}") from exc
 
     def task_details(self, grant: dict[str, Any], agent: str) -> dict[str, Any]:
-        response = requests.get(
-            f"{self.stack.sidecar_url}/v1/tasks/{grant['id']}",
-            headers={"authorization": "Bearer " + self.stack.trust_domain.mint_jwt(agent)},
-            timeout=10,
-        )
-        response.raise_for_status()
-        details: dict[str, Any] = response.json()
-        return details
+        return AgentClient(self.stack).task(agent, grant["id"])
 
     def jwks(self) -> dict[str, Any]:
         response = requests.get(f"{self.stack.sidecar_url}/.well-known/jwks.json", timeout=10)

@@ -24,6 +24,7 @@ from typing import Required, TypedDict
 import requests
 
 from bench.traffic import MIX, WRITER, BaselineError, Traffic, traffic_bundle
+from devstack.agent_client import AgentClient, AgentClientError
 from devstack.stack import Ports, Stack
 
 RESULTS = Path(__file__).parent / "results"
@@ -64,33 +65,20 @@ class TaskLifecycle(threading.Thread):
 
     def run(self) -> None:
         with requests.Session() as http:
+            client = AgentClient(self.stack, tokens=self.traffic.tokens, http=http, timeout=5)
             while not self.stop.wait(self.every_s):
                 try:
-                    self._cycle(http)
+                    self._cycle(client)
                     self.cycles += 1
-                except (requests.RequestException, AssertionError, KeyError):
+                except (requests.RequestException, AgentClientError, AssertionError, KeyError):
                     self.failures += 1
 
-    def _cycle(self, http: requests.Session) -> None:
-        auth = {"authorization": "Bearer " + self.traffic.token(WRITER)}
-        opened = http.post(
-            self.stack.sidecar_url + "/v1/tasks",
-            json={"purpose": "triage", "scopes": ["tickets:write"], "ttl_seconds": 60},
-            headers=auth,
-            timeout=5,
-        )
-        assert opened.status_code == 201, opened.text
-        task = opened.json()
+    def _cycle(self, client: AgentClient) -> None:
+        task = client.open_task(WRITER, "triage", ["tickets:write"], ttl=60)
         for _ in range(3):
-            written = http.post(
-                self.stack.egress_url + "/api/tickets",
-                json={"title": "soak"},
-                headers={**auth, "x-agent-task-token": task["token"]},
-                timeout=5,
-            )
+            written = client.request("POST", "/api/tickets", WRITER, task=task["token"], json={"title": "soak"})
             assert written.status_code == 201, written.text
-        ended = http.post(f"{self.stack.sidecar_url}/v1/tasks/{task['id']}/complete", headers=auth, timeout=5)
-        assert ended.status_code == 200
+        client.complete(WRITER, task["id"])
 
 
 def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:

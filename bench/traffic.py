@@ -22,6 +22,7 @@ from typing import Any
 import requests
 
 from bench.setups import AGENT_CEILING_LIFTED, policy_bundle
+from devstack.agent_client import AgentClient, Tokens
 from devstack.stack import DEFAULT_BUNDLE, Stack
 
 READER = "spiffe://demo.local/agent/reader"
@@ -88,19 +89,14 @@ class Traffic:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._workers: list[threading.Thread] = []
-        self._tokens: dict[str, tuple[float, str]] = {}  # agent -> (re-mint at, token)
+        self.tokens = Tokens(
+            self.stack.trust_domain, ttl=TOKEN_TTL_S, reuse_s=TOKEN_TTL_S - TOKEN_REFRESH_BEFORE_S, clock=self.clock
+        )
         self._session_ids = [str(uuid.uuid4()) for _ in range(self.sessions)]
 
     def token(self, agent: str) -> str:
         """A JWT-SVID minted on first use and reused until it nears expiry, as agents do."""
-        with self._lock:
-            now = self.clock()
-            cached = self._tokens.get(agent)
-            if cached is not None and now < cached[0]:
-                return cached[1]
-            token = self.stack.trust_domain.mint_jwt(agent, ttl=TOKEN_TTL_S)
-            self._tokens[agent] = (now + TOKEN_TTL_S - TOKEN_REFRESH_BEFORE_S, token)
-            return token
+        return self.tokens.token(agent)
 
     def start(self) -> Traffic:
         started = self.clock()
@@ -120,10 +116,11 @@ class Traffic:
         kinds = itertools.cycle(MIX[index % len(MIX) :] + MIX[: index % len(MIX)])
         sessions = itertools.cycle(self._session_ids[index :: self.threads] or self._session_ids)
         next_at = self.clock()
-        with requests.Session() as http:
+        with requests.Session() as http:  # keep-alive, as agents do
+            client = AgentClient(self.stack, tokens=self.tokens, http=http, timeout=5)
             while not self._stop.is_set() and self.clock() - started < self.deadline_s:
                 kind = next(kinds)
-                self.record(kind, self._send(http, kind, next(sessions)))
+                self.record(kind, self._send(client, kind, next(sessions)))
                 next_at += interval
                 delay = next_at - self.clock()
                 if delay > 0:
@@ -131,12 +128,11 @@ class Traffic:
                 else:
                     next_at = self.clock()  # behind schedule: do not burst to catch up
 
-    def _send(self, http: requests.Session, kind: Kind, session_id: str) -> tuple[float, int]:
-        headers = {"authorization": "Bearer " + self.token(kind.agent), "mcp-session-id": session_id}
+    def _send(self, client: AgentClient, kind: Kind, session_id: str) -> tuple[float, int]:
         sent = self.clock()
         try:
-            response = http.request(
-                kind.method, self.stack.egress_url + kind.path, json=kind.body, headers=headers, timeout=5
+            response = client.request(
+                kind.method, kind.path, kind.agent, {"mcp-session-id": session_id}, json=kind.body
             )
             return sent, response.status_code
         except requests.RequestException:

@@ -15,45 +15,40 @@ from typing import Any
 
 import requests
 
+from devstack.agent_client import AgentClient, approval_id, bearer
 from devstack.stack import Ports, Stack, StackError
 from devstack.trust_domain import DevTrustDomain
 
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
 ASSISTANT = "spiffe://demo.local/agent/assistant"
-TIMEOUT = 10
 TICKET = {"title": "Printer on fire"}  # the demo's write, replayed byte for byte by the thief step
 
 
 @dataclass
 class Demo:
-    """The running stack plus what the scripted agents hold between steps (task tokens)."""
+    """The running stack, its agents' client, and what they hold between steps (task grants)."""
 
     stack: Stack
+    client: AgentClient
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     approval_id: str | None = None  # the last approval a step-up asked for
 
-    def bearer(self, spiffe_id: str, **claims: Any) -> dict[str, str]:
-        return {"authorization": "Bearer " + self.stack.trust_domain.mint_jwt(spiffe_id, extra_claims=claims)}
-
     def call(self, method: str, path: str, agent: str, task: str | None = None, **kw: Any) -> requests.Response:
-        headers = {**self.bearer(agent), **kw.pop("headers", {})}
-        if task:
-            headers["x-agent-task-token"] = self.tasks[task]["token"]
-        response = requests.request(method, self.stack.egress_url + path, headers=headers, timeout=TIMEOUT, **kw)
-        self.approval_id = response.headers.get("x-authz-approval-id", self.approval_id)
+        token = self.tasks[task]["token"] if task else None
+        response = self.client.request(method, path, agent, kw.pop("headers", None), task=token, **kw)
+        self.approval_id = approval_id(response) or self.approval_id
         return response
 
     def retry_approved(self, method: str, path: str, agent: str, task: str) -> requests.Response:
         assert self.approval_id is not None
-        return self.call(method, path, agent, task, headers={"x-agent-approval-id": self.approval_id})
+        return self.call(method, path, agent, task, approval=self.approval_id)
 
     def approve(self, approver: str, groups: list[str]) -> requests.Response:
         """A human approver (OIDC ID token of the dev issuer) approves the pending approval."""
-        token = self.stack.oidc.mint(approver, groups)
-        url = f"{self.stack.sidecar_url}/v1/approvals/{self.approval_id}/approve"
-        headers = {"authorization": f"Bearer {token}"}
-        return requests.post(url, json={"reason": "checked with the customer"}, headers=headers, timeout=TIMEOUT)
+        assert self.approval_id is not None
+        who = self.client.human(approver, tuple(groups))
+        return self.client.decide_approval(self.approval_id, True, who, "checked with the customer")
 
     def writes_until_refused(self, task: str, limit: int) -> requests.Response:
         """``limit`` writes under one task, then one more: the last answer."""
@@ -62,39 +57,29 @@ class Demo:
         return self.call("POST", "/api/tickets", WRITER, task, json={"n": limit})
 
     def open_task(self, name: str, agent: str, purpose: str, scopes: list[str]) -> requests.Response:
-        body = {"purpose": purpose, "scopes": scopes, "ttl_seconds": 600}
-        response = requests.post(
-            f"{self.stack.sidecar_url}/v1/tasks", json=body, headers=self.bearer(agent), timeout=TIMEOUT
-        )
-        if response.status_code == 201:
-            self.tasks[name] = response.json()
-        return response
+        return self._keep(name, self.client.post_task(agent, purpose, scopes, ttl=600))
 
     def delegate(self, name: str, parent: str, agent: str, to: str, scopes: list[str]) -> requests.Response:
-        body = {"to": to, "scopes": scopes, "ttl_seconds": 300}
-        url = f"{self.stack.sidecar_url}/v1/tasks/{self.tasks[parent]['id']}/delegate"
-        response = requests.post(url, json=body, headers=self.bearer(agent), timeout=TIMEOUT)
-        if response.status_code == 201:
-            self.tasks[name] = response.json()
-        return response
+        return self._keep(name, self.client.post_delegation(agent, self.tasks[parent]["id"], to, scopes, ttl=300))
 
     def complete(self, name: str, agent: str) -> requests.Response:
-        url = f"{self.stack.sidecar_url}/v1/tasks/{self.tasks[name]['id']}/complete"
-        return requests.post(url, headers=self.bearer(agent), timeout=TIMEOUT)
+        return self.client.post_completion(agent, self.tasks[name]["id"])
 
     def mcp_call(self, agent: str, tool: str, arguments: dict[str, Any], task: str | None = None) -> requests.Response:
-        body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
-        headers = {"mcp-method": "tools/call", "mcp-name": tool}
-        return self.call("POST", "/mcp", agent, task, json=body, headers=headers)
+        token = self.tasks[task]["token"] if task else None
+        return self.client.mcp(agent, "tools/call", tool, arguments, task=token)
 
     def replay_last_credential(self, body: dict[str, Any]) -> requests.Response:
         """Send the credential the upstream last accepted straight to it again, as a thief would,
         with the identical request it was bound to (any other is refused before the ``jti``)."""
         upstream = f"http://127.0.0.1:{self.stack.ports.upstream}"
-        token = requests.get(f"{upstream}/debug/last-credential", timeout=TIMEOUT).json()["token"]
-        return requests.post(
-            f"{upstream}/api/tickets", headers={"authorization": f"Bearer {token}"}, json=body, timeout=TIMEOUT
-        )
+        token = self.client.upstream_credential()
+        return requests.post(f"{upstream}/api/tickets", headers=bearer(token), json=body, timeout=self.client.timeout)
+
+    def _keep(self, name: str, response: requests.Response) -> requests.Response:
+        if response.status_code == 201:
+            self.tasks[name] = response.json()
+        return response
 
 
 @dataclass(frozen=True)
@@ -133,11 +118,7 @@ def other_domain(demo: Demo) -> dict[str, str]:
 
 
 def ingress_get(demo: Demo, spiffe_id: str, path: str) -> requests.Response:
-    stack = demo.stack
-    svid = stack.trust_domain.mint_x509(spiffe_id, stack.workdir / "demo-svids" / spiffe_id.rsplit("/", 1)[-1])
-    return requests.get(
-        stack.ingress_url + path, cert=(str(svid.cert), str(svid.key)), verify=str(svid.bundle), timeout=TIMEOUT
-    )
+    return demo.client.ingress(spiffe_id, "GET", path)
 
 
 def stop_opa_then_get(demo: Demo) -> requests.Response:
@@ -146,7 +127,7 @@ def stop_opa_then_get(demo: Demo) -> requests.Response:
 
 
 def raw_get(path: str, headers: Callable[[Demo], dict[str, str]]) -> Callable[[Demo], requests.Response]:
-    return lambda d: requests.get(d.stack.egress_url + path, headers=headers(d), timeout=TIMEOUT)
+    return lambda d: d.client.request("GET", path, None, headers(d))
 
 
 SCRIPT = [
@@ -372,7 +353,7 @@ def run_demo(dev_dir: Path, ports: Ports | None = None) -> int:
             print(
                 f"stack up: Envoy egress {stack.egress_url}, mTLS ingress {stack.ingress_url}; logs in {stack.logs}\n"
             )
-            demo = Demo(stack)
+            demo = Demo(stack, AgentClient(stack))
             outcomes = [observe(step, step.send(demo)) for step in SCRIPT]
     except StackError as exc:
         print(f"demo: {exc}")

@@ -35,6 +35,9 @@ from sidecar.unix_http import UnixResponse, unix_request
 
 DEFAULT_BUNDLE = REPO_ROOT / "rego"
 DEFAULT_DECISION_PATH = "agent/authz/decision"
+CHECK_PATH_PREFIX = "/authz"  # the sidecar's listen.path_prefix: Envoy's ext_authz path_prefix in envoy/envoy.yaml
+# The one PEP the local stack lets ask its AuthZEN PDP (authzen.callers): agents may not probe the policy.
+AUTHZEN_PEP = "spiffe://demo.local/pep/gateway"
 Mode = Literal["http", "grpc"]  # how Envoy asks the sidecar: ext_authz HTTP service or gRPC
 
 
@@ -198,7 +201,13 @@ class Stack:
         via: Path | None = None,
     ) -> UnixResponse:
         """Call the sidecar's check endpoint directly, as only Envoy can (``target`` without the prefix)."""
-        return unix_request(via or self.check_socket, method, "/authz" + target, headers, body)
+        return unix_request(via or self.check_socket, method, self.check_prefix + target, headers, body)
+
+    @property
+    def check_prefix(self) -> str:
+        """The check endpoint's path prefix as this stack's sidecars are configured (an override in
+        ``sidecar_env`` wins there, so it does here)."""
+        return self.sidecar_env.get("AUTHZ_LISTEN__PATH_PREFIX", CHECK_PATH_PREFIX)
 
     def opa_request(self, method: str, target: str) -> UnixResponse:
         """OPA's REST API over its socket (``/v1/status``, ``/health``)."""
@@ -367,7 +376,7 @@ class Stack:
         api, admin = Ports.free().sidecar, Ports.free().sidecar_admin
         socket = self.run_dir / f"{name}.sock"
         config = self.sidecar_config()
-        config["listen"] = {"host": "127.0.0.1", "port": api, "path_prefix": "/authz", "socket": str(socket)}
+        config["listen"] = {"host": "127.0.0.1", "port": api, "path_prefix": CHECK_PATH_PREFIX, "socket": str(socket)}
         config["admin"] = {"host": "127.0.0.1", "port": admin}
         config.pop("grpc", None)
         path = self.workdir / f"{name}.yaml"
@@ -421,7 +430,7 @@ class Stack:
             "listen": {
                 "host": "127.0.0.1",
                 "port": self.ports.sidecar,
-                "path_prefix": "/authz",
+                "path_prefix": CHECK_PATH_PREFIX,
                 "socket": str(self.check_socket),
             },
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
@@ -447,6 +456,7 @@ class Stack:
                 "oidc_issuer": self.oidc.issuer,
                 "oidc_jwks_file": str(self.oidc.jwks_file),
             },
+            "authzen": {"callers": [AUTHZEN_PEP]},
             **({"shadow": {"opa_url": f"unix://{self.shadow_socket}"}} if self.shadow is not None else {}),
         }
 
@@ -489,6 +499,8 @@ class Stack:
                 f"  sidecar check       unix socket {self.grpc_socket if self.mode == 'grpc' else self.check_socket}"
                 + ("  (gRPC mode)" if self.mode == "grpc" else "  (Envoy only)"),
                 f"  agent API           {self.sidecar_url}/v1/tasks  (tasks, approvals, JWKS)",
+                f"  AuthZEN PDP         {self.sidecar_url}  (/access/v1/*, /.well-known/authzen-configuration)",
+                f"                      asked by the PEP {AUTHZEN_PEP} with its JWT-SVID",
                 f"  sidecar admin       {self.sidecar_admin_url}  (/healthz /readyz /metrics)",
                 f"  OPA                 {self.opa_url}  bundle {self.bundle}, decision {self.decision_path}",
                 f"  demo upstream       http://127.0.0.1:{p.upstream}",

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from sidecar.approvals import ApprovalError, ApprovalService
+from sidecar.errors import Kind, SidecarError
+from sidecar.events import ApprovalEvent, Outcome, TaskEvent, log_event, now
 from sidecar.identity import Identity, IdentityError, IdentityResolver
 from sidecar.identity.approvers import Approver, ApproverAuthenticator
 from sidecar.keys import KeySet
 from sidecar.state import StoreError
 from sidecar.tasks import TaskError, TaskService, task_view
-
-log = logging.getLogger("authz.tasks")
+from sidecar.wire_status import HTTP_STATUS
 
 API_RESOLVER = web.AppKey("api_resolver", IdentityResolver)
 APPROVALS = web.AppKey("approvals", ApprovalService)
@@ -74,7 +74,7 @@ async def get_task(request: web.Request, caller: Identity) -> web.Response:
 async def end_task(request: web.Request, caller: Identity) -> web.Response:
     task_id = request.match_info["task_id"]
     ended = await request.app[TASKS].end(caller, task_id)
-    _audit("complete", caller, task_id, "allow", revoked=ended)
+    _audit("complete", caller, task_id, "allow", revoked=tuple(ended))
     return web.json_response({"task_id": task_id, "ended": ended})
 
 
@@ -103,20 +103,20 @@ async def _decide(request: web.Request, approver: Approver, approve: bool) -> we
     body = await _json(request)
     reason = body.get("reason") if isinstance(body, dict) else None
     if reason is not None and (not isinstance(reason, str) or len(reason) > 1000):
-        raise ApprovalError(400, "invalid request: reason must be a string of at most 1000 characters")
+        raise ApprovalError(Kind.INVALID, "invalid request: reason must be a string of at most 1000 characters")
     service = request.app[APPROVALS]
     approval_id = request.match_info["approval_id"]
     decided = await service.decide(approver, approval_id, approve, reason)
-    log.info(
-        "approval decided",
-        extra={
-            "operation": "approve" if approve else "reject",
-            "approver": approver.id,
-            "approval": approval_id,
-            "agent": decided.agent,
-            "task": decided.task_id,
-            "reason": reason,
-        },
+    log_event(
+        ApprovalEvent(
+            time=now(),
+            operation="approve" if approve else "reject",
+            approver=approver.id,
+            approval=approval_id,
+            agent=decided.agent,
+            task=decided.task_id,
+            reason=reason,
+        )
     )
     return web.json_response(service.view(decided))
 
@@ -129,13 +129,11 @@ def _approver(
         try:
             approver = await asyncio.to_thread(request.app[APPROVERS].authenticate, headers)
         except IdentityError as exc:
-            return _error(401, exc.reason, {"www-authenticate": 'Bearer realm="authz-sidecar"'})
+            return _unauthenticated(exc.reason)
         try:
             return await handler(request, approver)
-        except (ApprovalError, TaskError) as exc:
-            return _error(exc.status, exc.reason)
-        except StoreError as exc:
-            return _error(503, str(exc))
+        except (ApprovalError, TaskError, StoreError) as exc:
+            return _error(exc)
 
     return wrapped
 
@@ -146,9 +144,9 @@ def _authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Re
         try:
             caller = request.app[API_RESOLVER].resolve(headers)
         except IdentityError as exc:
-            return _error(401, exc.reason, {"www-authenticate": 'Bearer realm="authz-sidecar"'})
+            return _unauthenticated(exc.reason)
         if caller is None:
-            return _error(401, "a JWT-SVID is required", {"www-authenticate": 'Bearer realm="authz-sidecar"'})
+            return _unauthenticated("a JWT-SVID is required")
         try:
             return await handler(request, caller)
         except TaskError as exc:
@@ -159,9 +157,9 @@ def _authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Re
                 "deny",
                 reason=exc.reason,
             )
-            return _error(exc.status, exc.reason)
+            return _error(exc)
         except StoreError as exc:
-            return _error(503, str(exc))
+            return _error(exc)
 
     return wrapped
 
@@ -169,19 +167,44 @@ def _authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Re
 async def _json(request: web.Request) -> Any:
     raw = await request.content.read(MAX_BODY + 1)
     if len(raw) > MAX_BODY:
-        raise TaskError(413, f"request body is larger than {MAX_BODY} bytes")
+        raise TaskError(Kind.TOO_LARGE, f"request body is larger than {MAX_BODY} bytes")
     try:
         return json.loads(raw or b"{}")
     except ValueError:
-        raise TaskError(400, "request body is not valid JSON") from None
+        raise TaskError(Kind.INVALID, "request body is not valid JSON") from None
 
 
-def _error(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
-    return web.json_response({"error": reason}, status=status, headers=headers)
+def _error(error: SidecarError) -> web.Response:
+    return web.json_response({"error": error.reason}, status=HTTP_STATUS[error.kind])
 
 
-def _audit(operation: str, caller: Identity, task_id: str | None, outcome: str, **extra: Any) -> None:
-    log.info(
-        "task " + operation,
-        extra={"operation": operation, "agent": str(caller.spiffe_id), "task": task_id, "outcome": outcome, **extra},
+def _unauthenticated(reason: str) -> web.Response:
+    status = HTTP_STATUS[Kind.UNAUTHENTICATED]
+    return web.json_response(
+        {"error": reason}, status=status, headers={"www-authenticate": 'Bearer realm="authz-sidecar"'}
     )
+
+
+def _audit(
+    operation: str,
+    caller: Identity,
+    task_id: str | None,
+    outcome: Outcome,
+    *,
+    parent: str | None = None,
+    to: str | None = None,
+    revoked: tuple[str, ...] = (),
+    reason: str | None = None,
+) -> None:
+    event = TaskEvent(
+        time=now(),
+        operation=operation,
+        agent=str(caller.spiffe_id),
+        task=task_id,
+        outcome=outcome,
+        parent=parent,
+        to=to,
+        revoked=revoked,
+        reason=reason,
+    )
+    log_event(event)

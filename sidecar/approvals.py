@@ -27,9 +27,10 @@ from typing import Any, Literal
 from sidecar.body import ParsedBody
 from sidecar.config import ApprovalsConfig
 from sidecar.decision import StepUp
+from sidecar.errors import Kind, SidecarError
 from sidecar.fingerprint import BOUND_HEADERS
 from sidecar.identity.approvers import Approver
-from sidecar.input import split_target
+from sidecar.input import approver_input, approver_policy_input, split_target
 from sidecar.mcp import NAME_PARAM
 from sidecar.opa import OpaClient, OpaError
 from sidecar.request import CheckRequest
@@ -42,13 +43,13 @@ MAX_VIEW_STRING = 200  # characters per string
 MAX_LISTED_CUTS = 20  # pointers in input.approval_view.cut (cut_count counts them all)
 
 
-class ApprovalError(Exception):
-    """An approval cannot be used or decided; ``status`` is the HTTP status to answer."""
+class ApprovalError(SidecarError):
+    """An approval cannot be requested, used or decided, for a reason of ``kind``."""
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+    CODE = "approval"
+
+    def __init__(self, kind: Kind, reason: str) -> None:
+        super().__init__(reason, kind=kind)
 
 
 class ApprovalService:
@@ -74,7 +75,9 @@ class ApprovalService:
         """The pending approval for this exact request: a new one, or the one this agent already
         waits for. ``fingerprint`` is None when the request cannot be bound (a partial body)."""
         if fingerprint is None:
-            raise ApprovalError(413, "an approval cannot be bound to a request whose body was only partly inspected")
+            raise ApprovalError(
+                Kind.TOO_LARGE, "an approval cannot be bound to a request whose body was only partly inspected"
+            )
         now = int(time.time())
         ttl = min(step_up.ttl_seconds or self._config.default_ttl_seconds, self._config.max_ttl_seconds)
         shown, cuts = trim(redact(summary, step_up.redact))
@@ -98,7 +101,7 @@ class ApprovalService:
             stored = await self._store.create_approval(approval, limit, now)
         except TooManyApprovals as exc:
             raise ApprovalError(
-                429,
+                Kind.TOO_MANY,
                 f"agent {agent} already has {exc.pending} pending approvals (at most {limit}); "
                 "wait until approvers decide them or they expire",
             ) from None
@@ -111,28 +114,32 @@ class ApprovalService:
     ) -> ApprovalRecord:
         """Check an approval presented on a retry and consume it (single use)."""
         if fingerprint is None:
-            raise ApprovalError(403, "an approval cannot be used for a request whose body was only partly inspected")
+            raise ApprovalError(
+                Kind.FORBIDDEN, "an approval cannot be used for a request whose body was only partly inspected"
+            )
         approval = await self._store.get_approval(approval_id)
         if approval is None:
-            raise ApprovalError(403, f"approval {approval_id} is unknown or has expired")
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} is unknown or has expired")
         if approval.agent != agent:
-            raise ApprovalError(403, f"approval {approval_id} was requested by another agent")
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} was requested by another agent")
         if approval.task_id != task_id:
-            raise ApprovalError(403, f"approval {approval_id} was requested under another task")
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} was requested under another task")
         if approval.fingerprint != fingerprint:
-            raise ApprovalError(403, f"approval {approval_id} was granted for a different request")
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} was granted for a different request")
         if approval.expires_at <= time.time():
-            raise ApprovalError(403, f"approval {approval_id} has expired")
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} has expired")
         if approval.status == "pending":
-            raise ApprovalError(403, f"approval {approval_id} is still pending")
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} is still pending")
         if approval.status == "rejected":
-            raise ApprovalError(403, f"approval {approval_id} was rejected: {approval.decision_reason or 'no reason'}")
+            raise ApprovalError(
+                Kind.FORBIDDEN, f"approval {approval_id} was rejected: {approval.decision_reason or 'no reason'}"
+            )
         if approval.status == "consumed":
-            raise ApprovalError(403, f"approval {approval_id} was already used")
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} was already used")
         try:
             return await self._store.consume_approval(approval_id, int(time.time()))
         except ApprovalConflict:
-            raise ApprovalError(403, f"approval {approval_id} was already used") from None
+            raise ApprovalError(Kind.FORBIDDEN, f"approval {approval_id} was already used") from None
 
     async def restore(self, approval_id: str) -> None:
         """Give a consumed approval back: the call it was consumed for did not go through."""
@@ -152,26 +159,28 @@ class ApprovalService:
             return approval
         if approval is not None and approver is not None and await self._allowed(approver, approval, "approve") is None:
             return approval
-        raise ApprovalError(404, f"no approval {approval_id} for this caller")
+        raise ApprovalError(Kind.NOT_FOUND, f"no approval {approval_id} for this caller")
 
     async def decide(self, approver: Approver, approval_id: str, approve: bool, reason: str | None) -> ApprovalRecord:
         approval = await self._store.get_approval(approval_id)
         if approval is None:
-            raise ApprovalError(404, f"no approval {approval_id}")
+            raise ApprovalError(Kind.NOT_FOUND, f"no approval {approval_id}")
         operation = "approve" if approve else "reject"
         denied = await self._allowed(approver, approval, operation)
         if denied is not None:
-            raise ApprovalError(403, denied)
+            raise ApprovalError(Kind.FORBIDDEN, denied)
         try:
             return await self._store.decide_approval(
                 approval_id,
                 "approved" if approve else "rejected",
-                approver.as_input() | {"claims": None},
+                approver_input(approver) | {"claims": None},
                 reason,
                 int(time.time()),
             )
         except ApprovalConflict:
-            raise ApprovalError(409, f"approval {approval_id} is no longer pending (decided or expired)") from None
+            raise ApprovalError(
+                Kind.CONFLICT, f"approval {approval_id} is no longer pending (decided or expired)"
+            ) from None
 
     @staticmethod
     def view(approval: ApprovalRecord) -> dict[str, Any]:
@@ -191,27 +200,13 @@ class ApprovalService:
         """None when ``approver`` may decide ``approval``, else the reason why not."""
         if approver.kind == "spiffe" and (approver.id == approval.agent or approver.id in approval.delegation_chain):
             return f"{approver.id} may not approve a request made by itself or by its delegation chain"
-        input_doc = {
-            "operation": operation,
-            "approver": approver.as_input(),
-            "approval": {
-                "id": approval.id,
-                "agent": approval.agent,
-                "task_id": approval.task_id,
-                "delegation_chain": approval.delegation_chain,
-                "data_class": approval.data_class,
-                "approvers": approval.approvers,
-                "reasons": approval.reasons,
-                "summary": approval.summary,
-                "expires_at": approval.expires_at,
-            },
-        }
+        input_doc = approver_policy_input(operation, approver, approval)
         try:
             result = (await self._opa.decide(input_doc, self._config.decision_path)).result
         except OpaError as exc:
-            raise ApprovalError(503, exc.reason) from exc
+            raise ApprovalError(Kind.UNAVAILABLE, exc.reason) from exc
         if not isinstance(result, dict) or result.get("verdict") not in ("allow", "deny"):
-            raise ApprovalError(503, "approver policy answer is not a {verdict, reasons} object")
+            raise ApprovalError(Kind.UNAVAILABLE, "approver policy answer is not a {verdict, reasons} object")
         if result["verdict"] == "allow":
             return None
         reasons = result.get("reasons")

@@ -15,14 +15,19 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from spiffe import TrustDomain
+from spiffe import SpiffeId, TrustDomain
+
+from sidecar.errors import Kind, SidecarError
 
 ENV_PREFIX = "AUTHZ_"
 ENV_CONFIG_FILE = "AUTHZ_CONFIG"
 
 
-class ConfigError(Exception):
+class ConfigError(SidecarError):
     """The configuration is invalid; the message names the offending key."""
+
+    KIND = Kind.INVALID
+    CODE = "config"
 
 
 class _Strict(BaseModel):
@@ -362,6 +367,48 @@ class ShutdownConfig(_Strict):
     drain_timeout_seconds: float = Field(20.0, gt=0, le=600)
 
 
+class AuthzenConfig(_Strict):
+    """The OpenID AuthZEN 1.0 PDP on the API listener (sidecar/authzen/, docs/authzen.md)."""
+
+    enabled: bool = True
+    decision_path: str = "authzen/decision"  # the AuthZEN entrypoint: {subject, action, resource, context}
+    # The policy's candidate actions for the Action Search API; null turns that endpoint off.
+    actions_path: str | None = "authzen/actions"
+    # Who may ask (exact SPIFFE IDs); empty: any JWT-SVID of identity.trust_domains.
+    callers: list[str] = Field(default_factory=list)
+    # policy_decision_point in the metadata; default: the scheme and Host the PEP used.
+    base_url: str | None = None
+    max_evaluations: int = Field(1000, gt=0, le=100_000)
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    concurrency: int = Field(16, gt=0, le=1024)  # OPA queries in flight for one execute_all batch
+
+    @field_validator("decision_path", "actions_path")
+    @classmethod
+    def _paths(cls, value: str | None) -> str | None:
+        return None if value is None else _rule_path(value)
+
+    @field_validator("callers")
+    @classmethod
+    def _caller_ids(cls, value: list[str]) -> list[str]:
+        """Each as the parsed ID prints, which is how a verified caller is compared to it."""
+        ids = []
+        for caller in value:
+            try:
+                ids.append(str(SpiffeId(caller)))
+            except Exception as exc:  # the spiffe package's errors are not ValueErrors
+                raise ValueError(f"{caller!r} is not a SPIFFE ID: {exc}") from None
+        return ids
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.startswith(("https://", "http://")) or "?" in value or "#" in value:
+            raise ValueError("must be an http(s) URL without query or fragment")
+        return value.rstrip("/")
+
+
 class Config(_Strict):
     """The whole sidecar configuration."""
 
@@ -379,6 +426,7 @@ class Config(_Strict):
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
+    authzen: AuthzenConfig = Field(default_factory=AuthzenConfig)
 
     @model_validator(mode="after")
     def _shadow_is_another_policy(self) -> Config:

@@ -12,14 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sidecar.credentials import CredentialSpec
+from sidecar.errors import Kind as ErrorKind
+from sidecar.errors import SidecarError
 
 Kind = Literal["allow", "deny", "step_up"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
 MAX_HEADER_VALUE = 8192
 
 
-class DecisionError(ValueError):
+class DecisionError(SidecarError, ValueError):
     """The policy's answer has an unexpected shape; the message says which field."""
+
+    KIND = ErrorKind.UNAVAILABLE
+    CODE = "shape"
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,13 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 
+from sidecar.errors import SidecarError
 
-class ToolMissing(RuntimeError):
-    pass
+
+class ToolMissing(SidecarError, RuntimeError):
+    """A program the command needs (``opa``) is not installed where it looks."""
+
+    CODE = "tool_missing"
 
 
 def find_tool(name: str, extra_dirs: Iterable[Path] = ()) -> str:

@@ -1,7 +1,7 @@
 """Envoy ext_authz gRPC mode: ``envoy.service.auth.v3.Authorization/Check`` on ``grpc.aio``.
 
 Each Check becomes the same framework-free :class:`CheckRequest` the HTTP listener builds and
-goes through the same :meth:`Pipeline.check`; :mod:`sidecar.wire_grpc` maps the answer back.
+goes through the same :meth:`Pipeline.check`; :mod:`sidecar.wire_grpc` encodes its decision.
 
 Peer identity: Envoy puts the verified mTLS peer's URI SAN in ``attributes.source.principal``.
 Like XFCC in HTTP mode it is trusted only together with the per-deployment secret, which Envoy
@@ -70,9 +70,9 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         except Exception:  # an unreadable request must fail closed, never allow
             log.exception("unreadable gRPC check request")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "unreadable check request")
-        answer = await self._pipeline.check(check)
+        decision = await self._pipeline.check(check)
         try:
-            return to_check_response(answer)
+            return to_check_response(decision)
         except Unavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.reason)
 

@@ -1,18 +1,29 @@
-"""Check request + verified context → the OPA input document (schema/input.schema.json).
+"""Every OPA input document the sidecar sends, built in this one module.
 
-The opa-envoy-plugin-compatible part comes first so that policies written for it run
-unchanged; the agent fields sit beside it.
+- :func:`build_input`: the check's document (``schema/input.schema.json``). The
+  opa-envoy-plugin-compatible part comes first so that policies written for it run unchanged;
+  the agent fields sit beside it.
+- :func:`task_policy_input`: opening or delegating a task (``schema/task-input.schema.json``).
+- :func:`approver_policy_input`: whether an approver may decide an approval
+  (``schema/approver-input.schema.json``).
+
+The parts they share (the agent, a task, an approver) are built by the small functions below.
 """
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
+from sidecar.authzen.model import Evaluation
 from sidecar.body import ParsedBody
 from sidecar.identity import Identity
+from sidecar.identity.approvers import Approver
+from sidecar.logs import DecisionRecord
+from sidecar.mcp import McpRequest
 from sidecar.request import CheckRequest
+from sidecar.state import AgentHistory, ApprovalRecord, SessionView, TaskRecord
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Credentials never reach OPA whole: OPA masks its decision log only while a policy with a mask
@@ -32,11 +43,11 @@ def build_input(
     identity: Identity | None,
     body: ParsedBody,
     intent: dict[str, Any] | None,
-    task: dict[str, Any] | None = None,
+    task: TaskRecord | None = None,
     delegation_chain: tuple[str, ...] = (),
-    session: dict[str, Any] | None = None,
-    agent_history: dict[str, Any] | None = None,
-    approval: dict[str, Any] | None = None,
+    session: SessionView | None = None,
+    agent_history: AgentHistory | None = None,
+    approval: ApprovalRecord | None = None,
     approval_view: dict[str, Any] | None = None,
     hidden_headers: frozenset[str] = frozenset(),
     credential_headers: frozenset[str] = CREDENTIAL_HEADERS,
@@ -85,15 +96,168 @@ def build_input(
             "path": "/" + "/".join(parsed_path),
             "read_only": request.method in READ_ONLY_METHODS,
         },
-        "agent": identity.as_input() if identity else None,
-        "delegation": {"chain": list(delegation_chain), "depth": len(delegation_chain)},
-        "task": task,
-        "session": session,
-        "agent_history": agent_history,
-        "mcp": body.mcp.as_input() if body.mcp else None,
-        "approval": approval,
+        "agent": agent_input(identity) if identity else None,
+        "delegation": delegation_input(delegation_chain),
+        "task": task_input(task) if task else None,
+        "session": session_input(session) if session else None,
+        "agent_history": agent_history_input(agent_history) if agent_history else None,
+        "mcp": mcp_input(body.mcp) if body.mcp else None,
+        "approval": approval_input(approval),
         "approval_view": approval_view,
         "intent": intent,
+    }
+
+
+def task_policy_input(
+    operation: Literal["open", "delegate"],
+    *,
+    caller: Identity,
+    request: dict[str, Any],
+    parent: TaskRecord | None,
+    delegate_to: str | None,
+    chain: list[str],
+    open_tasks: int,
+) -> dict[str, Any]:
+    """The task policy's input: may ``caller`` open (or delegate) a task with these scopes and ttl?
+
+    ``open_tasks`` counts the creator's open tasks and its other requests in flight."""
+    return {
+        "operation": operation,
+        "agent": agent_input(caller),
+        "request": request,
+        "parent": task_input(parent) if parent else None,
+        "delegate_to": delegate_to,
+        "delegation": delegation_input(chain),
+        "open_tasks": open_tasks,
+    }
+
+
+def approver_policy_input(operation: str, approver: Approver, approval: ApprovalRecord) -> dict[str, Any]:
+    """The approver policy's input: may ``approver`` ``operation`` (approve, reject) ``approval``?"""
+    return {
+        "operation": operation,
+        "approver": approver_input(approver),
+        "approval": {
+            "id": approval.id,
+            "agent": approval.agent,
+            "task_id": approval.task_id,
+            "delegation_chain": approval.delegation_chain,
+            "data_class": approval.data_class,
+            "approvers": approval.approvers,
+            "reasons": approval.reasons,
+            "summary": approval.summary,
+            "expires_at": approval.expires_at,
+        },
+    }
+
+
+# -- the parts ------------------------------------------------------------------------------
+def refusal_policy_input(record: DecisionRecord) -> dict[str, Any]:
+    """What OPA logs for a call the sidecar refused before asking the policy (``opa.refusals_path``)."""
+    return {
+        "refusal": {
+            "decision_id": record.decision_id,
+            "stage": record.stage,
+            "status": record.status,
+            "verdict": record.verdict,
+            "reasons": list(record.reasons),
+            "method": record.method,
+            "host": record.host,
+            "path": record.path,
+            "request_id": record.request_id,
+            "agent": record.agent,
+            "task": record.task,
+            "approval": record.approval,
+        }
+    }
+
+
+def authzen_policy_input(evaluation: Evaluation) -> dict[str, Any]:
+    """The AuthZEN entrypoint's input (``authzen.decision_path``): the evaluation as the PEP asked it."""
+    return {
+        "subject": evaluation.subject,
+        "action": evaluation.action,
+        "resource": evaluation.resource,
+        "context": evaluation.context,
+    }
+
+
+def agent_input(identity: Identity) -> dict[str, Any]:
+    """``input.agent``: the verified caller."""
+    return {
+        "spiffe_id": str(identity.spiffe_id),
+        "trust_domain": identity.spiffe_id.trust_domain.name,
+        "path": identity.spiffe_id.path,
+        "identity_source": identity.source,
+        "claims": identity.claims,
+    }
+
+
+def delegation_input(chain: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``input.delegation``: the actor chain, nearest first."""
+    return {"chain": list(chain), "depth": len(chain)}
+
+
+def task_input(task: TaskRecord) -> dict[str, Any]:
+    """``input.task``: the verified task grant."""
+    return {
+        "id": task.id,
+        "purpose": task.purpose,
+        "scopes": task.scopes,
+        "issued_at": task.issued_at,
+        "expires_at": task.expires_at,
+        "parent_id": task.parent_id,
+        "root_id": task.root_id,
+        "depth": task.depth,
+    }
+
+
+def session_input(session: SessionView) -> dict[str, Any]:
+    """``input.session``: what this agent already did in this session (a fresh snapshot per call)."""
+    # Shallow on purpose: the view is built for this call, and a deep copy showed in profiles.
+    return {
+        "key": session.key,
+        "calls": session.calls,
+        "writes": session.writes,
+        "calls_last_minute": session.calls_last_minute,
+        "labels": session.labels,
+        "recent": session.recent,
+        "started_at": session.started_at,
+    }
+
+
+def agent_history_input(history: AgentHistory) -> dict[str, Any]:
+    """``input.agent_history``: what this agent did across all its sessions and tasks."""
+    return {"calls_last_minute": history.calls_last_minute, "labels": dict(history.labels)}
+
+
+def mcp_input(mcp: McpRequest) -> dict[str, Any]:
+    """``input.mcp``: the JSON-RPC request (all its params stay for the approver's view only)."""
+    return {
+        "method": mcp.method,
+        "name": mcp.name,
+        "arguments": mcp.arguments,
+        "id": mcp.id,
+        "is_notification": mcp.is_notification,
+    }
+
+
+def approver_input(approver: Approver) -> dict[str, Any]:
+    """An approver as the approver policy sees it."""
+    return {"kind": approver.kind, "id": approver.id, "claims": approver.claims}
+
+
+def approval_input(approval: ApprovalRecord | None) -> dict[str, Any] | None:
+    """``input.approval``: the approval redeemed on this retry, or None."""
+    if approval is None:
+        return None
+    return {
+        "id": approval.id,
+        "status": "approved",
+        "approver": {k: (approval.approver or {}).get(k) for k in ("kind", "id")},
+        "reason": approval.decision_reason,
+        "decided_at": approval.decided_at,
+        "fingerprint": approval.fingerprint,
     }
 
 

@@ -22,14 +22,19 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from sidecar.errors import Kind, SidecarError
+
 log = logging.getLogger(__name__)
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
-class SigningKeyError(Exception):
+class SigningKeyError(SidecarError):
     """No usable signing key."""
+
+    KIND = Kind.UNAVAILABLE
+    CODE = "signing_key"
 
 
 @dataclass(frozen=True)
@@ -115,7 +120,8 @@ class KeySet:
             self._load()
 
     def _load(self) -> None:
-        assert self._dir is not None
+        if self._dir is None:
+            raise SigningKeyError("no keys directory to load signing keys from")
         self._checked = time.monotonic()
         files = sorted(self._dir.glob("*.pem"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
         stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files)

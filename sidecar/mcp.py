@@ -12,12 +12,17 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from sidecar.errors import Kind, SidecarError
+
 MAX_DEPTH = 64
 NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 
 
-class BodyError(ValueError):
+class BodyError(SidecarError, ValueError):
     """The body cannot be judged safely; the message is safe to show to the caller."""
+
+    KIND = Kind.INVALID
+    CODE = "body"
 
 
 @dataclass(frozen=True)
@@ -29,15 +34,6 @@ class McpRequest:
     is_notification: bool
     meta: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)  # all of them, for the approver's view
-
-    def as_input(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "name": self.name,
-            "arguments": self.arguments,
-            "id": self.id,
-            "is_notification": self.is_notification,
-        }
 
 
 def is_json_content_type(content_type: str | None) -> bool:

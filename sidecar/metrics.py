@@ -39,3 +39,9 @@ SHADOW_ERRORS = Counter(
     "status, malformed, undefined, shape",
     ["kind"],
 )
+# The AuthZEN PDP (sidecar/authzen/): questions PEPs asked, apart from the checks above.
+AUTHZEN_EVALUATIONS = Counter(
+    "authz_authzen_evaluations_total",
+    "AuthZEN evaluations by verdict (allow, deny, error) and endpoint (evaluation, evaluations, search/action)",
+    ["verdict", "endpoint"],
+)

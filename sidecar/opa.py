@@ -1,4 +1,8 @@
-"""The OPA client: one pooled keep-alive session to OPA's REST Data API, fail-closed.
+"""The OPA seam: what the sidecar asks of OPA (:class:`OpaClient`), and the real client over
+OPA's REST API (:class:`HttpOpaClient`, one pooled keep-alive session, fail-closed).
+
+Everything else depends on the protocol only, so unit tests run the pipeline, tasks, approvals
+and shadow mode on :class:`sidecar.opa_fake.FakeOpa` (shipped, like httpx's ``MockTransport``).
 
 Any failure (OPA down, slow, non-200, not JSON, no result) raises :class:`OpaError`,
 which the pipeline turns into a 503. Nothing here ever produces an allow by itself.
@@ -14,21 +18,25 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
 
+from sidecar.errors import Kind, SidecarError
+
 QUERY_LOGGER = logging.getLogger("authz.opa")
 
 
-class OpaError(Exception):
-    """OPA could not give a usable answer; ``reason`` is short and safe to show."""
+class OpaError(SidecarError):
+    """OPA could not give a usable answer; ``reason`` is short and safe to show.
 
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind  # metric label: unreachable | timeout | status | malformed | undefined
+    ``code`` is the metric label: unreachable | timeout | status | malformed | undefined."""
+
+    KIND = Kind.UNAVAILABLE
+
+    def __init__(self, reason: str, code: str) -> None:
+        super().__init__(reason, code=code)
 
 
 @dataclass(frozen=True)
@@ -51,7 +59,29 @@ def loads(raw: bytes) -> Any:
     return orjson.loads(raw)
 
 
-class OpaClient:
+class OpaClient(Protocol):
+    """What the sidecar asks of OPA. ``decide`` raises :class:`OpaError`, never answers on a failure."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None, *, trace: bool = True) -> OpaAnswer:
+        """The result at ``path`` (default: the configured decision path) for ``input_doc``.
+
+        ``trace``: log OPA's decision id of a query at another path (``authz.opa``)."""
+        ...
+
+    async def health(self) -> tuple[bool, str]:
+        """(ready, why not): ready once OPA serves with its bundles activated."""
+        ...
+
+    async def bundle_revisions(self) -> dict[str, str] | None:
+        """Active revision per bundle; None when OPA cannot say."""
+        ...
+
+
+class HttpOpaClient:
     """Queries ``POST {url}/v1/data/{decision_path}``; ``unix://`` URLs use a unix socket."""
 
     def __init__(self, url: str, decision_path: str, timeout_ms: int, max_connections: int) -> None:
@@ -75,8 +105,9 @@ class OpaClient:
             await self._session.close()
             self._session = None
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        """Evaluate the decision at ``path`` (default: the configured decision path) for ``input_doc``."""
+    async def decide(self, input_doc: dict[str, Any], path: str | None = None, *, trace: bool = True) -> OpaAnswer:
+        """Evaluate the decision at ``path`` (default: the configured decision path) for ``input_doc``.
+        ``trace=False``: the caller logs OPA's decision id itself (the AuthZEN evaluations do)."""
         session = self._require_session()
         payload = dumps({"input": input_doc})
         started = time.perf_counter()
@@ -109,7 +140,7 @@ class OpaClient:
             decision_id=decision_id if isinstance(decision_id, str) and decision_id else None,
             seconds=seconds,
         )
-        if path is not None and path != self._decision_path and answer.decision_id:
+        if trace and path is not None and path != self._decision_path and answer.decision_id:
             QUERY_LOGGER.info("policy query", extra={"decision_id": answer.decision_id, "path": path})
         return answer
 
@@ -149,5 +180,5 @@ class OpaClient:
 
     def _require_session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("OpaClient.start() was not awaited")
+            raise RuntimeError("HttpOpaClient.start() was not awaited")
         return self._session

@@ -16,8 +16,10 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import agent_api
+from sidecar import agent_api, wire_http
 from sidecar.approvals import ApprovalService
+from sidecar.authzen.evaluate import Evaluator
+from sidecar.authzen.routes import add_authzen_routes
 from sidecar.config import Config
 from sidecar.credentials import CredentialMinter
 from sidecar.identity import IdentityResolver
@@ -30,8 +32,8 @@ from sidecar.identity.bundles import (
 )
 from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
-from sidecar.opa import OpaClient
-from sidecar.pipeline import Pipeline
+from sidecar.opa import HttpOpaClient, OpaClient
+from sidecar.pipeline import Pipeline, Services, build_pipeline
 from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
@@ -63,7 +65,7 @@ async def check_handler(request: web.Request) -> web.StreamResponse:
         key = name.lower()
         headers[key] = f"{headers[key]},{value}" if key in headers else value
     check = CheckRequest(method=request.method, path=original, headers=headers, body=await request.read())
-    answer = await request.app[PIPELINE].check(check)
+    answer = wire_http.encode(await request.app[PIPELINE].check(check))
     response = web.Response(status=answer.status, body=answer.body)
     for name, value in answer.headers:
         if name == "content-type":
@@ -150,7 +152,7 @@ class Components:
 
 
 async def build_components(config: Config) -> Components:
-    opa = OpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
+    opa = HttpOpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
     await opa.start()
     bundles = await asyncio.to_thread(make_bundle_source, config)
     identity = config.identity
@@ -182,23 +184,17 @@ async def build_components(config: Config) -> Components:
     refusals = make_refusal_reporter(config)
     if refusals is not None:
         await refusals.start()
-    pipeline = Pipeline(
+    services = Services(
         resolver,
         opa,
-        allow_partial_body=config.request_body.allow_partial,
-        body_buffer_limit=config.request_body.envoy_max_request_bytes,
-        strip_jwt_svid=identity.jwt_svid.strip_from_upstream,
-        hidden_headers=frozenset({identity.xfcc.secret_header}),
         tasks=tasks,
-        task_header=config.tasks.token_header,
-        minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         sessions=SessionTracker(store, config.sessions) if config.sessions.enabled else None,
         approvals=approvals,
-        approval_header=config.approvals.header,
-        log_decisions=config.log.decisions,
+        minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         shadow=shadow,
         refusals=refusals,
     )
+    pipeline = build_pipeline(config, services)
     return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals)
 
 
@@ -207,7 +203,7 @@ def make_refusal_reporter(config: Config) -> RefusalReporter | None:
     settings = config.opa
     if settings.refusals_path is None:
         return None
-    client = OpaClient(
+    client = HttpOpaClient(
         settings.url, settings.refusals_path, settings.timeout_ms, max_connections=settings.refusals_max_in_flight
     )
     return RefusalReporter(client, settings.refusals_path, settings.refusals_max_in_flight)
@@ -267,6 +263,10 @@ def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.
         authz[agent_api.APPROVALS] = parts.approvals
         authz[agent_api.APPROVERS] = parts.approvers
         agent_api.add_approval_routes(authz)
+    if config.authzen.enabled:
+        settings = config.authzen
+        evaluator = Evaluator(parts.opa, settings.decision_path, settings.actions_path, settings.concurrency)
+        add_authzen_routes(authz, evaluator, settings)
 
     admin = web.Application()
     admin[OPA] = parts.opa
@@ -332,6 +332,7 @@ async def serve(config: Config) -> None:
         extra={
             "check": check_at,
             "api": f"{config.listen.host}:{config.listen.port}",
+            "authzen": f"http://{config.listen.host}:{config.listen.port}" if config.authzen.enabled else "off",
             "admin": f"{config.admin.host}:{config.admin.port}",
             "opa": f"{config.opa.url}/v1/data/{config.opa.decision_path}",
             "grpc": (

@@ -25,7 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from spiffe import SpiffeId
 
 from sidecar.config import TasksConfig
+from sidecar.errors import Kind, SidecarError
 from sidecar.identity import Identity
+from sidecar.input import task_input, task_policy_input
 from sidecar.keys import KeySet
 from sidecar.opa import OpaClient, OpaError
 from sidecar.state import ParentEnded, Store, StoreError, TaskRecord
@@ -36,13 +38,13 @@ log = logging.getLogger(__name__)
 SCOPE = re.compile(r"^[A-Za-z0-9:._/-]{1,128}$")
 
 
-class TaskError(Exception):
-    """A task operation or a presented task token failed; ``status`` is the HTTP status to answer."""
+class TaskError(SidecarError):
+    """A task operation or a presented task token failed, for a reason of ``kind``."""
 
-    def __init__(self, status: int, reason: str, *, task_id: str | None = None) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
+    CODE = "task"
+
+    def __init__(self, kind: Kind, reason: str, *, task_id: str | None = None) -> None:
+        super().__init__(reason, kind=kind)
         self.task_id = task_id  # a verified token's task, so the refusal is logged (and audited) under it
 
 
@@ -79,20 +81,6 @@ class Grant:
         return {**task_view(self.task), "token": self.token}
 
 
-def task_input(task: TaskRecord) -> dict[str, Any]:
-    """``input.task`` for the policy."""
-    return {
-        "id": task.id,
-        "purpose": task.purpose,
-        "scopes": task.scopes,
-        "issued_at": task.issued_at,
-        "expires_at": task.expires_at,
-        "parent_id": task.parent_id,
-        "root_id": task.root_id,
-        "depth": task.depth,
-    }
-
-
 def task_view(task: TaskRecord) -> dict[str, Any]:
     """The task as the API shows it (never the token)."""
     expired = task.status == "active" and task.expires_at <= time.time()
@@ -112,7 +100,7 @@ def parse_request(model: type[_Request], body: Any) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise TaskError(400, f"invalid request: {where}: {first['msg']}") from None
+        raise TaskError(Kind.INVALID, f"invalid request: {where}: {first['msg']}") from None
 
 
 class TaskService:
@@ -129,18 +117,16 @@ class TaskService:
     async def open(self, caller: Identity, body: Any) -> Grant:
         request: OpenRequest = parse_request(OpenRequest, body)
         async with self._slot(str(caller.spiffe_id)) as (slot, open_tasks):
-            decision = await self._ask(
-                {
-                    "operation": "open",
-                    "agent": caller.as_input(),
-                    "request": request.model_dump(),
-                    "parent": None,
-                    "delegate_to": None,
-                    "delegation": {"chain": [], "depth": 0},
-                    "open_tasks": open_tasks,
-                },
-                request,
+            input_doc = task_policy_input(
+                "open",
+                caller=caller,
+                request=request.model_dump(),
+                parent=None,
+                delegate_to=None,
+                chain=[],
+                open_tasks=open_tasks,
             )
+            decision = await self._ask(input_doc, request)
             now = int(time.time())
             task_id = str(uuid.uuid4())
             task = TaskRecord(
@@ -160,48 +146,38 @@ class TaskService:
         request: DelegateRequest = parse_request(DelegateRequest, body)
         parent = await self._owned(caller, task_id, holder_only=True)
         if parent.status != "active" or parent.expires_at <= time.time():
-            raise TaskError(403, f"task {parent.id} is no longer active ({parent.end_reason or 'expired'})")
+            raise TaskError(Kind.FORBIDDEN, f"task {parent.id} is no longer active ({parent.end_reason or 'expired'})")
         delegate = self._spiffe_id(request.to)
         chain = [parent.sub, *parent.chain]
         if delegate == parent.sub or delegate in chain:
-            raise TaskError(403, f"delegating task {parent.id} to {delegate} would form a cycle")
+            raise TaskError(Kind.FORBIDDEN, f"delegating task {parent.id} to {delegate} would form a cycle")
         if len(chain) > self._config.max_delegation_depth:
-            raise TaskError(403, f"delegation depth {len(chain)} exceeds the limit {self._config.max_delegation_depth}")
+            raise TaskError(
+                Kind.FORBIDDEN, f"delegation depth {len(chain)} exceeds the limit {self._config.max_delegation_depth}"
+            )
         widened = sorted(set(request.scopes) - set(parent.scopes))
         if widened:
-            raise TaskError(403, f"delegation may only narrow: task {parent.id} does not hold {', '.join(widened)}")
+            raise TaskError(
+                Kind.FORBIDDEN, f"delegation may only narrow: task {parent.id} does not hold {', '.join(widened)}"
+            )
         # A delegated task counts against the delegator (its creator), never the delegate: no
         # agent can fill another's cap by delegating to it.
         async with self._slot(parent.sub) as (slot, open_tasks):
-            decision = await self._ask(
-                {
-                    "operation": "delegate",
-                    "agent": caller.as_input(),
-                    "request": {"purpose": parent.purpose, **request.model_dump(exclude={"to"}), "intent": None},
-                    "parent": task_input(parent),
-                    "delegate_to": delegate,
-                    "delegation": {"chain": chain, "depth": len(chain)},
-                    "open_tasks": open_tasks,
-                },
-                request,
-            )
-            now = int(time.time())
-            task = TaskRecord(
-                id=str(uuid.uuid4()),
-                sub=delegate,
-                purpose=parent.purpose,
-                scopes=decision["scopes"],
-                issued_at=now,
-                expires_at=min(parent.expires_at, now + decision["ttl_seconds"]),
-                parent_id=parent.id,
-                root_id=parent.root_id,
-                depth=parent.depth + 1,
+            input_doc = task_policy_input(
+                "delegate",
+                caller=caller,
+                request={"purpose": parent.purpose, **request.model_dump(exclude={"to"}), "intent": None},
+                parent=parent,
+                delegate_to=delegate,
                 chain=chain,
+                open_tasks=open_tasks,
             )
+            decision = await self._ask(input_doc, request)
+            task = child_task(parent, delegate, decision["scopes"], decision["ttl_seconds"], int(time.time()))
             try:
                 await self._store.create_task(task, slot=slot)
             except ParentEnded:
-                raise TaskError(403, f"task {parent.id} ended while delegating") from None
+                raise TaskError(Kind.FORBIDDEN, f"task {parent.id} ended while delegating") from None
         return Grant(task, self._token(task))
 
     async def get(self, caller: Identity, task_id: str) -> TaskRecord:
@@ -219,17 +195,17 @@ class TaskService:
             claims = verify(self._keys, token, typ=TASK_TYP, issuer=self._config.issuer, audience=self._config.issuer)
         except TokenError as exc:
             if exc.expired:
-                raise TaskError(403, "task grant has expired") from exc
-            raise TaskError(401, f"task token rejected: {exc.reason}") from exc
+                raise TaskError(Kind.FORBIDDEN, "task grant has expired") from exc
+            raise TaskError(Kind.UNAUTHENTICATED, f"task token rejected: {exc.reason}") from exc
         if caller is None or claims["sub"] != str(caller.spiffe_id):
-            raise TaskError(403, "task token is bound to another agent", task_id=str(claims["jti"]))
+            raise TaskError(Kind.FORBIDDEN, "task token is bound to another agent", task_id=str(claims["jti"]))
         task = await self._store.get_task(str(claims["jti"]))
         if task is None or task.sub != claims["sub"]:
-            raise TaskError(403, "task is unknown or has expired", task_id=str(claims["jti"]))
+            raise TaskError(Kind.FORBIDDEN, "task is unknown or has expired", task_id=str(claims["jti"]))
         if task.status != "active":
-            raise TaskError(403, f"task {task.id} was {task.status}: {task.end_reason}", task_id=task.id)
+            raise TaskError(Kind.FORBIDDEN, f"task {task.id} was {task.status}: {task.end_reason}", task_id=task.id)
         if task.expires_at <= time.time():
-            raise TaskError(403, "task grant has expired", task_id=task.id)
+            raise TaskError(Kind.FORBIDDEN, "task grant has expired", task_id=task.id)
         return task
 
     # -- internals ---------------------------------------------------------------------------
@@ -250,40 +226,61 @@ class TaskService:
         try:
             answer = await self._opa.decide(input_doc, self._config.decision_path)
         except OpaError as exc:
-            raise TaskError(503, exc.reason) from exc
+            raise TaskError(Kind.UNAVAILABLE, exc.reason) from exc
         result = answer.result
         if not isinstance(result, dict) or result.get("verdict") not in ("allow", "deny"):
-            raise TaskError(503, "task policy answer is not a {verdict, reasons, scopes, ttl_seconds} object")
+            raise TaskError(
+                Kind.UNAVAILABLE, "task policy answer is not a {verdict, reasons, scopes, ttl_seconds} object"
+            )
         reasons = result.get("reasons")
         if not isinstance(reasons, list) or not all(isinstance(r, str) for r in reasons):
-            raise TaskError(503, "task policy answer has no reasons list")
+            raise TaskError(Kind.UNAVAILABLE, "task policy answer has no reasons list")
         if result["verdict"] == "deny":
-            raise TaskError(403, "; ".join(reasons) or "denied by policy")
+            raise TaskError(Kind.FORBIDDEN, "; ".join(reasons) or "denied by policy")
         scopes, ttl = result.get("scopes"), result.get("ttl_seconds")
         if not isinstance(scopes, list) or not scopes or not set(scopes) <= set(request.scopes):
-            raise TaskError(503, "task policy granted scopes that were not requested")
+            raise TaskError(Kind.UNAVAILABLE, "task policy granted scopes that were not requested")
         if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 < ttl <= request.ttl_seconds:
-            raise TaskError(503, "task policy granted an invalid ttl_seconds")
+            raise TaskError(Kind.UNAVAILABLE, "task policy granted an invalid ttl_seconds")
         return {"scopes": sorted(scopes), "ttl_seconds": min(ttl, self._config.max_ttl_seconds)}
 
     async def _owned(self, caller: Identity, task_id: str, holder_only: bool = False) -> TaskRecord:
         task = await self._store.get_task(task_id)
         who = str(caller.spiffe_id)
         if task is None or not (task.sub == who or (not holder_only and who in task.chain)):
-            raise TaskError(404, f"no task {task_id} for {who}")
+            raise TaskError(Kind.NOT_FOUND, f"no task {task_id} for {who}")
         return task
 
     def _spiffe_id(self, value: str) -> str:
         try:
             spiffe_id = SpiffeId(value)
         except Exception as exc:
-            raise TaskError(400, "invalid request: to: not a SPIFFE ID") from exc
+            raise TaskError(Kind.INVALID, "invalid request: to: not a SPIFFE ID") from exc
         if spiffe_id.trust_domain.name not in self._trust_domains:
-            raise TaskError(403, f"trust domain {spiffe_id.trust_domain.name} is not trusted")
+            raise TaskError(Kind.FORBIDDEN, f"trust domain {spiffe_id.trust_domain.name} is not trusted")
         return str(spiffe_id)
 
     def _token(self, task: TaskRecord) -> str:
         return sign(self._keys, task_token_claims(task, self._config.issuer), TASK_TYP)
+
+
+def child_task(
+    parent: TaskRecord, sub: str, scopes: list[str], ttl_seconds: int, now: int, task_id: str | None = None
+) -> TaskRecord:
+    """``parent`` delegated to ``sub``: its purpose and root, one level deeper, the delegator first in
+    the chain, never outliving it. Narrowing the scopes is the caller's check (see ``delegate``)."""
+    return TaskRecord(
+        id=task_id or str(uuid.uuid4()),
+        sub=sub,
+        purpose=parent.purpose,
+        scopes=scopes,
+        issued_at=now,
+        expires_at=min(parent.expires_at, now + ttl_seconds),
+        parent_id=parent.id,
+        root_id=parent.root_id,
+        depth=parent.depth + 1,
+        chain=[parent.sub, *parent.chain],
+    )
 
 
 def task_token_claims(task: TaskRecord, issuer: str) -> dict[str, Any]:

@@ -9,18 +9,21 @@ from typing import Any
 
 import jwt
 
+from sidecar.errors import Kind, SidecarError
 from sidecar.keys import KeySet
 
 TASK_TYP = "task+jwt"
 CREDENTIAL_TYP = "at+jwt"  # RFC 9068 access token
 
 
-class TokenError(ValueError):
+class TokenError(SidecarError, ValueError):
     """The token is not one of ours, or not valid; the message never contains the token."""
+
+    KIND = Kind.UNAUTHENTICATED
+    CODE = "token"
 
     def __init__(self, reason: str, *, expired: bool = False) -> None:
         super().__init__(reason)
-        self.reason = reason
         self.expired = expired
 
 

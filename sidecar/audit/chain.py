@@ -17,7 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sidecar.audit.sources import Decision, OpaEvent, Sources, TaskEvent
+from sidecar.audit.sources import AuthzenEvaluation, Decision, OpaEvent, Sources, TaskEvent
 
 # A deny, step-up or allow recorded at this stage came from the policy, so OPA logged the decision.
 # (Earlier stages - body, identity, task, approval redemption - answer before OPA is asked.)
@@ -209,6 +209,8 @@ class Audit:
     gaps: list[Gap]  # every gap, including those no chain accounts for
     sources: Sources
     unmatched: list[Unmatched] = field(default_factory=list)
+    # AuthZEN evaluations: questions a PEP asked about a subject, not calls an agent made.
+    authzen: list[AuthzenEvaluation] = field(default_factory=list)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -217,6 +219,7 @@ class Audit:
             "chains": [chain.as_json() for chain in self.chains],
             "gaps": [asdict(g) for g in sorted(self.gaps, key=lambda g: g.at)],
             "unmatched_opa_events": [asdict(u) | {"detail": u.detail} for u in self.unmatched],
+            "authzen_evaluations": [asdict(a) for a in self.authzen],
         }
 
 
@@ -253,14 +256,16 @@ def reconstruct(
         unmatched = [u for u in unmatched if _task_of(sources.opa_events[u.decision_id]) in members]
     elif agent is not None:
         unmatched = [u for u in unmatched if u.agent == agent]
-    return Audit(chains, gaps, sources, unmatched)
+    return Audit(chains, gaps, sources, unmatched, _authzen(sources, task, agent))
 
 
 def _unmatched(sources: Sources, since: float | None, until: float | None) -> list[Unmatched]:
     """OPA's events whose decision id no sidecar line names (only when a sidecar log was read)."""
     if not sources.has_sidecar:
         return []
-    known = {d.decision_id for d in sources.decisions} | set(sources.opa_queries)
+    known = (
+        {d.decision_id for d in sources.decisions} | set(sources.opa_queries) | {a.decision_id for a in sources.authzen}
+    )
     found = []
     for event in sources.opa_events.values():
         if event.decision_id in known:
@@ -275,6 +280,15 @@ def _unmatched(sources: Sources, since: float | None, until: float | None) -> li
             Unmatched(event.decision_id, event.at, event.path, call.agent, what, verdict, event.revision, event.labels)
         )
     return sorted(found, key=lambda u: u.at)
+
+
+def _authzen(sources: Sources, task: str | None, agent: str | None) -> list[AuthzenEvaluation]:
+    """Every evaluation; for ``agent``, those it asked (as a PEP) or was asked about; none belongs to a task."""
+    if task is not None:
+        return []
+    if agent is None:
+        return sources.authzen
+    return [a for a in sources.authzen if agent in (a.caller, a.subject.partition(":")[2])]
 
 
 def _task_of(event: OpaEvent) -> str | None:

@@ -11,7 +11,8 @@ from typing import Any
 
 from sidecar.audit.chain import reconstruct
 from sidecar.audit.render import as_html, as_json, as_table, printable
-from sidecar.audit.sources import STDIN, logs_dir_files, parse_rfc3339, read_logs
+from sidecar.audit.sources import STDIN, logs_dir_files, read_logs
+from sidecar.logformat import parse_rfc3339
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -92,6 +93,13 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, EOFError) as exc:  # unreadable, or a truncated or corrupt gzip file
         print(f"authz-sidecar audit: cannot read the logs: {printable(str(exc))}", file=sys.stderr)
         return 2
+    if sources.unreadable_events:
+        why = printable(sources.first_unreadable or "")
+        print(
+            f"authz-sidecar audit: warning: {sources.unreadable_events} sidecar event line(s) could not be read "
+            f"and are not in this audit (the first: {why})",
+            file=sys.stderr,
+        )
     audit = reconstruct(sources, task=args.task, agent=args.agent, since=since, until=until)
     text = {"table": as_table, "json": as_json, "html": as_html}[args.format](audit)
     if args.out is not None:

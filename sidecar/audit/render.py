@@ -69,6 +69,8 @@ def as_table(audit: Audit) -> str:
         lines.append(f"OPA DECISIONS NO SIDECAR RECORD ACCOUNTS FOR ({len(audit.unmatched)}): not calls of the sidecar")
         lines += [f"  {_when(u.at)}  {printable(u.detail)}" for u in audit.unmatched]
         lines.append("")
+    if audit.authzen:
+        lines += _authzen_table(audit)
     totals = group_counts(audit.chains)
     lines.append(
         f"{len(audit.chains)} chain(s): {totals.get('calls', 0)} calls, {totals.get('allowed', 0)} allowed, "
@@ -78,6 +80,21 @@ def as_table(audit: Audit) -> str:
     )
     # Each line is ours; anything a field smuggled into one (a newline too) is escaped here.
     return "\n".join(printable(line) for line in lines)
+
+
+def _authzen_table(audit: Audit) -> list[str]:
+    lines = [
+        f"AUTHZEN EVALUATIONS ({len(audit.authzen)}): questions PEPs asked, not calls",
+        f"  {'time':<24} {'caller':<24} {'subject':<32} {'action':<20} {'resource':<32} {'verdict':<7} reason / id",
+    ]
+    for a in audit.authzen:
+        detail = a.error or (a.reasons[0] if a.reasons else "")
+        lines.append(
+            f"  {_when(a.at):<24} {_short(_agent(a.caller), 24):<24} {_short(a.subject, 32):<32} "
+            f"{_short(a.action, 20):<20} {_short(a.resource, 32):<32} {_short(a.verdict, 7):<7} "
+            f"{_short(detail, 100)}  [{printable(a.decision_id)}]"
+        )
+    return [*lines, ""]
 
 
 def _chain_table(chain: Chain) -> list[str]:
@@ -161,6 +178,20 @@ def as_html(audit: Audit) -> str:
             parts.append(
                 f"<tr class='gap'><td>{e(_when(unmatched.at))}</td><td><code>{e(unmatched.decision_id)}</code></td>"
                 f"<td>{e(unmatched.detail)}</td></tr>"
+            )
+        parts.append("</table>")
+    if audit.authzen:
+        parts.append("<h2>AuthZEN evaluations: questions PEPs asked, not calls</h2><table>")
+        parts.append(
+            "<tr><th>time</th><th>caller</th><th>subject</th><th>action</th><th>resource</th><th>verdict</th>"
+            "<th>reasons</th><th>decision id</th></tr>"
+        )
+        for a in audit.authzen:
+            reasons = "; ".join(a.reasons) or (a.error or "")
+            parts.append(
+                f"<tr><td>{e(_when(a.at))}</td><td>{e(a.caller or '-')}</td><td>{e(a.subject)}</td>"
+                f"<td>{e(a.action or '-')}</td><td>{e(a.resource)}</td><td class='{e(a.verdict)}'>{e(a.verdict)}</td>"
+                f"<td>{e(reasons)}</td><td><code>{e(a.decision_id)}</code></td></tr>"
             )
         parts.append("</table>")
     for chain in audit.chains:

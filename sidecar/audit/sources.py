@@ -1,14 +1,19 @@
 """Read the logs an audit is built from into plain records, one reader per source.
 
-- the sidecar's JSON log: ``authz.decision`` lines (one per decision) and ``authz.tasks`` lines
-  (task opened, delegated, completed; approvals decided);
+- the sidecar's JSON log: its typed events (:mod:`sidecar.events`, read only through their
+  ``from_log``): one ``decision`` per check, ``task`` (opened, delegated, completed, refused) and
+  ``approval`` (approved or rejected); and the OPA decision ids of its other queries
+  (``authz.opa``, ``authz.shadow`` lines); ``authzen``, one per AuthZEN evaluation;
 - OPA's decision-log events: console lines (``"msg": "Decision Log"``) or the JSON lines the
   decision-log receiver writes (the same event, as OPA shipped it);
 - the upstream's JSON access lines (``"logger": "upstream.access"``), to find calls that reached
   the upstream without a decision.
 
 Lines that are not JSON, or not of a kind a reader knows, are skipped and counted: logs are
-shared with other output (Envoy, tracebacks), and an audit must not stop at one odd line.
+shared with other output (Envoy, tracebacks), and an audit must not stop at one odd line. So is an
+event line that does not parse (a malformed field, or a number ``log.redact`` blanked) and a line
+of a sidecar from before typed events (no ``event`` key): never guessed at, but counted apart
+(``unreadable_events``), as the audit is incomplete without them.
 
 Any file may be ``-`` (standard input) or gzip-compressed, and may be an export of a cluster's
 logs: a ``--log`` file mixes every kind (each line is recognised by its content), a line may carry
@@ -18,10 +23,8 @@ container runtime stores it (``{"log": "<the line>", "stream": "stdout", ...}``)
 
 from __future__ import annotations
 
-import datetime as dt
 import gzip
 import io
-import itertools
 import json
 import sys
 from collections.abc import Iterable, Iterator
@@ -29,10 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sidecar import events
+from sidecar.logformat import parse_rfc3339
+
 
 @dataclass
 class Decision:
-    """One check the sidecar answered (its ``authz.decision`` line)."""
+    """One check the sidecar answered (its :class:`sidecar.events.DecisionEvent`)."""
 
     decision_id: str
     at: float
@@ -52,7 +58,8 @@ class Decision:
 
 @dataclass
 class TaskEvent:
-    """An ``authz.tasks`` line: a task opened, delegated or completed, an approval decided, a refusal."""
+    """A task opened, delegated or completed, a refusal (:class:`sidecar.events.TaskEvent`), or an
+    approval decided (:class:`sidecar.events.ApprovalEvent`: operation ``approval approve|reject``)."""
 
     operation: str
     at: float
@@ -91,6 +98,24 @@ class UpstreamHit:
 
 
 @dataclass
+class AuthzenEvaluation:
+    """One AuthZEN evaluation the sidecar answered (its ``authz.authzen`` line)."""
+
+    decision_id: str
+    at: float
+    caller: str | None  # the PEP that asked
+    endpoint: str
+    request_id: str | None
+    batch: str | None
+    subject: str  # type:id
+    action: str | None
+    resource: str  # type:id
+    verdict: str
+    reasons: list[str]
+    error: str | None
+
+
+@dataclass
 class Sources:
     """Everything read, plus what was skipped and from where."""
 
@@ -98,6 +123,7 @@ class Sources:
     task_events: list[TaskEvent] = field(default_factory=list)
     opa_events: dict[str, OpaEvent] = field(default_factory=dict)
     upstream: list[UpstreamHit] = field(default_factory=list)
+    authzen: list[AuthzenEvaluation] = field(default_factory=list)
     # OPA decision ids the sidecar logged beside its decisions: its other queries (``authz.opa``
     # lines: the task and approver APIs) and its shadow evaluations (``authz.shadow`` lines).
     opa_queries: dict[str, str] = field(default_factory=dict)  # OPA decision id -> path
@@ -105,6 +131,14 @@ class Sources:
     files: dict[str, str] = field(default_factory=dict)  # path -> kind
     kinds_read: set[str] = field(default_factory=set)  # sidecar, opa, upstream: what was actually read
     skipped_lines: int = 0
+    # Sidecar event lines that could not be read (also in skipped_lines): an audit missing them
+    # is incomplete, so the command says so rather than count them as unrelated.
+    unreadable_events: int = 0
+    first_unreadable: str | None = None  # why the first one was refused
+
+    def unreadable(self, why: str) -> None:
+        self.unreadable_events += 1
+        self.first_unreadable = self.first_unreadable or why
 
     @property
     def has_upstream(self) -> bool:
@@ -116,9 +150,10 @@ class Sources:
 
     @property
     def has_sidecar(self) -> bool:
-        """Whether the sidecar's decisions were read: only then can an OPA event lack its sidecar
-        record (a log without decision lines, e.g. ``log.decisions: false``, accounts for nothing)."""
-        return bool(self.decisions)
+        """Whether the sidecar's decisions (checks or AuthZEN evaluations) were read: only then can an
+        OPA event lack its sidecar record (a log without decision lines, e.g. ``log.decisions: false``,
+        accounts for nothing)."""
+        return bool(self.decisions or self.authzen)
 
     def within(self, since: float | None, until: float | None) -> Sources:
         """The records from ``since`` (inclusive) to ``until`` (exclusive), epoch seconds; OPA's events
@@ -132,11 +167,14 @@ class Sources:
             task_events=[e for e in self.task_events if keep(e.at)],
             opa_events=self.opa_events,
             upstream=[u for u in self.upstream if keep(u.at)],
+            authzen=[a for a in self.authzen if keep(a.at)],
             opa_queries=self.opa_queries,
             shadows=self.shadows,
             files=self.files,
             kinds_read=self.kinds_read,
             skipped_lines=self.skipped_lines,
+            unreadable_events=self.unreadable_events,
+            first_unreadable=self.first_unreadable,
         )
 
 
@@ -229,41 +267,16 @@ def _read(path: Path, kind: str, sources: Sources, takers: tuple[Any, ...]) -> N
 
 def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
     logger = line.get("logger")
-    seq = len(sources.decisions) + len(sources.task_events)  # the order lines were read in
-    if logger == "authz.decision" and isinstance(line.get("decision_id"), str):
-        sources.decisions.append(
-            Decision(
-                decision_id=line["decision_id"],
-                at=_time(line.get("time")),
-                seq=seq,
-                agent=_str(line.get("agent")),
-                task=_str(line.get("task")),
-                method=str(line.get("method", "")),
-                path=str(line.get("path", "")),
-                tool=_str(line.get("tool")),
-                mcp_method=_str(line.get("mcp_method")),
-                verdict=str(line.get("verdict", "error")),
-                status=_int(line.get("status")) or 0,
-                stage=str(line.get("stage", "")),
-                reasons=[str(r) for r in line.get("reasons") or []],
-                approval=_str(line.get("approval")),
-            )
-        )
-    elif logger == "authz.tasks":
-        message = str(line.get("message", ""))
-        operation = str(line.get("operation") or message)
-        known = {"time", "level", "logger", "message", "operation", "agent", "task", "outcome"}
-        sources.task_events.append(
-            TaskEvent(
-                operation="approval " + operation if message.startswith("approval") else operation,
-                at=_time(line.get("time")),
-                seq=seq,
-                agent=_str(line.get("agent")),
-                task=_str(line.get("task")),
-                outcome=_str(line.get("outcome")),
-                fields={k: v for k, v in line.items() if k not in known},
-            )
-        )
+    try:
+        event = events.from_log(line)
+    except events.MalformedEvent as exc:
+        sources.unreadable(str(exc))
+        return False  # never read as what it might have meant
+    if event is not None:
+        _add_event(event, sources)
+    elif logger in (events.DECISION_LOGGER, events.TASKS_LOGGER, events.AUTHZEN_LOGGER):
+        sources.unreadable(f"an {logger} line without 'event': written before events were typed")
+        return False
     elif logger == "authz.opa" and isinstance(line.get("decision_id"), str):
         sources.opa_queries[line["decision_id"]] = str(line.get("path", ""))
     elif logger == "authz.shadow" and isinstance(line.get("decision_id"), str) and isinstance(line.get("shadow"), dict):
@@ -275,6 +288,56 @@ def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
         return False
     sources.kinds_read.add("sidecar")
     return True
+
+
+def _add_event(event: events.Event, sources: Sources) -> None:
+    seq = len(sources.decisions) + len(sources.task_events)  # the order lines were read in
+    at = event.time.timestamp()
+    if isinstance(event, events.DecisionEvent):
+        sources.decisions.append(
+            Decision(
+                decision_id=event.decision_id,
+                at=at,
+                seq=seq,
+                agent=_str(event.agent),
+                task=_str(event.task),
+                method=event.method,
+                path=event.path,
+                tool=_str(event.tool),
+                mcp_method=_str(event.mcp_method),
+                verdict=event.verdict,
+                status=event.status,
+                stage=event.stage,
+                reasons=list(event.reasons),
+                approval=_str(event.approval),
+            )
+        )
+    elif isinstance(event, events.EvaluationEvent):
+        sources.authzen.append(
+            AuthzenEvaluation(
+                decision_id=event.decision_id,
+                at=at,
+                caller=event.caller,
+                endpoint=event.endpoint,
+                request_id=event.request_id,
+                batch=event.batch,
+                subject=f"{event.subject['type']}:{event.subject['id']}",
+                action=event.action,
+                resource=f"{event.resource['type']}:{event.resource['id']}",
+                verdict=event.verdict,
+                reasons=list(event.reasons),
+                error=event.error,
+            )
+        )
+    elif isinstance(event, events.TaskEvent):
+        details = {"parent": event.parent, "to": event.to, "revoked": list(event.revoked), "reason": event.reason}
+        sources.task_events.append(
+            TaskEvent(event.operation, at, seq, _str(event.agent), _str(event.task), event.outcome, details)
+        )
+    else:
+        details = {"approval": event.approval, "approver": event.approver, "reason": event.reason}
+        operation = "approval " + event.operation
+        sources.task_events.append(TaskEvent(operation, at, seq, _str(event.agent), _str(event.task), None, details))
 
 
 def _take_opa(line: dict[str, Any], number: int, sources: Sources) -> bool:
@@ -319,9 +382,8 @@ def _take_upstream(line: dict[str, Any], number: int, sources: Sources) -> bool:
 
 
 def _time(value: Any) -> float:
-    """Epoch seconds from an epoch number or RFC 3339 (every line of ours and OPA's: UTC, up to
-    nanoseconds); 0 when unknown. Older sidecar logs wrote ``asctime`` in the machine's local time
-    without a zone (``2026-01-02 03:04:05,678``): read as local time of the machine reading it."""
+    """Epoch seconds from an epoch number or RFC 3339 (OPA's events, the upstream's lines: UTC, up
+    to nanoseconds); 0 when unknown. A time without a zone is unknown, never read as local time."""
     if isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, str) or not value:
@@ -329,31 +391,7 @@ def _time(value: Any) -> float:
     try:
         return parse_rfc3339(value)
     except ValueError:
-        pass
-    try:
-        return dt.datetime.strptime(value.strip(), "%Y-%m-%d %H:%M:%S,%f").timestamp()
-    except ValueError:
         return 0.0
-
-
-def parse_rfc3339(value: str) -> float:
-    """Epoch seconds of an RFC 3339 timestamp (``Z`` or an offset; a fraction of any length).
-    A timestamp without a zone is not RFC 3339: ValueError, never a guess at the local zone."""
-    text = value.strip()
-    if len(text) < 20 or text[10] not in "Tt":
-        raise ValueError(f"not an RFC 3339 timestamp: {value!r}")
-    text = text[:10] + "T" + text[11:]
-    if text[-1] in "Zz":
-        text = text[:-1] + "+00:00"
-    head, dot, rest = text.partition(".")
-    if dot:  # Python parses at most microseconds: trim OPA's nanoseconds
-        digits = "".join(itertools.takewhile(str.isdigit, rest))
-        zone = rest[len(digits) :]
-        text = f"{head}.{digits[:6]}{zone}"
-    parsed = dt.datetime.fromisoformat(text)
-    if parsed.tzinfo is None:
-        raise ValueError(f"RFC 3339 timestamp without a zone: {value!r}")
-    return parsed.timestamp()
 
 
 def _str(value: Any) -> str | None:

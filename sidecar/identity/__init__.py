@@ -14,6 +14,7 @@ from typing import Any
 from spiffe import SpiffeId
 
 from sidecar.config import IdentityConfig, IdentitySource
+from sidecar.errors import Kind, SidecarError
 from sidecar.identity.chain import DelegationError, actor_chain
 from sidecar.identity.jwt_svid import JwtSvidError, JwtSvidVerifier
 from sidecar.identity.xfcc import XfccError, peer_spiffe_id
@@ -22,13 +23,15 @@ Source = IdentitySource
 XFCC_HEADER = "x-forwarded-client-cert"
 
 
-class IdentityError(Exception):
+class IdentityError(SidecarError):
     """Authentication failed; ``reason`` is safe to show to the caller."""
+
+    KIND = Kind.UNAUTHENTICATED
+    CODE = "identity"
 
     def __init__(self, reason: str, *, invalid_token: bool = False) -> None:
         super().__init__(reason)
-        self.reason = reason
-        self.invalid_token = invalid_token
+        self.invalid_token = invalid_token  # a credential was presented: the challenge says it is invalid
 
 
 @dataclass(frozen=True)
@@ -39,15 +42,6 @@ class Identity:
     source: Source
     claims: dict[str, Any] = field(default_factory=dict)
     delegation_chain: tuple[str, ...] = ()
-
-    def as_input(self) -> dict[str, Any]:
-        return {
-            "spiffe_id": str(self.spiffe_id),
-            "trust_domain": self.spiffe_id.trust_domain.name,
-            "path": self.spiffe_id.path,
-            "identity_source": self.source,
-            "claims": self.claims,
-        }
 
 
 class IdentityResolver:

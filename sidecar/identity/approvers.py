@@ -25,9 +25,6 @@ class Approver:
     id: str  # a SPIFFE ID, or "<issuer>#<sub>"
     claims: dict[str, Any] = field(default_factory=dict)
 
-    def as_input(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id": self.id, "claims": self.claims}
-
 
 class OidcVerifier:
     def __init__(self, issuer: str, audience: str, jwks_file: Path | None, jwks_url: str | None) -> None:
@@ -60,7 +57,8 @@ class OidcVerifier:
     def _key(self, kid: str) -> Any:
         if self._client is not None:
             return self._client.get_signing_key(kid).key
-        assert self._file is not None
+        if self._file is None:  # neither a JWKS URL nor a file: no key verifies anything
+            raise jwt.InvalidKeyError("no OIDC JWKS is configured")
         keys = jwt.PyJWKSet.from_json(self._file.read_text())
         for key in keys.keys:
             if key.key_id == kid:
@@ -81,7 +79,8 @@ class ApproverAuthenticator:
             claims = self._oidc.verify(token)
             return Approver("oidc", f"{claims['iss']}#{claims['sub']}", claims)
         identity = self._svid.resolve(headers)
-        assert identity is not None  # the resolver requires one
+        if identity is None:  # the resolver requires one; never let an anonymous caller decide
+            raise IdentityError("an approver token (JWT-SVID or OIDC ID token) is required")
         return Approver("spiffe", str(identity.spiffe_id), identity.claims)
 
 

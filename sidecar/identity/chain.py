@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from sidecar.errors import Kind, SidecarError
 
-class DelegationError(ValueError):
+
+class DelegationError(SidecarError, ValueError):
     """The ``act`` claim is malformed or deeper than allowed."""
+
+    KIND = Kind.UNAUTHENTICATED
+    CODE = "delegation"
 
 
 def actor_chain(claims: dict[str, Any], max_depth: int) -> list[str]:

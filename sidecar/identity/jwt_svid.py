@@ -12,13 +12,17 @@ from typing import Any
 import jwt
 from spiffe import JwtSvid, SpiffeId, TrustDomain
 
+from sidecar.errors import Kind, SidecarError
 from sidecar.identity.bundles import BundleSource
 
 IAT_LEEWAY_SECONDS = 60
 
 
-class JwtSvidError(ValueError):
+class JwtSvidError(SidecarError, ValueError):
     """The JWT-SVID was presented but is not valid; the message says why (no token text)."""
+
+    KIND = Kind.UNAUTHENTICATED
+    CODE = "jwt_svid"
 
 
 @dataclass(frozen=True)

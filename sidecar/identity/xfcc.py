@@ -9,11 +9,16 @@ from __future__ import annotations
 
 from spiffe import SpiffeId
 
+from sidecar.errors import Kind, SidecarError
+
 MAX_XFCC_BYTES = 16_384
 
 
-class XfccError(ValueError):
+class XfccError(SidecarError, ValueError):
     """The XFCC header is malformed or does not name exactly one SPIFFE peer."""
+
+    KIND = Kind.UNAUTHENTICATED
+    CODE = "xfcc"
 
 
 def parse_xfcc(header: str) -> list[dict[str, list[str]]]:

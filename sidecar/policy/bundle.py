@@ -16,13 +16,17 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sidecar.errors import Kind, SidecarError
 from sidecar.executables import find_tool
 
 SIGNING_ALG = "RS256"
 
 
-class BundleBuildError(RuntimeError):
-    pass
+class BundleBuildError(SidecarError, RuntimeError):
+    """``opa build`` refused the policy directory."""
+
+    KIND = Kind.INVALID
+    CODE = "bundle_build"
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 
+from sidecar.errors import Kind, SidecarError
 from sidecar.executables import ToolMissing, find_tool
 from sidecar.unix_http import unix_request
 
@@ -34,8 +35,11 @@ CONCURRENCY = 8
 QUERY_TIMEOUT_S = 30.0
 
 
-class EngineError(RuntimeError):
+class EngineError(SidecarError, RuntimeError):
     """OPA could not be started on the bundle, or could not be asked."""
+
+    KIND = Kind.UNAVAILABLE
+    CODE = "engine"
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,9 @@ def _collect_input_refs(node: Any, file: str, reads: list[InputRead]) -> None:
             _collect_input_refs(call[2:], file, reads)
             _collect_input_refs([v for k, v in node.items() if k not in ("terms", "value")], file, reads)
             return
+    if "target" in node and "value" in node and "type" not in node:  # `with input as x`: replaces, reads nothing
+        _collect_input_refs(node["value"], file, reads)
+        return
     for key, item in node.items():
         if key not in ("annotations", "comments"):  # a METADATA `schemas: - input: ...` reads nothing
             _collect_input_refs(item, file, reads)
@@ -202,7 +209,8 @@ class PolicyEngine:
         return self
 
     def _wait_ready(self, log: Path) -> None:
-        assert self._process is not None
+        if self._process is None:
+            raise EngineError("opa was not started")
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if self._process.poll() is not None:

@@ -15,10 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from sidecar.audit.sources import json_object, open_lines
+from sidecar.errors import Kind, SidecarError
 
 
-class LogError(ValueError):
+class LogError(SidecarError, ValueError):
     """The log cannot be read, or holds no decision-log event."""
+
+    KIND = Kind.INVALID
+    CODE = "log"
 
 
 @dataclass(frozen=True)

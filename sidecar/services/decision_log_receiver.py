@@ -21,6 +21,7 @@ from typing import IO
 
 from aiohttp import web
 
+from sidecar.errors import Kind, SidecarError
 from sidecar.logs import setup_logging
 from sidecar.services.service_token import read_token, require_bearer
 from sidecar.signals import until_signalled
@@ -31,8 +32,11 @@ MAX_BATCH_BYTES = 64 * 1024 * 1024  # decompressed; OPA's default upload limit i
 SINK = web.AppKey("sink", IO[str])
 
 
-class BatchError(ValueError):
-    pass
+class BatchError(SidecarError, ValueError):
+    """An upload that is not a batch of decision-log events (answered 400)."""
+
+    KIND = Kind.INVALID
+    CODE = "bad_batch"
 
 
 def decode_batch(body: bytes, encoding: str) -> list[dict[str, object]]:

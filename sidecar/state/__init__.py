@@ -11,17 +11,25 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol
 
+from sidecar.errors import Kind, SidecarError
+
 TaskStatus = Literal["active", "completed", "revoked"]
 # Records outlive their expiry by this much, so a late call still gets "expired", not "unknown".
 GRACE_SECONDS = 60
 
 
-class StoreError(Exception):
+class StoreError(SidecarError):
     """The state backend is unreachable or failed; the request must fail closed."""
 
+    KIND = Kind.UNAVAILABLE
+    CODE = "store"
 
-class ParentEnded(Exception):
+
+class ParentEnded(SidecarError):
     """A delegated task cannot be created: its parent is no longer active."""
+
+    KIND = Kind.CONFLICT
+    CODE = "parent_ended"
 
 
 @dataclass
@@ -77,18 +85,6 @@ class SessionView:
     recent: list[dict[str, Any]]
     started_at: int
 
-    def to_json(self) -> dict[str, Any]:
-        # Shallow on purpose: it is a fresh snapshot per call, and asdict's deep copy showed in profiles.
-        return {
-            "key": self.key,
-            "calls": self.calls,
-            "writes": self.writes,
-            "calls_last_minute": self.calls_last_minute,
-            "labels": self.labels,
-            "recent": self.recent,
-            "started_at": self.started_at,
-        }
-
 
 @dataclass(frozen=True)
 class AgentLimits:
@@ -110,9 +106,6 @@ class AgentHistory:
 
     calls_last_minute: int
     labels: dict[str, int]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"calls_last_minute": self.calls_last_minute, "labels": dict(self.labels)}
 
 
 # An open-task request in flight stops counting against the agent's cap after this long.
@@ -162,12 +155,18 @@ class ApprovalRecord:
         return hashlib.sha256(json.dumps(bound, sort_keys=True).encode()).hexdigest()
 
 
-class ApprovalConflict(Exception):
+class ApprovalConflict(SidecarError):
     """The approval is not in the state the operation needs (already decided, used, or expired)."""
 
+    KIND = Kind.CONFLICT
+    CODE = "approval_conflict"
 
-class TooManyApprovals(Exception):
+
+class TooManyApprovals(SidecarError):
     """The agent already has as many pending approvals as it may; ``pending`` counts them."""
+
+    KIND = Kind.TOO_MANY
+    CODE = "too_many_approvals"
 
     def __init__(self, agent: str, pending: int) -> None:
         super().__init__(agent)

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.agent_client import AgentClient, jsonrpc
 from devstack.stack import Ports, Stack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.adversarial]
@@ -25,91 +26,17 @@ pytestmark = [pytest.mark.e2e, pytest.mark.adversarial]
 READER = "spiffe://demo.local/agent/reader"
 WRITER = "spiffe://demo.local/agent/writer"
 ASSISTANT = "spiffe://demo.local/agent/assistant"
-APPROVER_GROUP = "security-approvers"
 
 
-class Attacker:
-    """Sends attacks through the stack's Envoy and reads the evidence the stack logged."""
+class Attacker(AgentClient):
+    """The shared agent client, plus what attacks need: bytes sent as they are, and the evidence the stack logged."""
 
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-        self._svids: dict[str, tuple[str, str]] = {}
-
-    # -- credentials ------------------------------------------------------------------
-    def token(self, agent: str, **claims: Any) -> str:
-        return self.stack.trust_domain.mint_jwt(agent, extra_claims=claims)
-
-    def bearer(self, agent: str) -> dict[str, str]:
-        return {"authorization": "Bearer " + self.token(agent)}
-
-    def svid(self, agent: str) -> tuple[str, str]:
-        """(cert, key) files of an X.509-SVID for the mTLS ingress listener."""
-        if agent not in self._svids:
-            out = self.stack.workdir / "svids" / agent.rsplit("/", 1)[-1]
-            files = self.stack.trust_domain.mint_x509(agent, out)
-            self._svids[agent] = (str(files.cert), str(files.key))
-        return self._svids[agent]
-
-    def open_task(self, agent: str, purpose: str, scopes: list[str], ttl: int = 300) -> dict[str, Any]:
-        response = requests.post(
-            f"{self.stack.sidecar_url}/v1/tasks",
-            json={"purpose": purpose, "scopes": scopes, "ttl_seconds": ttl},
-            headers=self.bearer(agent),
-            timeout=10,
-        )
-        assert response.status_code == 201, response.text
-        grant: dict[str, Any] = response.json()
-        return grant
-
-    def delegate(self, agent: str, task_id: str, to: str, scopes: list[str]) -> dict[str, Any]:
-        response = requests.post(
-            f"{self.stack.sidecar_url}/v1/tasks/{task_id}/delegate",
-            json={"to": to, "scopes": scopes, "ttl_seconds": 120},
-            headers=self.bearer(agent),
-            timeout=10,
-        )
-        assert response.status_code == 201, response.text
-        grant: dict[str, Any] = response.json()
-        return grant
-
-    def complete(self, agent: str, task_id: str) -> None:
-        response = requests.post(
-            f"{self.stack.sidecar_url}/v1/tasks/{task_id}/complete", headers=self.bearer(agent), timeout=10
-        )
-        assert response.status_code == 200, response.text
-
-    def human(self, subject: str = "alice") -> dict[str, str]:
-        """An approver's OIDC ID token (the dev issuer), in the security-approvers group."""
-        return {"authorization": "Bearer " + self.stack.oidc.mint(subject, [APPROVER_GROUP])}
-
-    def decide_approval(self, approval_id: str, approve: bool = True, who: dict[str, str] | None = None) -> int:
-        verb = "approve" if approve else "reject"
-        response = requests.post(
-            f"{self.stack.sidecar_url}/v1/approvals/{approval_id}/{verb}",
-            json={"reason": "adversarial suite"},
-            headers=who or self.human(),
-            timeout=10,
-        )
-        return response.status_code
-
-    def stack_credential(self) -> str:
-        """The last just-in-time credential the demo upstream accepted (its demo-only debug endpoint)."""
-        url = f"http://127.0.0.1:{self.stack.ports.upstream}/debug/last-credential"
-        token: str = requests.get(url, timeout=10).json()["token"]
-        return token
-
-    # -- requests ---------------------------------------------------------------------
     def send(self, method: str, path: str, headers: dict[str, str] | None = None, **kw: Any) -> requests.Response:
-        return requests.request(method, self.stack.egress_url + path, headers=headers or {}, timeout=10, **kw)
+        """Exactly ``headers`` (no token of the client's own) through the egress listener."""
+        return self.request(method, path, None, headers, **kw)
 
     def mcp_body(self, tool: str, arguments: dict[str, Any] | None = None, **extra: Any) -> dict[str, Any]:
-        params: dict[str, Any] = {"name": tool, "arguments": arguments or {}, **extra}
-        return {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": params}
-
-    def ingress(self, agent: str, method: str, path: str, **kw: Any) -> requests.Response:
-        kw.setdefault("timeout", 10)
-        ca = str(self.stack.trust_domain.ca_cert)
-        return requests.request(method, self.stack.ingress_url + path, cert=self.svid(agent), verify=ca, **kw)
+        return jsonrpc("tools/call", tool, arguments, 7, **extra)[1]
 
     def raw(self, data: bytes, port: int | None = None) -> tuple[int, dict[str, str], bytes]:
         """Send bytes as they are (requests would normalise them); (status, headers, body)."""

@@ -57,7 +57,7 @@ def captured(attacker: Attacker, task: dict[str, Any], method: str, path: str, b
     headers = {**_headers(attacker, task, path), "host": f"127.0.0.1:{attacker.stack.ports.egress}"}
     answer = attacker.stack.check(method, path, headers, body)
     assert answer.status_code == 200, answer.text
-    token = answer.headers["authorization"].removeprefix("Bearer ")
+    token: str = answer.headers["authorization"].removeprefix("Bearer ")
     assert jwt.get_unverified_header(token)["typ"] == "at+jwt"
     return token
 
@@ -179,7 +179,7 @@ def test_spent_credential_is_refused_as_misbound_not_only_as_replayed(attacker: 
     """The credential the upstream last accepted, tried on a delete: the binding refuses it first,
     so an upstream that forgets (or shards) its jti list still holds."""
     assert attacker.send("POST", "/api/tickets", _headers(attacker, task, ""), data=TICKET).status_code == 201
-    stolen = attacker.stack_credential()
+    stolen = attacker.upstream_credential()
     misused = at_upstream(attacker, "DELETE", "/api/records/42", stolen)
     assert misused.status_code == 401
     assert "minted for another request (method 'DELETE', minted for 'POST')" in misused.json()["error"]

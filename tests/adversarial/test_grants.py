@@ -119,7 +119,7 @@ def test_other_tokens_as_task_tokens(attacker: Attacker, writer_task: dict[str, 
     else:
         minted = _write(attacker, WRITER, writer_task["token"])
         assert minted.status_code == 201
-        token = attacker.stack_credential()
+        token = attacker.upstream_credential()
     response = _write(attacker, WRITER, token)
     assert response.status_code == 401, why
 
@@ -197,7 +197,7 @@ def cleanup(attacker: Attacker) -> dict[str, Any]:
 
 def test_approval_replayed_by_another_agent(attacker: Attacker, cleanup: dict[str, Any]) -> None:
     approval_id = _pending(attacker, cleanup["token"], "101")
-    assert attacker.decide_approval(approval_id) == 200
+    assert attacker.decide_approval(approval_id).status_code == 200
     child = attacker.delegate(WRITER, cleanup["id"], ASSISTANT, ["records:delete"])
     stolen = _delete(attacker, ASSISTANT, child["token"], "101", **{APPROVAL: approval_id})
     assert stolen.status_code == 403, "an approval is bound to the agent that asked for it"
@@ -207,7 +207,7 @@ def test_approval_replayed_by_another_agent(attacker: Attacker, cleanup: dict[st
 
 def test_approval_replayed_after_use(attacker: Attacker, cleanup: dict[str, Any]) -> None:
     approval_id = _pending(attacker, cleanup["token"], "102")
-    assert attacker.decide_approval(approval_id) == 200
+    assert attacker.decide_approval(approval_id).status_code == 200
     assert _delete(attacker, WRITER, cleanup["token"], "102", **{APPROVAL: approval_id}).status_code == 200
     replay = _delete(attacker, WRITER, cleanup["token"], "102", **{APPROVAL: approval_id})
     assert replay.status_code == 403
@@ -216,7 +216,7 @@ def test_approval_replayed_after_use(attacker: Attacker, cleanup: dict[str, Any]
 
 def test_approval_after_the_task_completed(attacker: Attacker, cleanup: dict[str, Any]) -> None:
     approval_id = _pending(attacker, cleanup["token"], "103")
-    assert attacker.decide_approval(approval_id) == 200
+    assert attacker.decide_approval(approval_id).status_code == 200
     attacker.complete(WRITER, cleanup["id"])
     response = _delete(attacker, WRITER, cleanup["token"], "103", **{APPROVAL: approval_id})
     assert response.status_code == 403, "the task grant is checked before the approval"
@@ -227,7 +227,7 @@ def test_approval_after_the_task_completed(attacker: Attacker, cleanup: dict[str
 
 def test_approval_for_another_request(attacker: Attacker, cleanup: dict[str, Any]) -> None:
     approval_id = _pending(attacker, cleanup["token"], "104")
-    assert attacker.decide_approval(approval_id) == 200
+    assert attacker.decide_approval(approval_id).status_code == 200
     response = _delete(attacker, WRITER, cleanup["token"], "105", **{APPROVAL: approval_id})
     assert response.status_code == 403
     assert "different request" in verdict(response)["reasons"][0]
@@ -239,7 +239,7 @@ def test_approval_for_changed_mcp_arguments(attacker: Attacker, cleanup: dict[st
     asked = attacker.send("POST", "/mcp", headers, json=attacker.mcp_body("delete_record", {"id": "7"}))
     assert asked.status_code == 401
     approval_id = verdict(asked)["step_up"]["approval_id"]
-    assert attacker.decide_approval(approval_id) == 200
+    assert attacker.decide_approval(approval_id).status_code == 200
     changed = attacker.mcp_body("delete_record", {"id": "8"})
     response = attacker.send("POST", "/mcp", {**headers, APPROVAL: approval_id}, json=changed)
     assert response.status_code == 403
@@ -259,7 +259,7 @@ def test_approval_not_approved(attacker: Attacker, cleanup: dict[str, Any], stat
     record = {"pending": "106", "rejected": "107"}[state]
     approval_id = _pending(attacker, cleanup["token"], record)
     if state == "rejected":
-        assert attacker.decide_approval(approval_id, approve=False) == 200
+        assert attacker.decide_approval(approval_id, approve=False).status_code == 200
     response = _delete(attacker, WRITER, cleanup["token"], record, **{APPROVAL: approval_id})
     assert response.status_code == 403, why
 
@@ -281,12 +281,12 @@ def test_made_up_approval_ids(attacker: Attacker, cleanup: dict[str, Any], appro
 def test_self_approval_and_approval_by_the_chain(attacker: Attacker, cleanup: dict[str, Any]) -> None:
     """The requesting agent, and every identity in its delegation chain, may never approve."""
     approval_id = _pending(attacker, cleanup["token"], "109")
-    assert attacker.decide_approval(approval_id, who=attacker.bearer(WRITER)) == 403
+    assert attacker.decide_approval(approval_id, who=attacker.bearer(WRITER)).status_code == 403
     child = attacker.delegate(WRITER, cleanup["id"], ASSISTANT, ["records:delete"])
     asked = _delete(attacker, ASSISTANT, child["token"], "110")
     assert asked.status_code == 401
     child_approval = asked.json()["step_up"]["approval_id"]
-    assert attacker.decide_approval(child_approval, who=attacker.bearer(WRITER)) == 403
+    assert attacker.decide_approval(child_approval, who=attacker.bearer(WRITER)).status_code == 403
 
 
 # -- what an approval binds, and what approvers are shown -------------------------------------------
@@ -300,7 +300,7 @@ def _approved(attacker: Attacker, token: str, body: dict[str, Any], **headers: s
     asked = _ask(attacker, token, body, **headers)
     assert asked.status_code == 401, asked.text
     approval_id: str = verdict(asked)["step_up"]["approval_id"]
-    assert attacker.decide_approval(approval_id) == 200
+    assert attacker.decide_approval(approval_id).status_code == 200
     return approval_id
 
 
@@ -347,7 +347,7 @@ def test_approval_for_another_host_or_query(
     attacker: Attacker, cleanup: dict[str, Any], host: str | None, target: str, why: str
 ) -> None:
     approval_id = _pending(attacker, cleanup["token"], "203")
-    assert attacker.decide_approval(approval_id) == 200
+    assert attacker.decide_approval(approval_id).status_code == 200
     headers = {APPROVAL: approval_id, **({"host": host} if host else {})}
     sent = {**attacker.bearer(WRITER), TASK: cleanup["token"], **headers}
     response = attacker.send("DELETE", target, sent)

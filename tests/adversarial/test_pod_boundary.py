@@ -127,8 +127,8 @@ def attacks(pod: Stack) -> dict[str, Any]:
         "tcp": {
             "egress": (p.egress, "GET", "/api/docs/handbook", bearer, ""),
             "agent-api-task": (p.sidecar, "POST", "/v1/tasks", {**bearer, "content-type": "application/json"}, task),
-            "agent-api-check": (p.sidecar, "GET", "/authz/api/docs/handbook", bearer, ""),
-            "admin-check": (p.sidecar_admin, "GET", "/authz/api/docs/handbook", bearer, ""),
+            "agent-api-check": (p.sidecar, "GET", f"{pod.check_prefix}/api/docs/handbook", bearer, ""),
+            "admin-check": (p.sidecar_admin, "GET", f"{pod.check_prefix}/api/docs/handbook", bearer, ""),
             "admin-metrics": (p.sidecar_admin, "GET", "/metrics", {}, ""),
             "bundle": (p.bundle_service, "GET", "/bundles/authz.tar.gz", {}, ""),
             "bundle-guessed-token": (p.bundle_service, "GET", "/bundles/authz.tar.gz", bearer, ""),

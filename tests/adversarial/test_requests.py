@@ -318,7 +318,7 @@ def test_stolen_credential_in_authorization_is_not_an_identity(attacker: Attacke
     """A credential minted for the writer, replayed by someone as their bearer token: not a JWT-SVID."""
     task = attacker.open_task(WRITER, "triage", ["tickets:write"])
     assert attacker.send("POST", "/api/tickets", {**attacker.bearer(WRITER), TASK: task["token"]}).status_code == 201
-    stolen = attacker.stack_credential()
+    stolen = attacker.upstream_credential()
     response = attacker.send("GET", "/api/docs/x", {"authorization": f"Bearer {stolen}"})
     assert response.status_code == 401
     assert verdict(response)["verdict"] == "deny"

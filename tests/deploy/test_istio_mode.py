@@ -299,6 +299,8 @@ def route_kinds(prefix: str, method: str, path: str) -> set[str]:
         return {"jwks"}
     if path == "/v1/tasks" or path.startswith("/v1/tasks/"):
         return {"tasks"}
+    if path.startswith("/access/v1/") or path == "/.well-known/authzen-configuration":
+        return {"authzen"}  # no caller by default: a team allows its PEPs (docs/authzen.md)
     if path == "/v1/approvals" or path.startswith("/v1/approvals/"):
         single = method == "GET" and path.count("/") == 3  # GET /v1/approvals/<id>: the agent's poll
         return {"approvals", "approval-status"} if single else {"approvals"}

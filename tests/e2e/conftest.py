@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
 import pytest
-import requests
 
+from devstack.agent_client import AgentClient
 from devstack.stack import Ports, Stack
 
 pytestmark = pytest.mark.e2e
@@ -26,50 +26,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, opa_bin: str, envoy_bin: str
         yield running
 
 
-class Client:
-    """Requests through Envoy's egress listener as a given agent."""
-
-    def __init__(self, stack: Stack) -> None:
-        self.stack = stack
-
-    def token(self, spiffe_id: str, **claims: Any) -> str:
-        return self.stack.trust_domain.mint_jwt(spiffe_id, extra_claims=claims)
-
-    def request(
-        self, method: str, path: str, agent: str | None = None, headers: dict[str, str] | None = None, **kw: Any
-    ) -> requests.Response:
-        sent = dict(headers or {})
-        if agent:
-            sent["authorization"] = "Bearer " + self.token(agent)
-        return requests.request(method, self.stack.egress_url + path, headers=sent, timeout=10, **kw)
-
-    def task_token(self, agent: str, purpose: str, scopes: list[str], ttl: int = 300) -> str:
-        """Open a task for ``agent`` through the sidecar's API; the token goes in x-agent-task-token."""
-        response = requests.post(
-            f"{self.stack.sidecar_url}/v1/tasks",
-            json={"purpose": purpose, "scopes": scopes, "ttl_seconds": ttl},
-            headers={"authorization": "Bearer " + self.token(agent)},
-            timeout=10,
-        )
-        assert response.status_code == 201, response.text
-        token: str = response.json()["token"]
-        return token
-
-    def mcp(
-        self, agent: str | None, method: str, tool: str | None = None, arguments: Any = None, **kw: Any
-    ) -> requests.Response:
-        params: dict[str, Any] = {}
-        headers = {"mcp-method": method}
-        if tool is not None:
-            params = {"name": tool, "arguments": arguments or {}}
-            headers["mcp-name"] = tool
-        body = {"jsonrpc": "2.0", "id": 42, "method": method, "params": params}
-        return self.request("POST", "/mcp", agent, headers={**headers, **kw.pop("headers", {})}, json=body, **kw)
-
-
 @pytest.fixture(scope="session")
-def client(stack: Stack) -> Client:
-    return Client(stack)
+def client(stack: Stack) -> AgentClient:
+    return AgentClient(stack)
 
 
 class FakeOpa(ThreadingHTTPServer):

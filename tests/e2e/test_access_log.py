@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 
+from devstack.agent_client import AgentClient
 from devstack.stack import Stack
-from tests.e2e.conftest import READER, Client
+from tests.e2e.conftest import READER
 from tests.e2e.test_faults import decision_record
 
 pytestmark = pytest.mark.e2e
@@ -35,7 +36,7 @@ def access_line(stack: Stack, request_id: str, timeout: float = 12.0) -> dict[st
     ("method", "path", "status"), [("GET", "/api/docs/handbook", 200), ("POST", "/api/tickets", 403)]
 )
 def test_the_access_line_carries_the_decision_id_the_client_saw(
-    client: Client, stack: Stack, method: str, path: str, status: int
+    client: AgentClient, stack: Stack, method: str, path: str, status: int
 ) -> None:
     request_id = str(uuid.uuid4())
     response = client.request(method, path, READER, headers={"x-request-id": request_id}, json={"title": "x"})

@@ -5,25 +5,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import requests
 
+from devstack.agent_client import AgentClient
 from devstack.stack import Stack
 from sidecar.cli import main
-from tests.e2e.conftest import WRITER, Client
+from tests.e2e.conftest import WRITER
 
 pytestmark = pytest.mark.e2e
 
 ASSISTANT = "spiffe://demo.local/agent/assistant"
-
-
-def _api(stack: Stack, path: str, headers: dict[str, str], body: dict[str, Any] | None = None) -> dict[str, Any]:
-    response = requests.post(f"{stack.sidecar_url}{path}", json=body or {}, headers=headers, timeout=10)
-    assert response.status_code in (200, 201), response.text
-    document: dict[str, Any] = response.json()
-    return document
 
 
 def _wait_for_opa(stack: Stack, decision_ids: list[str]) -> None:
@@ -37,16 +30,9 @@ def _wait_for_opa(stack: Stack, decision_ids: list[str]) -> None:
 
 
 def test_audit_reconstructs_a_task_chain_with_delegation_and_approvals(
-    stack: Stack, client: Client, tmp_path: Path
+    stack: Stack, client: AgentClient, tmp_path: Path
 ) -> None:
-    human = {"authorization": "Bearer " + stack.oidc.mint("alice", ["security-approvers"])}
-    writer = {"authorization": "Bearer " + client.token(WRITER)}
-    task = _api(
-        stack,
-        "/v1/tasks",
-        writer,
-        {"purpose": "cleanup", "scopes": ["records:read", "records:delete"], "ttl_seconds": 300},
-    )
+    task = client.open_task(WRITER, "cleanup", ["records:read", "records:delete"], ttl=300)
 
     def call(agent: str, method: str, path: str, token: str, **headers: str) -> requests.Response:
         return client.request(method, path, agent, headers={"x-agent-task-token": token, **headers})
@@ -62,23 +48,18 @@ def test_audit_reconstructs_a_task_chain_with_delegation_and_approvals(
 
     step(WRITER, "GET", "/api/records/7", task["token"], 200)
     step(WRITER, "POST", "/api/tickets", task["token"], 403)
-    child = _api(
-        stack,
-        f"/v1/tasks/{task['id']}/delegate",
-        writer,
-        {"to": ASSISTANT, "scopes": ["records:delete"], "ttl_seconds": 120},
-    )
+    child = client.delegate(WRITER, task["id"], ASSISTANT, ["records:delete"], ttl=120)
     asked = step(ASSISTANT, "DELETE", "/api/records/9", child["token"], 401)
     first_approval = asked.json()["step_up"]["approval_id"]
-    _api(stack, f"/v1/approvals/{first_approval}/approve", human, {"reason": "duplicate record"})
+    assert client.decide_approval(first_approval, True, reason="duplicate record").status_code == 200
     deleted = step(
         ASSISTANT, "DELETE", "/api/records/9", child["token"], 200, **{"x-agent-approval-id": first_approval}
     )
     asked_again = step(WRITER, "DELETE", "/api/records/8", task["token"], 401)
     second_approval = asked_again.json()["step_up"]["approval_id"]
-    _api(stack, f"/v1/approvals/{second_approval}/reject", human, {"reason": "keep it"})
+    assert client.decide_approval(second_approval, False, reason="keep it").status_code == 200
     step(WRITER, "DELETE", "/api/records/8", task["token"], 403, **{"x-agent-approval-id": second_approval})
-    _api(stack, f"/v1/tasks/{task['id']}/complete", writer)
+    client.complete(WRITER, task["id"])
     step(ASSISTANT, "DELETE", "/api/records/9", child["token"], 403)
 
     # Gaps: the upstream is called around Envoy, once replaying an allowed decision's id, once with none.
@@ -147,7 +128,9 @@ def test_audit_reconstructs_a_task_chain_with_delegation_and_approvals(
     assert "eyJ" not in text and not any(secret in text for secret in secrets), "ids only, never token text"
 
 
-def test_audit_table_and_html(stack: Stack, client: Client, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_table_and_html(
+    stack: Stack, client: AgentClient, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     response = client.request("GET", "/api/docs/audit-me", "spiffe://demo.local/agent/reader")
     assert response.status_code == 200
     decision_id = response.headers["x-authz-decision-id"]

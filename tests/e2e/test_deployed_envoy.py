@@ -26,10 +26,11 @@ import pytest
 import requests
 import yaml
 
+from devstack.agent_client import AgentClient
 from devstack.envoy_config import load_variant, render_variant, variant_config
 from devstack.stack import Stack
 from sidecar.unix_http import unix_request
-from tests.e2e.conftest import READER, WRITER, Client
+from tests.e2e.conftest import READER, WRITER
 
 pytestmark = pytest.mark.e2e
 
@@ -87,7 +88,7 @@ def deployed(stack: Stack, envoy_bin: str) -> Iterator[DeployedEnvoy]:
 
 
 def through(
-    envoy: DeployedEnvoy, client: Client, method: str, url: str, agent: str | None, **kw: Any
+    envoy: DeployedEnvoy, client: AgentClient, method: str, url: str, agent: str | None, **kw: Any
 ) -> requests.Response:
     """As the agent's HTTP client does: ``HTTP_PROXY`` is the pod's Envoy."""
     headers = dict(kw.pop("headers", {}))
@@ -123,7 +124,7 @@ def test_it_is_the_committed_file_with_only_addresses_changed(deployed: Deployed
 
 
 def test_allow_reaches_the_tool_and_is_logged_with_its_decision(
-    deployed: DeployedEnvoy, client: Client, stack: Stack
+    deployed: DeployedEnvoy, client: AgentClient, stack: Stack
 ) -> None:
     spoof = {"x-authz-spiffe-id": WRITER, "x-http-method-override": "DELETE"}
     response = through(deployed, client, "GET", f"{TOOL}/api/docs/handbook", READER, headers=spoof)
@@ -141,7 +142,7 @@ def test_allow_reaches_the_tool_and_is_logged_with_its_decision(
     assert line["request_id"] in (stack.logs / "sidecar.log").read_text(), "the request id finds the sidecar's line"
 
 
-def test_deny_is_403_json_and_logged(deployed: DeployedEnvoy, client: Client) -> None:
+def test_deny_is_403_json_and_logged(deployed: DeployedEnvoy, client: AgentClient) -> None:
     response = through(deployed, client, "POST", f"{TOOL}/api/tickets", READER, json={"title": "x"})
     assert response.status_code == 403, response.text
     document = response.json()
@@ -150,7 +151,7 @@ def test_deny_is_403_json_and_logged(deployed: DeployedEnvoy, client: Client) ->
     assert access_line(deployed, document["decision_id"])["status"] == 403
 
 
-def test_the_minted_credential_reaches_the_tool(deployed: DeployedEnvoy, client: Client) -> None:
+def test_the_minted_credential_reaches_the_tool(deployed: DeployedEnvoy, client: AgentClient) -> None:
     task = {"x-agent-task-token": client.task_token(WRITER, "triage", ["tickets:write"])}
     response = through(deployed, client, "POST", f"{TOOL}/api/tickets", WRITER, headers=task, json={"title": "x"})
     assert response.status_code == 201, response.text
@@ -160,7 +161,7 @@ def test_the_minted_credential_reaches_the_tool(deployed: DeployedEnvoy, client:
     assert saw["credential"]["decision_id"] == response.headers["x-authz-decision-id"]
 
 
-def test_only_the_tools_and_only_clean_requests_are_forwarded(deployed: DeployedEnvoy, client: Client) -> None:
+def test_only_the_tools_and_only_clean_requests_are_forwarded(deployed: DeployedEnvoy, client: AgentClient) -> None:
     elsewhere = through(deployed, client, "GET", "http://example.com/api/docs/handbook", READER)
     assert elsewhere.status_code == 403
     assert elsewhere.json()["reasons"] == ["destination is not an allowed tool service"]

@@ -15,8 +15,9 @@ import requests
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
+from devstack.agent_client import AgentClient
 from devstack.stack import Ports, Stack
-from tests.e2e.conftest import READER, WRITER, Client
+from tests.e2e.conftest import READER, WRITER
 
 pytestmark = pytest.mark.e2e
 
@@ -28,8 +29,8 @@ def grpc_stack(tmp_path_factory: pytest.TempPathFactory, opa_bin: str, envoy_bin
 
 
 @pytest.fixture(scope="module")
-def grpc_client(grpc_stack: Stack) -> Client:
-    return Client(grpc_stack)
+def grpc_client(grpc_stack: Stack) -> AgentClient:
+    return AgentClient(grpc_stack)
 
 
 def body(response: requests.Response) -> dict[str, Any]:
@@ -49,7 +50,7 @@ def test_grpc_envoy_config_validates(envoy_bin: str, tmp_path: Path) -> None:
     assert rendered.count("initial_metadata:") == 1, "only the mTLS listener vouches for the peer"
 
 
-def test_allow_carries_identity_and_decision_id(grpc_client: Client, grpc_stack: Stack) -> None:
+def test_allow_carries_identity_and_decision_id(grpc_client: AgentClient, grpc_stack: Stack) -> None:
     response = grpc_client.request("GET", "/api/docs/handbook", READER)
     assert response.status_code == 200, response.text
     decision_id = response.headers["x-authz-decision-id"]
@@ -64,7 +65,7 @@ def test_allow_carries_identity_and_decision_id(grpc_client: Client, grpc_stack:
         time.sleep(0.1)
 
 
-def test_deny_is_403_json(grpc_client: Client) -> None:
+def test_deny_is_403_json(grpc_client: AgentClient) -> None:
     response = grpc_client.request("POST", "/api/tickets", READER, json={"title": "x"})
     assert response.status_code == 403
     document = body(response)
@@ -73,21 +74,8 @@ def test_deny_is_403_json(grpc_client: Client) -> None:
     assert response.headers["content-type"] == "application/json"
 
 
-def task_token(stack: Stack, agent: str, purpose: str, scopes: list[str]) -> str:
-    """A task grant from the sidecar's own API (HTTP listener; writes need one)."""
-    response = requests.post(
-        f"{stack.sidecar_url}/v1/tasks",
-        json={"purpose": purpose, "scopes": scopes, "ttl_seconds": 300},
-        headers={"authorization": "Bearer " + stack.trust_domain.mint_jwt(agent)},
-        timeout=10,
-    )
-    assert response.status_code == 201, response.text
-    token: str = response.json()["token"]
-    return token
-
-
-def test_step_up_acr_challenge(grpc_client: Client, grpc_stack: Stack) -> None:
-    task = {"x-agent-task-token": task_token(grpc_stack, WRITER, "billing", ["payments:write"])}
+def test_step_up_acr_challenge(grpc_client: AgentClient, grpc_stack: Stack) -> None:
+    task = {"x-agent-task-token": grpc_client.task_token(WRITER, "billing", ["payments:write"])}
     response = grpc_client.request("POST", "/api/payments", WRITER, headers=task, json={"amount": 5})
     assert response.status_code == 401, response.text
     challenge = response.headers["www-authenticate"]
@@ -96,8 +84,8 @@ def test_step_up_acr_challenge(grpc_client: Client, grpc_stack: Stack) -> None:
     assert body(response)["step_up"]["kind"] == "acr"
 
 
-def test_write_under_a_task_gets_the_minted_credential(grpc_client: Client, grpc_stack: Stack) -> None:
-    task = {"x-agent-task-token": task_token(grpc_stack, WRITER, "triage", ["tickets:write"])}
+def test_write_under_a_task_gets_the_minted_credential(grpc_client: AgentClient, grpc_stack: Stack) -> None:
+    task = {"x-agent-task-token": grpc_client.task_token(WRITER, "triage", ["tickets:write"])}
     response = grpc_client.request("POST", "/api/tickets", WRITER, headers=task, json={"title": "x"})
     assert response.status_code == 201, response.text
     saw = body(response)["upstream_saw"]
@@ -106,10 +94,10 @@ def test_write_under_a_task_gets_the_minted_credential(grpc_client: Client, grpc
     assert saw["credential"]["decision_id"] == response.headers["x-authz-decision-id"]
 
 
-def test_mcp_tool_allowed_and_denied(grpc_client: Client) -> None:
+def test_mcp_tool_allowed_and_denied(grpc_client: AgentClient) -> None:
     allowed = grpc_client.mcp(READER, "tools/call", "search_docs", {"q": "vpn" * 700})
     assert allowed.status_code == 200, allowed.text
-    denied = grpc_client.mcp(READER, "tools/call", "delete_record", {"id": "42"})
+    denied = grpc_client.mcp(READER, "tools/call", "delete_record", {"id": "42"}, rpc_id=42)
     assert denied.status_code == 403
     document = body(denied)
     assert document["jsonrpc"] == "2.0" and document["id"] == 42
@@ -118,21 +106,21 @@ def test_mcp_tool_allowed_and_denied(grpc_client: Client) -> None:
 
 
 @pytest.mark.parametrize("token", ["garbage", "not.a.jwt"])
-def test_invalid_token_is_401(grpc_client: Client, token: str) -> None:
+def test_invalid_token_is_401(grpc_client: AgentClient, token: str) -> None:
     response = grpc_client.request("GET", "/api/docs/handbook", headers={"authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert "invalid_token" in response.headers["www-authenticate"]
     assert body(response)["verdict"] == "deny"
 
 
-def test_expired_token_is_401(grpc_client: Client, grpc_stack: Stack) -> None:
+def test_expired_token_is_401(grpc_client: AgentClient, grpc_stack: Stack) -> None:
     token = grpc_stack.trust_domain.mint_jwt(READER, ttl=-30)
     response = grpc_client.request("GET", "/api/docs/handbook", headers={"authorization": f"Bearer {token}"})
     assert response.status_code == 401
     assert body(response)["reasons"] == ["JWT-SVID rejected: token has expired"]
 
 
-def test_bodies_are_judged_as_sent(grpc_client: Client) -> None:
+def test_bodies_are_judged_as_sent(grpc_client: AgentClient) -> None:
     # pack_as_bytes: invalid UTF-8 reaches the sidecar unchanged and is refused, never re-encoded.
     bad = grpc_client.request(
         "POST", "/mcp", READER, headers={"content-type": "application/json"}, data=b'{"a":"\xff"}'
@@ -189,7 +177,7 @@ def test_principal_without_the_secret_is_401(grpc_stack: Stack) -> None:
 
 def test_opa_killed_is_503(tmp_path: Path, opa_bin: str, envoy_bin: str) -> None:
     with Stack(tmp_path, Ports.free(), mode="grpc") as stack:
-        client = Client(stack)
+        client = AgentClient(stack)
         assert client.request("GET", "/api/docs/handbook", READER).status_code == 200
         stack.stop_opa(signal.SIGKILL)
         for _ in range(3):

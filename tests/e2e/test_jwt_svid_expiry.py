@@ -7,13 +7,14 @@ import time
 import jwt
 import pytest
 
+from devstack.agent_client import AgentClient
 from devstack.stack import Stack
-from tests.e2e.conftest import READER, Client
+from tests.e2e.conftest import READER
 
 pytestmark = pytest.mark.e2e
 
 
-def test_cached_jwt_svid_is_refused_after_its_exp(client: Client, stack: Stack) -> None:
+def test_cached_jwt_svid_is_refused_after_its_exp(client: AgentClient, stack: Stack) -> None:
     token = stack.trust_domain.mint_jwt(READER, ttl=2)
     headers = {"authorization": f"Bearer {token}"}
     first = client.request("GET", "/api/docs/handbook", headers=headers)

@@ -10,6 +10,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives import serialization
 
+from devstack.agent_client import AgentClient
 from devstack.stack import Ports, Stack
 from sidecar.keys import KeySet
 from sidecar.tokens import CREDENTIAL_TYP, TASK_TYP, sign
@@ -20,32 +21,27 @@ ASSISTANT = "spiffe://demo.local/agent/assistant"
 
 
 class Agent:
-    """One agent: its JWT-SVID for the sidecar API and Envoy, and its task token if any."""
+    """One agent on the shared agent client: its calls and its task API, answers as they are."""
 
     def __init__(self, stack: Stack, spiffe_id: str) -> None:
         self.stack = stack
         self.spiffe_id = spiffe_id
+        self.client = AgentClient(stack)
 
     def auth(self) -> dict[str, str]:
-        return {"authorization": "Bearer " + self.stack.trust_domain.mint_jwt(self.spiffe_id)}
+        return self.client.bearer(self.spiffe_id)
 
     def open(self, purpose: str, scopes: list[str], ttl: int = 300) -> requests.Response:
-        body = {"purpose": purpose, "scopes": scopes, "ttl_seconds": ttl}
-        return requests.post(f"{self.stack.sidecar_url}/v1/tasks", json=body, headers=self.auth(), timeout=10)
+        return self.client.post_task(self.spiffe_id, purpose, scopes, ttl)
 
     def delegate(self, task_id: str, to: str, scopes: list[str], ttl: int = 300) -> requests.Response:
-        body = {"to": to, "scopes": scopes, "ttl_seconds": ttl}
-        url = f"{self.stack.sidecar_url}/v1/tasks/{task_id}/delegate"
-        return requests.post(url, json=body, headers=self.auth(), timeout=10)
+        return self.client.post_delegation(self.spiffe_id, task_id, to, scopes, ttl)
 
     def complete(self, task_id: str) -> requests.Response:
-        return requests.post(f"{self.stack.sidecar_url}/v1/tasks/{task_id}/complete", headers=self.auth(), timeout=10)
+        return self.client.post_completion(self.spiffe_id, task_id)
 
     def call(self, method: str, path: str, task_token: str | None = None, **kw: Any) -> requests.Response:
-        headers = {**self.auth(), **kw.pop("headers", {})}
-        if task_token:
-            headers["x-agent-task-token"] = task_token
-        return requests.request(method, self.stack.egress_url + path, headers=headers, timeout=10, **kw)
+        return self.client.request(method, path, self.spiffe_id, kw.pop("headers", None), task=task_token, **kw)
 
 
 def grant(response: requests.Response) -> dict[str, Any]:

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 import requests
 
+from devstack.agent_client import AgentClient
 from devstack.stack import Stack
 from devstack.trust_domain import DevTrustDomain
 from tests.adversarial.conftest import Attacker
-from tests.e2e.conftest import READER, WRITER, Client
+from tests.e2e.conftest import READER, WRITER
 
 pytestmark = pytest.mark.e2e
 
@@ -24,7 +25,7 @@ def body(response: requests.Response) -> dict[str, Any]:
     return data
 
 
-def test_allowed_read_carries_identity_and_decision_id_upstream(client: Client, stack: Stack) -> None:
+def test_allowed_read_carries_identity_and_decision_id_upstream(client: AgentClient, stack: Stack) -> None:
     response = client.request("GET", "/api/docs/handbook", READER)
     assert response.status_code == 200
     saw = body(response)["upstream_saw"]
@@ -36,7 +37,7 @@ def test_allowed_read_carries_identity_and_decision_id_upstream(client: Client, 
     assert decision_id in (stack.logs / "sidecar.log").read_text()
 
 
-def test_reader_cannot_write(client: Client) -> None:
+def test_reader_cannot_write(client: AgentClient) -> None:
     response = client.request("POST", "/api/tickets", READER, json={"title": "x"})
     assert response.status_code == 403
     document = body(response)
@@ -45,14 +46,14 @@ def test_reader_cannot_write(client: Client) -> None:
     assert document["decision_id"] == response.headers["x-authz-decision-id"]
 
 
-def test_writer_can_create_ticket_under_a_task(client: Client) -> None:
+def test_writer_can_create_ticket_under_a_task(client: AgentClient) -> None:
     task = {"x-agent-task-token": client.task_token(WRITER, "triage", ["tickets:write"])}
     response = client.request("POST", "/api/tickets", WRITER, headers=task, json={"title": "Printer on fire"})
     assert response.status_code == 201
     assert body(response)["upstream_saw"]["spiffe_id"] == WRITER
 
 
-def test_delete_needs_approval(client: Client) -> None:
+def test_delete_needs_approval(client: AgentClient) -> None:
     task = {"x-agent-task-token": client.task_token(WRITER, "cleanup", ["records:delete"])}
     response = client.request("DELETE", "/api/records/42", WRITER, headers=task)
     assert response.status_code == 401
@@ -64,7 +65,7 @@ def test_delete_needs_approval(client: Client) -> None:
     assert document["step_up"]["status_url"].endswith("/v1/approvals/" + document["step_up"]["approval_id"])
 
 
-def test_payment_needs_mfa_and_passes_with_it(client: Client) -> None:
+def test_payment_needs_mfa_and_passes_with_it(client: AgentClient) -> None:
     task = {"x-agent-task-token": client.task_token(WRITER, "billing", ["payments:write"])}
     response = client.request("POST", "/api/payments", WRITER, headers=task, json={"amount": 5})
     assert response.status_code == 401
@@ -80,11 +81,11 @@ def test_payment_needs_mfa_and_passes_with_it(client: Client) -> None:
     assert response.status_code == 201, response.text
 
 
-def test_mcp_tool_allowed_and_denied(client: Client) -> None:
+def test_mcp_tool_allowed_and_denied(client: AgentClient) -> None:
     allowed = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn"})
     assert allowed.status_code == 200
     assert "search_docs done" in body(allowed)["result"]["content"][0]["text"]
-    denied = client.mcp(READER, "tools/call", "delete_record", {"id": "42"})
+    denied = client.mcp(READER, "tools/call", "delete_record", {"id": "42"}, rpc_id=42)
     assert denied.status_code == 403
     document = body(denied)
     assert document["jsonrpc"] == "2.0" and document["id"] == 42
@@ -92,7 +93,7 @@ def test_mcp_tool_allowed_and_denied(client: Client) -> None:
     assert document["error"]["data"]["decision_id"] == denied.headers["x-authz-decision-id"]
 
 
-def test_mcp_listing_is_allowed(client: Client) -> None:
+def test_mcp_listing_is_allowed(client: AgentClient) -> None:
     assert client.mcp(READER, "tools/list").status_code == 200
 
 
@@ -125,7 +126,7 @@ BAD_TOKENS: dict[str, Callable[[DevTrustDomain], str]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_TOKENS))
-def test_bad_tokens_are_401(client: Client, stack: Stack, kind: str) -> None:
+def test_bad_tokens_are_401(client: AgentClient, stack: Stack, kind: str) -> None:
     token = BAD_TOKENS[kind](stack.trust_domain)
     response = client.request("GET", "/api/docs/handbook", headers={"authorization": f"Bearer {token}"})
     assert response.status_code == 401, response.text
@@ -133,13 +134,13 @@ def test_bad_tokens_are_401(client: Client, stack: Stack, kind: str) -> None:
     assert "invalid_token" in response.headers["www-authenticate"]
 
 
-def test_no_identity_is_401(client: Client) -> None:
+def test_no_identity_is_401(client: AgentClient) -> None:
     response = client.request("GET", "/api/docs/handbook")
     assert response.status_code == 401
     assert body(response)["reasons"] == ["no agent identity was presented"]
 
 
-def test_client_xfcc_on_egress_is_stripped_not_trusted(client: Client) -> None:
+def test_client_xfcc_on_egress_is_stripped_not_trusted(client: AgentClient) -> None:
     xfcc = {"x-forwarded-client-cert": f"URI={WRITER}"}
     assert client.request("GET", "/api/docs/handbook", headers=xfcc).status_code == 401
     # With a reader token, the forged writer XFCC must not turn the reader into the writer.
@@ -151,7 +152,7 @@ def test_client_xfcc_on_egress_is_stripped_not_trusted(client: Client) -> None:
     assert body(response)["reasons"] == ["task token is bound to another agent"]
 
 
-def test_spoofed_authz_headers_never_reach_upstream(client: Client) -> None:
+def test_spoofed_authz_headers_never_reach_upstream(client: AgentClient) -> None:
     spoof = {"x-authz-spiffe-id": WRITER, "x-authz-rule": "admin", "x-authz-decision-id": "fake"}
     response = client.request("GET", "/api/docs/handbook", READER, headers=spoof)
     saw = body(response)["upstream_saw"]
@@ -165,7 +166,7 @@ def _svid(stack: Stack, spiffe_id: str, td: DevTrustDomain | None = None) -> tup
     return str(files.cert), str(files.key), str(stack.trust_domain.ca_cert)
 
 
-def test_mtls_ingress_identity_from_xfcc(stack: Stack, client: Client) -> None:
+def test_mtls_ingress_identity_from_xfcc(stack: Stack, client: AgentClient) -> None:
     cert, key, ca = _svid(stack, WRITER)
     # A client-sent XFCC naming the reader is replaced by the verified peer (the writer), whose
     # task token (bound to the writer) is then accepted.
@@ -204,14 +205,14 @@ def test_mtls_ingress_refuses_foreign_certificates(stack: Stack) -> None:
         (b'{"a":"\xff"}', {"content-type": "application/json"}, 400),
     ],
 )
-def test_malformed_bodies_are_denied(client: Client, payload: bytes, headers: dict[str, str], status: int) -> None:
+def test_malformed_bodies_are_denied(client: AgentClient, payload: bytes, headers: dict[str, str], status: int) -> None:
     headers = {"content-type": "application/json", **headers}
     response = client.request("POST", "/mcp", READER, headers=headers, data=payload)
     assert response.status_code == status, response.text
     assert "deny" in response.text
 
 
-def test_content_type_lie_still_judged_as_mcp(client: Client) -> None:
+def test_content_type_lie_still_judged_as_mcp(client: AgentClient) -> None:
     payload = json.dumps(
         {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "delete_record", "arguments": {}}}
     )
@@ -219,7 +220,7 @@ def test_content_type_lie_still_judged_as_mcp(client: Client) -> None:
     assert response.status_code == 403
 
 
-def test_oversized_body_is_never_judged(client: Client) -> None:
+def test_oversized_body_is_never_judged(client: AgentClient) -> None:
     big = {
         "jsonrpc": "2.0",
         "id": 1,
@@ -245,7 +246,7 @@ def sidecar_decision(stack: Stack, decision_id: str) -> dict[str, Any]:
     raise AssertionError(f"no decision record {decision_id} in sidecar.log")
 
 
-def test_path_normalisation_matches_routing(client: Client, stack: Stack) -> None:
+def test_path_normalisation_matches_routing(client: AgentClient, stack: Stack) -> None:
     # Raw bytes: requests would remove the dot segments itself, and Envoy would never see them.
     raw = Attacker(stack)
     auth = f"Authorization: Bearer {client.token(READER)}"
@@ -267,7 +268,7 @@ def test_path_normalisation_matches_routing(client: Client, stack: Stack) -> Non
     assert client.request("POST", "/api/docs/..%2Ftickets", READER, json={"title": "x"}).status_code == 400
 
 
-def test_intent_can_only_restrict(client: Client) -> None:
+def test_intent_can_only_restrict(client: AgentClient) -> None:
     task = {"x-agent-task-token": client.task_token(WRITER, "triage", ["tickets:write"])}
     ok = client.request("POST", "/api/tickets", WRITER, headers={**task, "x-agent-confidence": "0.9"}, json={})
     assert ok.status_code == 201, ok.text
@@ -280,7 +281,7 @@ def test_intent_can_only_restrict(client: Client) -> None:
     assert bad.status_code == 400
 
 
-def test_admin_endpoints(stack: Stack, client: Client) -> None:
+def test_admin_endpoints(stack: Stack, client: AgentClient) -> None:
     assert requests.get(stack.sidecar_admin_url + "/healthz").status_code == 200
     ready = requests.get(stack.sidecar_admin_url + "/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
@@ -290,7 +291,7 @@ def test_admin_endpoints(stack: Stack, client: Client) -> None:
     assert "authz_opa_seconds_bucket" in metrics
 
 
-def test_no_token_or_secret_in_any_log(client: Client, stack: Stack) -> None:
+def test_no_token_or_secret_in_any_log(client: AgentClient, stack: Stack) -> None:
     token = client.token(READER)
     xfcc_secret = stack.trust_domain.xfcc_secret.read_text().strip()
     headers = {"authorization": f"Bearer {token}"}

@@ -16,12 +16,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sidecar import wire_http
 from sidecar.config import IdentityConfig
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import IdentityResolver
-from sidecar.opa import OpaAnswer, OpaClient, OpaError
+from sidecar.opa_fake import FakeOpa, always, unreachable
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
+from tests.pipelines import make_pipeline
 from tools.fuzz import targets
 
 settings.register_profile("ci", max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -91,34 +93,16 @@ def test_no_document_maps_to_an_allow_unless_it_is_an_explicit_allow(document: A
         assert targets.explicit_allow(document)
 
 
-class _AnswerWith(OpaClient):
-    """Stands in for OPA's reply only: the document under test, or an OPA failure."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.result = result
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        if isinstance(self.result, OpaError):
-            raise self.result
-        return OpaAnswer(self.result, "d-1", 0.001)
-
-
 def _pipeline(result: Any) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["jwt_svid"], "required": False})
-    return Pipeline(
-        IdentityResolver(identity, None, None),
-        _AnswerWith(result),
-        allow_partial_body=False,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-    )
+    return make_pipeline(
+        IdentityResolver(identity, None, None), FakeOpa(always(result))
+    )  # the document under test, or an OPA failure (raised)
 
 
 @settings(max_examples=100)
 @given(
-    st.one_of(JSON, DECISION_LIKE, st.just(OpaError("down", "unreachable"))),
+    st.one_of(JSON, DECISION_LIKE, st.just(unreachable())),
     st.sampled_from(["GET /api/docs/x", "POST /mcp", "DELETE /api/records/1"]),
 )
 def test_the_pipeline_allows_only_on_an_explicit_allow(result: Any, request_line: str) -> None:
@@ -132,7 +116,7 @@ def test_the_pipeline_allows_only_on_an_explicit_allow(result: Any, request_line
         assert targets.explicit_allow(result), result
     else:
         assert 400 <= answer.status < 500 or answer.status == 503, answer
-    for name, value in answer.headers:
+    for name, value in wire_http.encode(answer).headers:
         assert not any(c in name + value for c in "\r\n\0")
 
 

@@ -13,29 +13,29 @@ from spiffe import SpiffeId
 from sidecar.config import load_config
 from sidecar.identity import Identity
 from sidecar.keys import KeySet
-from sidecar.opa import OpaAnswer, OpaClient
+from sidecar.opa import OpaClient
+from sidecar.opa_fake import FakeOpa, Query
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state.memory import MemoryStore
 from sidecar.tasks import TaskError, TaskService
+from tests.pipelines import QUIET, make_pipeline
 
 DEFAULTS = load_config(None, {})
 AGENT = "spiffe://demo.local/agent/reader"
 
 
-class _Opa(OpaClient):
-    """Records every input document; answers with the verdicts it is given, in order."""
+class _Opa(FakeOpa):
+    """Records every input document (FakeOpa does); answers with the verdicts it is given, in order."""
 
     def __init__(self, answers: list[dict[str, Any]]) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.inputs: list[dict[str, Any]] = []
+        super().__init__(self._next)
         self.answers = answers
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        self.inputs.append(input_doc)
+    async def _next(self, query: Query) -> dict[str, Any]:
         await asyncio.sleep(0)  # let parallel requests interleave here, as with a real OPA
-        return OpaAnswer(self.answers.pop(0), "d-1", 0.001)
+        return self.answers.pop(0)
 
 
 class _Resolver:
@@ -44,16 +44,7 @@ class _Resolver:
 
 
 def _pipeline(opa: OpaClient, store: MemoryStore) -> Pipeline:
-    return Pipeline(
-        _Resolver(),  # type: ignore[arg-type]
-        opa,
-        allow_partial_body=False,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-        sessions=SessionTracker(store, DEFAULTS.sessions),
-        log_decisions=False,
-    )
+    return make_pipeline(_Resolver(), opa, QUIET, sessions=SessionTracker(store, DEFAULTS.sessions))
 
 
 def _call(session_id: str) -> CheckRequest:

@@ -17,11 +17,11 @@ from sidecar import cli
 from sidecar.approvals import ApprovalService
 from sidecar.config import ApprovalsConfig, IdentityConfig
 from sidecar.identity import IdentityResolver
-from sidecar.opa import OpaAnswer, OpaClient
-from sidecar.pipeline import Pipeline
+from sidecar.opa_fake import FakeOpa, always
 from sidecar.request import CheckRequest
 from sidecar.state.memory import MemoryStore
 from sidecar.webhook import Webhook
+from tests.pipelines import make_pipeline
 
 WRITER = "spiffe://demo.local/agent/writer"
 STEP_UP = {
@@ -29,19 +29,6 @@ STEP_UP = {
     "reasons": ["a human must approve"],
     "step_up": {"kind": "approval", "ttl_seconds": 900, "approvers": {"data_class": "restricted"}, "redact": []},
 }
-
-
-class _Policy(OpaClient):
-    """Stands in for OPA: always the same answer; keeps every input it was asked about."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.result = result
-        self.inputs: list[dict[str, Any]] = []
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        self.inputs.append(input_doc)
-        return OpaAnswer(self.result, None, 0.001)
 
 
 class _Announced(Webhook):
@@ -56,17 +43,14 @@ class _Announced(Webhook):
 class _Sidecar:
     def __init__(self, max_pending: int = 20, allow_partial_body: bool = False) -> None:
         identity = IdentityConfig.model_validate({"sources": ["pod"], "pod": {"spiffe_id": WRITER}})
-        self.opa = _Policy(STEP_UP)
+        self.opa = FakeOpa(always(STEP_UP))
         self.store = MemoryStore()
         self.webhook = _Announced()
         config = ApprovalsConfig(max_pending_per_agent=max_pending)
-        self.pipeline = Pipeline(
+        self.pipeline = make_pipeline(
             IdentityResolver(identity, None, None),
             self.opa,
-            allow_partial_body=allow_partial_body,
-            body_buffer_limit=65_536,
-            strip_jwt_svid=True,
-            hidden_headers=frozenset(),
+            {"request_body": {"allow_partial": allow_partial_body}},
             approvals=ApprovalService(config, self.store, self.opa, self.webhook),
         )
 

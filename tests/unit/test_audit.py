@@ -9,26 +9,36 @@ from typing import Any
 from sidecar.audit import read_logs, reconstruct
 from sidecar.audit.render import as_html, as_table
 from sidecar.audit.sources import _time
+from sidecar.events import DecisionEvent
+from sidecar.logformat import parse_time
 
 AGENT = "spiffe://demo.local/agent/writer"
 
 
 def _decision(decision_id: str, verdict: str, path: str = "/api/tickets", method: str = "POST", **extra: Any) -> str:
-    line = {
-        "time": "2026-01-02 03:04:05,100",
-        "logger": "authz.decision",
-        "decision_id": decision_id,
-        "agent": AGENT,
-        "task": extra.pop("task", None),
-        "method": method,
-        "path": path,
-        "verdict": verdict,
-        "status": {"allow": 200, "deny": 403}.get(verdict, 503),
-        "stage": extra.pop("stage", "policy"),
-        "reasons": extra.pop("reasons", [f"{verdict} because"]),
-        **extra,
-    }
-    return json.dumps(line)
+    """A decision line as the sidecar writes it (its event's ``to_log()`` in the logger's envelope)."""
+    event = DecisionEvent(
+        time=parse_time("2026-01-02T03:04:05.100000Z"),
+        decision_id=decision_id,
+        request_id="",
+        method=method,
+        host="demo.local",
+        path=path,
+        agent=extra.pop("agent", AGENT),
+        identity_source="xfcc",
+        task=extra.pop("task", None),
+        approval=None,
+        mcp_method=None,
+        tool=extra.pop("tool", None),
+        verdict=verdict,
+        status={"allow": 200, "deny": 403}.get(verdict, 503),
+        stage=extra.pop("stage", "policy"),
+        reasons=tuple(extra.pop("reasons", [f"{verdict} because"])),
+        latency_ms=1.5,
+        opa_ms=None,
+    )
+    assert not extra, extra
+    return json.dumps({"level": "INFO", "logger": "authz.decision", "message": "decision"} | event.to_log())
 
 
 def _opa(decision_id: str, result: Any, **input_extra: Any) -> str:
@@ -60,7 +70,7 @@ def _write(tmp_path: Path, name: str, lines: list[str]) -> Path:
 def test_times_from_every_source() -> None:
     assert _time(1767323045.5) == 1767323045.5
     assert abs(_time("2026-01-02T03:04:05.123456789Z") - 1767323045.123456) < 1e-3
-    assert _time("2026-01-02 03:04:05,100") > 0
+    assert _time("2026-01-02 03:04:05,100") == 0.0, "no zone: unknown, never read as local time"
     assert _time("yesterday") == 0.0 and _time(None) == 0.0
 
 

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from sidecar.audit import read_logs, reconstruct
-from sidecar.audit.sources import parse_rfc3339
 from sidecar.cli import main
+from sidecar.events import DecisionEvent
+from sidecar.logformat import parse_rfc3339, parse_time
 from sidecar.logs import RedactingJsonFormatter, rfc3339
 
 AGENT = "spiffe://demo.local/agent/reader"
@@ -27,20 +28,27 @@ T2 = "2026-03-04T12:00:00.000000Z"
 
 
 def _decision(decision_id: str, at: str, path: str = "/api/docs/a") -> dict[str, Any]:
-    return {
-        "time": at,
-        "level": "INFO",
-        "logger": "authz.decision",
-        "message": "decision",
-        "decision_id": decision_id,
-        "agent": AGENT,
-        "method": "GET",
-        "path": path,
-        "verdict": "allow",
-        "status": 200,
-        "stage": "policy",
-        "reasons": ["read docs"],
-    }
+    event = DecisionEvent(
+        time=parse_time(at),
+        decision_id=decision_id,
+        request_id="",
+        method="GET",
+        host="demo.local",
+        path=path,
+        agent=AGENT,
+        identity_source="xfcc",
+        task=None,
+        approval=None,
+        mcp_method=None,
+        tool=None,
+        verdict="allow",
+        status=200,
+        stage="policy",
+        reasons=("read docs",),
+        latency_ms=1.5,
+        opa_ms=0.5,
+    )
+    return {"level": "INFO", "logger": "authz.decision", "message": "decision"} | event.to_log()
 
 
 def _event(decision_id: str, at: str, path: str = "agent/authz/decision", **input_doc: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@ import json
 import pytest
 
 from sidecar.body import parse_body
+from sidecar.input import mcp_input
 from sidecar.mcp import MAX_DEPTH, BodyError
 
 JSON = {"content-type": "application/json"}
@@ -15,7 +16,7 @@ def rpc(method: str = "tools/call", **params: object) -> bytes:
 def test_tools_call() -> None:
     parsed = parse_body(rpc(name="search_docs", arguments={"q": "vpn"}), JSON, truncated=False)
     assert parsed.mcp is not None
-    assert parsed.mcp.as_input() == {
+    assert mcp_input(parsed.mcp) == {
         "method": "tools/call",
         "name": "search_docs",
         "arguments": {"q": "vpn"},

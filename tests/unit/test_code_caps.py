@@ -23,10 +23,12 @@ from spiffe import SpiffeId
 
 from devstack.trust_domain import DevTrustDomain
 from sidecar.config import validate_config
+from sidecar.errors import Kind
 from sidecar.identity import Identity
 from sidecar.request import CheckRequest
 from sidecar.server import Components, build_components
 from sidecar.tasks import TaskError
+from sidecar.wire_status import HTTP_STATUS
 
 BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "permissive-bundle"
 WRITER = "spiffe://demo.local/agent/writer"
@@ -101,7 +103,7 @@ async def minted_credential(
         headers["x-agent-task-token"] = task_token
     answer = await parts.pipeline.check(CheckRequest("GET", "/api/docs/handbook", headers, b""))
     assert answer.status == 200, answer.body
-    bearer = dict(answer.headers)["authorization"]
+    bearer = dict(answer.upstream_headers)["authorization"]
     assert bearer.startswith("Bearer ")
     claims: dict[str, Any] = jwt.decode(bearer.removeprefix("Bearer "), options={"verify_signature": False})
     return claims
@@ -155,7 +157,7 @@ async def test_delegation_cannot_add_scopes_the_parent_lacks(parts: Components) 
     body = {"to": ASSISTANT, "scopes": ["docs:read", "tickets:write"], "ttl_seconds": 30}
     with pytest.raises(TaskError) as refused:
         await parts.tasks.delegate(writer, parent.task.id, body)
-    assert refused.value.status == 403
+    assert refused.value.kind is Kind.FORBIDDEN and HTTP_STATUS[refused.value.kind] == 403
     assert refused.value.reason == f"delegation may only narrow: task {parent.task.id} does not hold tickets:write"
 
 
@@ -164,5 +166,5 @@ async def test_policy_cannot_grant_scopes_nobody_requested(parts: Components) ->
     body = {"purpose": "overreach", "scopes": ["docs:read"], "ttl_seconds": 60}  # the policy adds admin:everything
     with pytest.raises(TaskError) as refused:
         await parts.tasks.open(caller(WRITER), body)
-    assert refused.value.status == 503
+    assert refused.value.kind is Kind.UNAVAILABLE and HTTP_STATUS[refused.value.kind] == 503
     assert refused.value.reason == "task policy granted scopes that were not requested"

@@ -15,14 +15,16 @@ import jwt
 import pytest
 
 from devstack.upstream import ReceivedRequest, binding_mismatch
+from sidecar import wire_http
 from sidecar.config import IdentityConfig
 from sidecar.credentials import CredentialMinter, CredentialSpec, RequestBinding, body_sha256
 from sidecar.identity import IdentityResolver
 from sidecar.keys import KeySet
-from sidecar.opa import OpaAnswer, OpaClient
+from sidecar.opa_fake import FakeOpa, always
 from sidecar.pipeline import Pipeline
 from sidecar.request import PARTIAL_BODY_HEADER, CheckRequest
 from sidecar.tokens import CREDENTIAL_TYP, verify
+from tests.pipelines import make_pipeline
 
 AGENT = "spiffe://demo.local/agent/writer"
 SPEC = CredentialSpec("demo-upstream", ("tickets:write",), 60)
@@ -77,26 +79,12 @@ def test_each_part_of_the_request_changes_the_binding(keys: KeySet, other: Reque
     assert [mine[k] for k in bound] != [theirs[k] for k in bound]
 
 
-class _Answer(OpaClient):
-    """Stands in for OPA: always answers ``result``."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.result = result
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        return OpaAnswer(self.result, "d-1", 0.001)
-
-
 def _pipeline(keys: KeySet, *, allow_partial_body: bool) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["pod"], "pod": {"spiffe_id": AGENT}})
-    return Pipeline(
+    return make_pipeline(
         IdentityResolver(identity, None, None),
-        _Answer(ALLOW_WITH_CREDENTIAL),
-        allow_partial_body=allow_partial_body,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
+        FakeOpa(always(ALLOW_WITH_CREDENTIAL)),
+        {"request_body": {"allow_partial": allow_partial_body}},
         minter=CredentialMinter(keys, "authz-sidecar", 300),
     )
 
@@ -106,7 +94,7 @@ def test_pipeline_binds_the_request_envoy_asked_about(keys: KeySet) -> None:
     request = CheckRequest("POST", "/api/tickets?b=2&a=1", {"host": "api.demo.local"}, body)
     answer = asyncio.run(_pipeline(keys, allow_partial_body=False).check(request))
     assert answer.status == 200, answer.body
-    bearer = dict(answer.headers)["authorization"].removeprefix("Bearer ")
+    bearer = dict(answer.upstream_headers)["authorization"].removeprefix("Bearer ")
     claims = jwt.decode(bearer, options={"verify_signature": False})
     assert (claims["req_method"], claims["req_target"]) == ("POST", "/api/tickets?b=2&a=1")
     assert claims["req_body_sha256"] == body_sha256(body)
@@ -120,7 +108,7 @@ def test_no_credential_for_a_body_envoy_sent_only_part_of(keys: KeySet) -> None:
     answer = asyncio.run(_pipeline(keys, allow_partial_body=True).check(request))
     assert answer.status == 413, answer.body
     assert b"larger than a credential can be bound to" in answer.body
-    assert "authorization" not in dict(answer.headers)
+    assert "authorization" not in dict(wire_http.encode(answer).headers)
 
 
 # -- the demo upstream's check, the reference for upstream authors -------------------------------

@@ -1,4 +1,4 @@
-"""gRPC mode: Envoy CheckRequest → CheckRequest, WireResponse → CheckResponse, peer principal trust."""
+"""gRPC mode: Envoy CheckRequest → CheckRequest, Decision → CheckResponse, peer principal trust."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
 from google.rpc import code_pb2
+from spiffe import SpiffeId
 
 from sidecar.config import IdentityConfig
 from sidecar.decision import StepUp, Verdict
 from sidecar.grpc_server import to_check_request
-from sidecar.identity import IdentityError, IdentityResolver
-from sidecar.wire import HEADERS_TO_REMOVE, RpcContext, WireResponse, allow, deny, step_up, unavailable
+from sidecar.identity import Identity, IdentityError, IdentityResolver
+from sidecar.outcome import Decision, RpcContext, allow, deny, step_up, unavailable
 from sidecar.wire_grpc import Unavailable, to_check_response
+from sidecar.wire_http import HEADERS_TO_REMOVE
 
 SECRET = "s" * 32
 SECRET_HEADER = "x-authz-xfcc-secret"
@@ -112,7 +114,7 @@ def test_no_principal_means_no_peer_identity() -> None:
         resolver().resolve({SECRET_HEADER: SECRET}, None)
 
 
-# -- WireResponse → CheckResponse ------------------------------------------------------------
+# -- Decision → CheckResponse ------------------------------------------------------------
 
 
 def test_allow_sets_upstream_headers_removes_and_metadata() -> None:
@@ -120,9 +122,8 @@ def test_allow_sets_upstream_headers_removes_and_metadata() -> None:
     answer = allow(
         verdict,
         decision_id="d-1",
-        spiffe_id=READER,
-        client_headers={"x-authz-spoof": "1"},
-        strip=("authorization",),
+        identity=Identity(SpiffeId(READER), "xfcc"),
+        request_headers={"x-authz-spoof": "1", "authorization": "Basic x"},
     )
     response = to_check_response(answer)
     assert response.status.code == code_pb2.OK
@@ -169,5 +170,5 @@ def test_errors_fail_the_rpc() -> None:
         to_check_response(unavailable("policy engine timed out", decision_id="d-4", rpc=RpcContext(1)))
     with pytest.raises(Unavailable, match="policy engine timed out"):
         to_check_response(unavailable("policy engine timed out", decision_id="d-4", rpc=None))
-    with pytest.raises(Unavailable, match="answered 500"):
-        to_check_response(WireResponse(500, (), b"not json"))
+    with pytest.raises(Unavailable, match="answered 503"):
+        to_check_response(Decision("error", 503, "d-5", ()))

@@ -13,6 +13,7 @@ from sidecar.body import EMPTY, parse_body
 from sidecar.identity import Identity
 from sidecar.input import build_input, normalise_host
 from sidecar.request import CheckRequest
+from sidecar.state import TaskRecord
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "schema"
 SCHEMA = json.loads((SCHEMA_DIR / "input.schema.json").read_text())
@@ -40,16 +41,15 @@ def test_rest_input() -> None:
         {"sub": "x"},
         ("spiffe://demo.local/agent/boss",),
     )
-    task = {
-        "id": "t",
-        "purpose": "p",
-        "scopes": ["docs:read"],
-        "issued_at": 1,
-        "expires_at": 2,
-        "parent_id": None,
-        "root_id": "t",
-        "depth": 0,
-    }
+    task = TaskRecord(
+        id="t",
+        sub="spiffe://demo.local/agent/a",
+        purpose="p",
+        scopes=["docs:read"],
+        issued_at=1,
+        expires_at=2,
+        root_id="t",
+    )
     doc = build_input(
         request(), identity=identity, body=EMPTY, intent=None, task=task, delegation_chain=identity.delegation_chain
     )
@@ -65,7 +65,16 @@ def test_rest_input() -> None:
     assert doc["attributes"]["request"]["http"]["id"] == "r1"
     assert doc["attributes"]["source"]["principal"] == ""  # only a peer certificate sets it
     assert doc["delegation"] == {"chain": ["spiffe://demo.local/agent/boss"], "depth": 1}
-    assert doc["task"] == task
+    assert doc["task"] == {
+        "id": "t",
+        "purpose": "p",
+        "scopes": ["docs:read"],
+        "issued_at": 1,
+        "expires_at": 2,
+        "parent_id": None,
+        "root_id": "t",
+        "depth": 0,
+    }
     assert doc["agent"]["identity_source"] == "jwt_svid"
 
 

@@ -3,7 +3,7 @@
 Each example is a described request: what the agent sent (only the headers envoy/envoy.yaml
 forwards to the sidecar), the calls it made before in the same session, and what the sidecar
 verifies (identity, task grant, approval). The request goes through the sidecar's own pipeline
-(sidecar/pipeline.py: body parser, identity, task, intent, approval redemption, the session
+(sidecar/pipeline.py and its phases: body parser, identity, task, intent, approval redemption, the session
 tracker on the memory store, ``build_input`` of sidecar/input.py) against a stand-in OPA that
 records the input document it is asked about. Only the JWT-SVID and task-token signatures are
 stood in for (the input never shows a signature). The committed file must equal what the
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import json
 import os
 import time
@@ -38,14 +37,14 @@ from sidecar.approvals import ApprovalService
 from sidecar.config import IdentityConfig, load_config
 from sidecar.fingerprint import request_fingerprint
 from sidecar.identity import Identity, IdentityResolver
-from sidecar.opa import OpaAnswer, OpaClient
-from sidecar.pipeline import Pipeline
+from sidecar.opa_fake import FakeOpa, Query
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state import ApprovalRecord, TaskRecord
 from sidecar.state.memory import MemoryStore
 from sidecar.tasks import TaskService, task_token_claims
 from sidecar.tokens import TASK_TYP
+from tests.pipelines import QUIET, make_pipeline
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "sidecar" / "schema"
 EXAMPLES = SCHEMA_DIR / "examples"
@@ -154,18 +153,14 @@ class _Clock:
         return self.now
 
 
-class _Opa(OpaClient):
-    """Stands in for OPA: records every input document, answers from a script."""
+def _scripted(answers: list[dict[str, Any]]) -> FakeOpa:
+    """Stands in for OPA: records every input document (FakeOpa does), answers from a script."""
 
-    def __init__(self) -> None:
-        super().__init__("http://127.0.0.1:1", DEFAULTS.opa.decision_path, 100, 1)
-        self.inputs: list[dict[str, Any]] = []
-        self.answers: list[dict[str, Any]] = []
+    def answer(query: Query) -> dict[str, Any]:
+        assert query.path == DEFAULTS.opa.decision_path, f"unexpected query of {query.path}"
+        return answers.pop(0)
 
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        assert path is None, f"unexpected query of {path}"
-        self.inputs.append(copy.deepcopy(input_doc))
-        return OpaAnswer(self.answers.pop(0), "d-1", 0.001)
+    return FakeOpa(answer, decision_path=DEFAULTS.opa.decision_path)
 
 
 class _Agent:
@@ -202,20 +197,15 @@ def build(described: Described, monkeypatch: pytest.MonkeyPatch) -> dict[str, An
     """The input document the sidecar's pipeline sends to OPA for ``described``."""
     clock = _Clock()
     monkeypatch.setattr(time, "time", clock)
-    store, opa = MemoryStore(), _Opa()
-    pipeline = Pipeline(
+    answers: list[dict[str, Any]] = []
+    store, opa = MemoryStore(), _scripted(answers)
+    pipeline = make_pipeline(
         _resolver(described),
         opa,
-        allow_partial_body=DEFAULTS.request_body.allow_partial,
-        body_buffer_limit=DEFAULTS.request_body.envoy_max_request_bytes,
-        strip_jwt_svid=DEFAULTS.identity.jwt_svid.strip_from_upstream,
-        hidden_headers=frozenset({DEFAULTS.identity.xfcc.secret_header}),
+        QUIET,
         tasks=_Tasks(described.task),
-        task_header=DEFAULTS.tasks.token_header,
         sessions=SessionTracker(store, DEFAULTS.sessions),
         approvals=ApprovalService(DEFAULTS.approvals, store, opa, None),
-        approval_header=DEFAULTS.approvals.header,
-        log_decisions=False,
     )
 
     async def run() -> dict[str, Any]:
@@ -226,15 +216,15 @@ def build(described: Described, monkeypatch: pytest.MonkeyPatch) -> dict[str, An
             if call.body:
                 headers["content-length"] = str(len(call.body))
             request = CheckRequest(call.method, call.path, headers, call.body)
-            opa.answers.append({"verdict": "allow", "reasons": ["earlier call"], "remember": call.remember})
+            answers.append({"verdict": "allow", "reasons": ["earlier call"], "remember": call.remember})
             assert (await pipeline.check(request)).status == 200
         clock.now = float(NOW)
         if described.approval is not None:
             await store.create_approval(described.approval(described), DEFAULTS.approvals.max_pending_per_agent, NOW)
-        opa.answers.append({"verdict": "deny", "reasons": ["only the input is recorded"]})
+        answers.append({"verdict": "deny", "reasons": ["only the input is recorded"]})
         request = CheckRequest(described.method, described.path, described.headers, described.body)
         response = await pipeline.check(request)
-        assert response.status == 403 and not opa.answers, f"the pipeline stopped before OPA: {response}"
+        assert response.status == 403 and not answers, f"the pipeline stopped before OPA: {response}"
         return opa.inputs[-1]
 
     return asyncio.run(run())

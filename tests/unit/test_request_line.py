@@ -7,7 +7,6 @@ Envoy's route refuses the same requests first (envoy/envoy.yaml) and the policy 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 
@@ -15,33 +14,23 @@ from sidecar.body import EMPTY
 from sidecar.config import IdentityConfig, validate_config
 from sidecar.identity import IdentityResolver
 from sidecar.input import build_input
-from sidecar.opa import OpaAnswer, OpaClient
+from sidecar.opa import OpaClient
+from sidecar.opa_fake import FakeOpa, always
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest, request_line_problem
+from tests.pipelines import make_pipeline
 
 LIMIT = 64
 
 
-class _AllowEverything(OpaClient):
-    def __init__(self) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.asked: list[dict[str, Any]] = []
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        self.asked.append(input_doc)
-        return OpaAnswer(True, "d-1", 0.001)
+def _allow_everything() -> FakeOpa:
+    return FakeOpa(always(True))
 
 
 def _pipeline(opa: OpaClient, allow_partial: bool = False) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["jwt_svid"], "required": False})
-    return Pipeline(
-        IdentityResolver(identity, None, None),
-        opa,
-        allow_partial_body=allow_partial,
-        body_buffer_limit=LIMIT,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-    )
+    settings = {"request_body": {"allow_partial": allow_partial, "envoy_max_request_bytes": LIMIT}}
+    return make_pipeline(IdentityResolver(identity, None, None), opa, settings)
 
 
 @pytest.mark.parametrize(
@@ -56,24 +45,24 @@ def _pipeline(opa: OpaClient, allow_partial: bool = False) -> Pipeline:
     ],
 )
 async def test_path_parameters_are_refused_before_the_policy(path: str) -> None:
-    opa = _AllowEverything()
+    opa = _allow_everything()
     answer = await _pipeline(opa).check(CheckRequest("GET", path + "?q=1", {"host": "demo.local"}, b""))
     assert answer.status == 400
     assert "path parameters" in json.loads(answer.body)["reasons"][0]
-    assert not opa.asked, "refused before OPA is asked"
+    assert not opa.inputs, "refused before OPA is asked"
 
 
 async def test_a_semicolon_in_the_query_is_not_a_path_parameter() -> None:
-    opa = _AllowEverything()
+    opa = _allow_everything()
     answer = await _pipeline(opa).check(CheckRequest("GET", "/api/docs/x?a=1;b=2", {"host": "demo.local"}, b""))
-    assert answer.status == 200 and opa.asked
+    assert answer.status == 200 and opa.inputs
 
 
 @pytest.mark.parametrize("method", ["get", "Get", "pOST", "delete"])
 async def test_lower_case_methods_are_refused(method: str) -> None:
-    opa = _AllowEverything()
+    opa = _allow_everything()
     answer = await _pipeline(opa).check(CheckRequest(method, "/api/docs/x", {"host": "demo.local"}, b""))
-    assert answer.status == 400 and not opa.asked
+    assert answer.status == 400 and not opa.inputs
     assert request_line_problem(method, "/x") is not None
 
 
@@ -86,20 +75,20 @@ def test_the_method_judged_is_the_method_sent() -> None:
 async def test_a_body_that_fills_envoys_buffer_is_truncated(size: int, judged_whole: bool) -> None:
     """Envoy flags a partial body only when it holds more than it sent: at exactly its limit the
     rest may still come, so the sidecar treats it as truncated (no partial-body header here)."""
-    opa = _AllowEverything()
+    opa = _allow_everything()
     request = CheckRequest("POST", "/api/tickets", {"host": "demo.local", "content-type": "text/plain"}, b"x" * size)
     answer = await _pipeline(opa).check(request)
     if judged_whole:
-        assert answer.status == 200 and opa.asked[0]["truncated_body"] is False
+        assert answer.status == 200 and opa.inputs[0]["truncated_body"] is False
     else:
-        assert answer.status == 413 and not opa.asked
+        assert answer.status == 413 and not opa.inputs
 
 
 async def test_with_partial_bodies_allowed_the_policy_sees_the_limit_as_truncated() -> None:
-    opa = _AllowEverything()
+    opa = _allow_everything()
     request = CheckRequest("POST", "/api/tickets", {"host": "demo.local"}, b"x" * LIMIT)
     await _pipeline(opa, allow_partial=True).check(request)
-    assert opa.asked[0]["truncated_body"] is True
+    assert opa.inputs[0]["truncated_body"] is True
 
 
 def test_the_buffer_limit_must_fit_what_the_sidecar_reads() -> None:

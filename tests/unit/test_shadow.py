@@ -16,25 +16,19 @@ from prometheus_client import REGISTRY
 
 from sidecar.config import IdentityConfig, validate_config
 from sidecar.identity import IdentityResolver
-from sidecar.opa import OpaAnswer, OpaClient
+from sidecar.opa import HttpOpaClient, OpaAnswer
+from sidecar.opa_fake import FakeOpa, always
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.shadow import Shadow, make_shadow
+from tests.pipelines import make_pipeline
 
 LIVE_ID = "live-decision-1"
 
 
-class _LiveOpa(OpaClient):
-    """The live OPA's answer (the live policy is not what is tested here)."""
-
-    def __init__(self, result: Any) -> None:
-        super().__init__("http://127.0.0.1:1", "agent/authz/decision", 100, 1)
-        self.result = result
-        self.inputs: list[dict[str, Any]] = []
-
-    async def decide(self, input_doc: dict[str, Any], path: str | None = None) -> OpaAnswer:
-        self.inputs.append(input_doc)
-        return OpaAnswer(self.result, LIVE_ID, 0.001)
+def _live_opa(result: Any) -> FakeOpa:
+    """The live OPA's answer under its decision id (the live policy is not what is tested here)."""
+    return FakeOpa(always(OpaAnswer(result, LIVE_ID, 0.001)))
 
 
 class _Candidate:
@@ -67,17 +61,9 @@ async def candidate() -> AsyncIterator[_Candidate]:
     await runner.cleanup()
 
 
-def _pipeline(live: _LiveOpa, shadow: Shadow) -> Pipeline:
+def _pipeline(live: FakeOpa, shadow: Shadow) -> Pipeline:
     identity = IdentityConfig.model_validate({"sources": ["jwt_svid"], "required": False})
-    return Pipeline(
-        IdentityResolver(identity, None, None),
-        live,
-        allow_partial_body=False,
-        body_buffer_limit=65_536,
-        strip_jwt_svid=True,
-        hidden_headers=frozenset(),
-        shadow=shadow,
-    )
+    return make_pipeline(IdentityResolver(identity, None, None), live, shadow=shadow)
 
 
 def _shadow(candidate: _Candidate, **settings: Any) -> Shadow:
@@ -108,7 +94,7 @@ async def test_a_disagreeing_candidate_is_logged_and_counted_but_not_enforced(
     candidate: _Candidate, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO)
-    live = _LiveOpa({"verdict": "allow", "reasons": ["route read docs"], "headers": {"x-authz-rule": "read docs"}})
+    live = _live_opa({"verdict": "allow", "reasons": ["route read docs"], "headers": {"x-authz-rule": "read docs"}})
     shadow = _shadow(candidate)
     await shadow.start()
     before = _count("authz_shadow_disagreements_total", live="allow", shadow="deny")
@@ -139,7 +125,7 @@ async def test_an_agreeing_candidate_counts_an_agreement(candidate: _Candidate) 
     shadow = _shadow(candidate)
     await shadow.start()
     before = _count("authz_shadow_agreements_total", verdict="allow")
-    await _pipeline(_LiveOpa(True), shadow).check(_request())
+    await _pipeline(_live_opa(True), shadow).check(_request())
     await _settle(shadow)
     assert _count("authz_shadow_agreements_total", verdict="allow") == before + 1
 
@@ -151,7 +137,7 @@ async def test_a_slow_candidate_never_slows_the_answer_and_is_bounded(
     candidate.delay = 1.0
     shadow = _shadow(candidate, timeout_ms=200, max_in_flight=1)
     await shadow.start()
-    pipeline = _pipeline(_LiveOpa(True), shadow)
+    pipeline = _pipeline(_live_opa(True), shadow)
     busy, timeouts = (
         _count("authz_shadow_errors_total", kind="busy"),
         _count("authz_shadow_errors_total", kind="timeout"),
@@ -182,7 +168,7 @@ async def test_an_unusable_candidate_answer_is_an_error_not_a_verdict(
     shadow = _shadow(candidate)
     await shadow.start()
     before = _count("authz_shadow_errors_total", kind=kind)
-    assert (await _pipeline(_LiveOpa(False), shadow).check(_request())).status == 403
+    assert (await _pipeline(_live_opa(False), shadow).check(_request())).status == 403
     await _settle(shadow)
     assert _count("authz_shadow_errors_total", kind=kind) == before + 1
 
@@ -194,7 +180,7 @@ async def test_the_sidecars_other_queries_are_logged_with_their_opa_decision_id(
     can tell them from a query someone else made."""
     caplog.set_level(logging.INFO)
     candidate.body = {"result": {"verdict": "allow"}, "decision_id": "task-query-1"}
-    client = OpaClient(candidate.url, "agent/authz/decision", 500, 1)
+    client = HttpOpaClient(candidate.url, "agent/authz/decision", 500, 1)
     await client.start()
     try:
         await client.decide({"operation": "open"}, "agent/tasks/decision")

@@ -14,6 +14,7 @@ from redis.asyncio.connection import AbstractConnection
 
 from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
 from sidecar.config import StateConfig
+from sidecar.input import agent_history_input
 from sidecar.state import (
     TASK_SLOT_TIMEOUT_SECONDS,
     AgentLimits,
@@ -29,6 +30,7 @@ from sidecar.state import (
 from sidecar.state import redis as redis_state
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
+from sidecar.tasks import child_task
 
 
 def state_config(request: pytest.FixtureRequest, mode: str) -> StateConfig:
@@ -60,19 +62,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
 
 def task(parent: TaskRecord | None = None, ttl: int = 600, **kw: object) -> TaskRecord:
     now = int(time.time())
-    task_id = str(uuid.uuid4())
-    return TaskRecord(
-        id=task_id,
-        sub=str(kw.get("sub", "spiffe://demo.local/agent/writer")),
-        purpose="triage",
-        scopes=["docs:read", "tickets:write"],
-        issued_at=now,
-        expires_at=now + ttl,
-        parent_id=parent.id if parent else None,
-        root_id=parent.root_id if parent else task_id,
-        depth=parent.depth + 1 if parent else 0,
-        chain=[parent.sub, *parent.chain] if parent else [],
-    )
+    task_id, sub = str(uuid.uuid4()), str(kw.get("sub", "spiffe://demo.local/agent/writer"))
+    scopes = ["docs:read", "tickets:write"]
+    if parent is not None:
+        return child_task(parent, sub, scopes, ttl, now, task_id)
+    return TaskRecord(task_id, sub, "triage", scopes, issued_at=now, expires_at=now + ttl, root_id=task_id)
 
 
 async def test_roundtrip(store: Store) -> None:
@@ -176,7 +170,7 @@ async def test_agent_history_spans_its_sessions(store: Store) -> None:
     assert view.calls_last_minute == 2, "r1 committed, r2 in flight"
     assert view.labels == {"pii_read": int(now)}
     fresh = await store.reserve_agent_call(other, "o", now, AGENT_LIMITS)
-    assert fresh.to_json() == {"calls_last_minute": 0, "labels": {}}, "another agent starts from nothing"
+    assert agent_history_input(fresh) == {"calls_last_minute": 0, "labels": {}}, "another agent starts from nothing"
 
 
 async def test_parallel_agent_reservations_see_each_other(store: Store) -> None:

@@ -20,6 +20,7 @@ from devstack.redis_cluster import LocalRedisCluster
 from sidecar.config import StateConfig
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.state.redis import RedisStore, hash_tag
+from sidecar.tasks import child_task
 
 T = TypeVar("T")
 
@@ -45,18 +46,10 @@ async def test_sentinel_primary_killed_under_load(tmp_path: Path) -> None:
 
 def _task(parent: TaskRecord | None = None) -> TaskRecord:
     now, task_id = int(time.time()), str(uuid.uuid4())
-    return TaskRecord(
-        id=task_id,
-        sub=f"spiffe://demo.local/agent/{uuid.uuid4().hex[:8]}",
-        purpose="wait",
-        scopes=["tickets:write"],
-        issued_at=now,
-        expires_at=now + 600,
-        parent_id=parent.id if parent else None,
-        root_id=parent.root_id if parent else task_id,
-        depth=parent.depth + 1 if parent else 0,
-        chain=[parent.sub, *parent.chain] if parent else [],
-    )
+    sub = f"spiffe://demo.local/agent/{uuid.uuid4().hex[:8]}"
+    if parent is not None:
+        return child_task(parent, sub, ["tickets:write"], 600, now, task_id)
+    return TaskRecord(task_id, sub, "wait", ["tickets:write"], issued_at=now, expires_at=now + 600, root_id=task_id)
 
 
 async def _eventually(call: Callable[[], Awaitable[T]], within_s: float = 20.0) -> T:

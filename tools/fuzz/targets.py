@@ -20,7 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from devstack.trust_domain import DevTrustDomain
-from sidecar import wire
+from sidecar import outcome, wire_http
 from sidecar.body import EMPTY, parse_body
 from sidecar.config import IdentityConfig
 from sidecar.decision import DecisionError, Verdict, to_verdict
@@ -163,17 +163,19 @@ def check_decision(document: Any) -> Verdict | None:
         return None
     if verdict.kind == "allow" and not explicit_allow(document):
         raise Invariant(f"{document!r} mapped to an allow")
-    rpc = wire.RpcContext(1)
+    rpc = outcome.RpcContext(1)
     if verdict.kind == "allow":
-        answer = wire.allow(verdict, decision_id="d", spiffe_id=None, client_headers={"x-authz-a": "b"})
+        answer = wire_http.encode(
+            outcome.allow(verdict, decision_id="d", identity=None, request_headers={"x-authz-a": "b"})
+        )
         if answer.status != 200:
             raise Invariant("an allow that is not a 200")
     elif verdict.kind == "deny":
-        answer = wire.deny(verdict, decision_id="d", rpc=rpc)
+        answer = wire_http.encode(outcome.deny(verdict, decision_id="d", rpc=rpc))
         if 200 <= answer.status < 300 or answer.status >= 500:
             raise Invariant(f"a deny answered {answer.status}")
     else:
-        answer = wire.step_up(verdict, decision_id="d", rpc=None)
+        answer = wire_http.encode(outcome.step_up(verdict, decision_id="d", rpc=None))
         if answer.status != 401:
             raise Invariant("a step-up that is not a 401")
     _headers_safe(answer.headers)

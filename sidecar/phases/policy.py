@@ -1,0 +1,85 @@
+"""Ask the policy: build the input document, query OPA, read its answer into a verdict."""
+
+from __future__ import annotations
+
+from sidecar import metrics
+from sidecar.approvals import approval_view
+from sidecar.call import Call
+from sidecar.decision import DecisionError, to_verdict
+from sidecar.input import build_input
+from sidecar.opa import OpaClient, OpaError
+from sidecar.outcome import Decision
+from sidecar.shadow import Shadow
+
+
+class AskPolicy:
+    stage = "opa"
+
+    def __init__(
+        self,
+        opa: OpaClient,
+        *,
+        hidden_headers: frozenset[str],
+        credential_headers: frozenset[str],
+        approval_view: bool,
+    ) -> None:
+        self._opa = opa
+        self._hidden_headers = hidden_headers
+        self._credential_headers = credential_headers
+        self._approval_view = approval_view  # approvals are on: tell the policy what approvers would not see
+
+    async def run(self, call: Call) -> Decision | None:
+        reservation = call.reservation
+        call.input_doc = build_input(
+            call.request,
+            identity=call.identity,
+            body=call.body,
+            intent=call.intent,
+            task=call.task,
+            delegation_chain=call.chain,
+            session=reservation.view if reservation else None,
+            agent_history=reservation.history if reservation else None,
+            approval=call.approval,
+            approval_view=approval_view(call.summary) if self._approval_view and call.identity else None,
+            hidden_headers=self._hidden_headers,
+            credential_headers=self._credential_headers,
+        )
+        try:
+            answer = await self._opa.decide(call.input_doc)
+        except OpaError as exc:
+            metrics.OPA_ERRORS.labels(exc.code).inc()
+            return call.refused(exc)
+        metrics.OPA_SECONDS.observe(answer.seconds)
+        call.opa_seconds = answer.seconds
+        if answer.decision_id:
+            call.decision_id = answer.decision_id
+        call.policy_answer = answer.result
+        return None
+
+
+class ReadVerdict:
+    """A decision we cannot read is never an allow: a 503."""
+
+    stage = "decision"
+
+    async def run(self, call: Call) -> Decision | None:
+        try:
+            call.verdict = to_verdict(call.policy_answer)
+        except DecisionError as exc:
+            metrics.OPA_ERRORS.labels(exc.code).inc()
+            return call.refused(exc, f"policy answer unusable: {exc}")
+        return None
+
+
+class ShadowPolicy:
+    """The candidate policy on the same input, in the background, never enforced."""
+
+    stage = "decision"
+
+    def __init__(self, shadow: Shadow) -> None:
+        self._shadow = shadow
+
+    async def run(self, call: Call) -> Decision | None:
+        if call.input_doc is not None:
+            self._shadow.observe(call.decision_id, call.input_doc, call.decided)
+        return None
