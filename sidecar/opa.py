@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +25,7 @@ import aiohttp
 import orjson
 
 from sidecar.errors import Kind, SidecarError
+from sidecar.tracing import inject
 
 QUERY_LOGGER = logging.getLogger("authz.opa")
 
@@ -84,7 +86,16 @@ class OpaClient(Protocol):
 class HttpOpaClient:
     """Queries ``POST {url}/v1/data/{decision_path}``; ``unix://`` URLs use a unix socket."""
 
-    def __init__(self, url: str, decision_path: str, timeout_ms: int, max_connections: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        decision_path: str,
+        timeout_ms: int,
+        max_connections: int,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
+        """``trace_configs``: client hooks that record a span per query (tracing on)."""
+        self._trace_configs = list(trace_configs)
         self._unix_path = url[len("unix://") :] if url.startswith("unix://") else None
         self._base = "http://opa" if self._unix_path else url
         self._decision_path = decision_path
@@ -98,7 +109,9 @@ class HttpOpaClient:
             connector = aiohttp.UnixConnector(path=self._unix_path, limit=self._max_connections)
         else:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, trace_configs=self._trace_configs or None
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -110,12 +123,12 @@ class HttpOpaClient:
         ``trace=False``: the caller logs OPA's decision id itself (the AuthZEN evaluations do)."""
         session = self._require_session()
         payload = dumps({"input": input_doc})
+        headers = {"content-type": "application/json"}
+        inject(headers)  # OPA (with distributed_tracing on) puts the check's trace id in its decision log
         started = time.perf_counter()
         try:
             async with session.post(
-                f"{self._base}/v1/data/{path or self._decision_path}",
-                data=payload,
-                headers={"content-type": "application/json"},
+                f"{self._base}/v1/data/{path or self._decision_path}", data=payload, headers=headers
             ) as response:
                 raw = await response.read()
                 status = response.status

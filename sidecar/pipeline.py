@@ -40,6 +40,7 @@ from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow
+from sidecar.tracing import annotate
 
 log = logging.getLogger(__name__)
 Observer = Callable[[DecisionRecord], None]
@@ -143,8 +144,8 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
 
 def build_pipeline(config: Config, services: Services) -> Pipeline:
     """The pipeline for this config: the phases of :func:`build_phases`, observed by the decision
-    log (``log.decisions``) and the refusal reports (``opa.refusals_path``)."""
-    observers: list[Observer] = []
+    log (``log.decisions``), the refusal reports (``opa.refusals_path``) and the trace's span."""
+    observers: list[Observer] = [annotate]
     if config.log.decisions:
         observers.append(DecisionRecord.emit)
     if services.refusals is not None:
