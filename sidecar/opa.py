@@ -25,6 +25,7 @@ import aiohttp
 import orjson
 
 from sidecar.errors import Kind, SidecarError
+from sidecar.logformat import parse_time
 from sidecar.tracing import inject
 
 QUERY_LOGGER = logging.getLogger("authz.opa")
@@ -39,6 +40,15 @@ class OpaError(SidecarError):
 
     def __init__(self, reason: str, code: str) -> None:
         super().__init__(reason, code=code)
+
+
+@dataclass(frozen=True)
+class BundleStatus:
+    """One bundle as OPA's Status API reports it; times are Unix seconds, None when OPA has none."""
+
+    revision: str
+    activated_at: float | None = None  # last_successful_activation
+    last_success_at: float | None = None  # last_successful_request: the bundle service answered (200 or 304)
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,10 @@ class OpaClient(Protocol):
 
     async def bundle_revisions(self) -> dict[str, str] | None:
         """Active revision per bundle; None when OPA cannot say."""
+        ...
+
+    async def bundle_status(self) -> dict[str, BundleStatus] | None:
+        """Each bundle's revision, activation and last successful fetch; None when OPA cannot say."""
         ...
 
 
@@ -174,6 +188,11 @@ class HttpOpaClient:
         The Status API (OPA's ``status`` plugin) is used because it is not a Data API query:
         asking ``/v1/data/system/bundles`` would put a decision into the decision log on every probe.
         """
+        status = await self.bundle_status()
+        return None if status is None else {name: bundle.revision for name, bundle in status.items()}
+
+    async def bundle_status(self) -> dict[str, BundleStatus] | None:
+        """Each bundle's status from OPA's ``/v1/status``; ``None`` when OPA cannot say."""
         session = self._require_session()
         try:
             async with session.get(f"{self._base}/v1/status") as response:
@@ -186,7 +205,11 @@ class HttpOpaClient:
         if not isinstance(bundles, dict):
             return None
         return {
-            str(name): str(status.get("active_revision", ""))
+            str(name): BundleStatus(
+                revision=str(status.get("active_revision", "")),
+                activated_at=_timestamp(status.get("last_successful_activation")),
+                last_success_at=_timestamp(status.get("last_successful_request")),
+            )
             for name, status in bundles.items()
             if isinstance(status, dict)
         }
@@ -195,3 +218,14 @@ class HttpOpaClient:
         if self._session is None:
             raise RuntimeError("HttpOpaClient.start() was not awaited")
         return self._session
+
+
+def _timestamp(value: Any) -> float | None:
+    """An OPA status time (RFC 3339, nanoseconds) as Unix seconds; None for none or Go's zero time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        seconds = parse_time(value).timestamp()
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None

@@ -61,7 +61,7 @@ class Pipeline:
             await call.roll_back()
         record = call.record(decision, stage, round((time.perf_counter() - started) * 1000, 3))
         metrics.DECISIONS.labels(record.verdict, record.stage).inc()
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        metrics.DECISION_SECONDS.labels(record.verdict).observe(time.perf_counter() - started)
         for observe in self._observers:
             observe(record)
         return replace(decision, record=record)

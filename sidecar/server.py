@@ -16,7 +16,7 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import agent_api, wire_http
+from sidecar import agent_api, status_metrics, wire_http
 from sidecar.approvals import ApprovalService
 from sidecar.authzen.evaluate import Evaluator
 from sidecar.authzen.routes import add_authzen_routes
@@ -40,6 +40,7 @@ from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow, make_shadow
 from sidecar.signals import until_signalled
 from sidecar.state import Store
+from sidecar.state.instrumented import InstrumentedStore
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
 from sidecar.tasks import TaskService
@@ -52,6 +53,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 OPA = web.AppKey("opa", OpaClient)
 PREFIX = web.AppKey("prefix", str)
 JWT_BUNDLES: web.AppKey[BundleSource] = web.AppKey("jwt_bundles")
+APPROVAL_STORE: web.AppKey[Store] = web.AppKey("approval_store")  # pending approvals at scrape time
 
 
 async def check_handler(request: web.Request) -> web.StreamResponse:
@@ -93,7 +95,8 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
-async def metrics_handler(_: web.Request) -> web.Response:
+async def metrics_handler(request: web.Request) -> web.Response:
+    await status_metrics.refresh(request.app[OPA], request.app.get(APPROVAL_STORE))
     return web.Response(body=generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
@@ -117,9 +120,10 @@ def make_bundle_source(config: Config) -> BundleSource | None:
 
 
 def make_store(config: Config) -> Store:
+    """The configured backend, timed and its failures counted (``authz_state_store_*``)."""
     if config.state.backend == "redis":
-        return RedisStore.from_config(config.state)
-    return MemoryStore()
+        return InstrumentedStore(RedisStore.from_config(config.state))
+    return InstrumentedStore(MemoryStore())
 
 
 @dataclass
@@ -284,6 +288,8 @@ def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.
     admin[OPA] = parts.opa
     if parts.bundles is not None:
         admin[JWT_BUNDLES] = parts.bundles
+    if parts.approvals is not None:
+        admin[APPROVAL_STORE] = parts.store
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics_handler)
