@@ -50,7 +50,7 @@ async def served_series() -> set[str]:
             text = await (await client.get("/metrics")).text()
     finally:
         await parts.close()
-    names = set()
+    names: set[str] = set()
     for family in text_string_to_metric_families(text):
         names.update(family.name + suffix for suffix in SUFFIXES.get(family.type, ("",)))
     return names
