@@ -49,22 +49,16 @@ def inject(headers: MutableMapping[str, str]) -> None:
 
     Where the sidecar records no span it passes the trace on as not sampled, as an SDK that dropped
     the span would: OPA (which samples by its parent) then logs the trace id but exports no span
-    that would hang under one nobody exported."""
+    that would hang under one nobody exported. Formatted here rather than by the propagator: this
+    runs on every OPA query, and the W3C format is four fixed fields."""
     span = trace.get_current_span()
     span_context = span.get_span_context()
     if not span_context.is_valid:
         return
-    if not span.is_recording() and span_context.trace_flags.sampled:
-        unsampled = trace.SpanContext(
-            span_context.trace_id,
-            span_context.span_id,
-            is_remote=True,
-            trace_flags=trace.TraceFlags(trace.TraceFlags.DEFAULT),
-            trace_state=span_context.trace_state,
-        )
-        PROPAGATOR.inject(headers, context=trace.set_span_in_context(trace.NonRecordingSpan(unsampled)))
-        return
-    PROPAGATOR.inject(headers)
+    flags = span_context.trace_flags if span.is_recording() else trace.TraceFlags.DEFAULT
+    headers["traceparent"] = f"00-{span_context.trace_id:032x}-{span_context.span_id:016x}-{flags:02x}"
+    if span_context.trace_state:
+        headers["tracestate"] = span_context.trace_state.to_header()
 
 
 def annotate(record: DecisionRecord) -> None:
