@@ -26,13 +26,19 @@ def opa_config(
     decision_log_url: str | None,
     polling: tuple[int, int] = (1, 3),
     token_path: Path | None = None,
+    tracing_address: str | None = None,
 ) -> dict[str, Any]:
     """OPA's config file: the signed bundle from a bundle service, decision logs to a receiver.
 
     Either part may be left out (``None``). The status plugin is on so the sidecar's ``/readyz``
     can report the active revision from ``/v1/status``.
     """
-    config: dict[str, Any] = {"services": {}, "status": {"prometheus": True}, **decision_log_identity()}
+    config: dict[str, Any] = {
+        "services": {},
+        "status": {"prometheus": True},
+        "distributed_tracing": distributed_tracing(tracing_address),
+        **decision_log_identity(),
+    }
     if bundle_service_url is not None:
         if public_key is None:
             raise ValueError("a bundle service needs the public key its bundles are verified with")
@@ -76,6 +82,24 @@ def decision_log_identity() -> dict[str, Any]:
     recorded time."""
     labels = {"pod": socket.gethostname(), "namespace": "local", "deployment": "authz-dev-stack"}
     return {"labels": labels, "nd_builtin_cache": True}
+
+
+def distributed_tracing(address: str | None) -> dict[str, Any]:
+    """OPA's ``distributed_tracing`` (OTLP/HTTP): always on, so each decision-log event carries the
+    trace id of the sidecar's query. Without a collector (``address`` None) nothing is exported: OPA
+    samples by its parent, and the sidecar passes traces on as sampled only when it records them."""
+    return {
+        "type": "http",
+        "address": address or "127.0.0.1:4318",
+        "sample_percentage": 100 if address else 0,
+        "service_name": "opa",
+    }
+
+
+def distributed_tracing_flags(address: str | None) -> list[str]:
+    """:func:`distributed_tracing` as ``opa run --set`` flags."""
+    settings = distributed_tracing(address)
+    return [arg for name, value in settings.items() for arg in ("--set", f"distributed_tracing.{name}={value}")]
 
 
 def decision_log_flags() -> list[str]:

@@ -22,7 +22,7 @@ import requests
 import yaml
 
 from devstack import svid_files
-from devstack.bundles import BUNDLE_NAME, decision_log_flags, opa_config
+from devstack.bundles import BUNDLE_NAME, decision_log_flags, distributed_tracing_flags, opa_config
 from devstack.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
 from devstack.oidc import DevOidcIssuer
 from devstack.spire import ENVOY_ID, Spire, SpireError
@@ -102,6 +102,7 @@ class Stack:
         spire: bool = False,
         workload_api_socket: str | None = None,
         shadow: Path | None = None,
+        otlp_address: str | None = None,
     ) -> None:
         self.workdir = workdir.resolve()
         self.ports = ports or Ports()
@@ -134,6 +135,9 @@ class Stack:
         # shadow: a candidate bundle in a second OPA that the sidecar asks beside the live one,
         # never enforced (shadow mode, docs/configuration.md); its decision log is opa-shadow.log.
         self.shadow = shadow.resolve() if shadow is not None else None
+        # otlp_address: an OTLP/HTTP collector (host:port, e.g. devstack.otlp_receiver) the sidecar
+        # (tracing.endpoint) and OPA (distributed_tracing) export their spans to.
+        self.otlp_address = otlp_address
 
     # -- URLs -----------------------------------------------------------------------------
     @property
@@ -306,6 +310,7 @@ class Stack:
                         public_key=self.bundle_key.public if self.bundle_service else None,
                         decision_log_url=self.decision_log_url if self.decision_log_service else None,
                         token_path=self.service_token,
+                        tracing_address=self.otlp_address,
                     ),
                     sort_keys=False,
                 )
@@ -313,6 +318,7 @@ class Stack:
             argv += ["--config-file", str(config)]
         else:
             argv += ["--set", "decision_logs.console=true", "--set", "status.prometheus=true", *decision_log_flags()]
+            argv += distributed_tracing_flags(self.otlp_address)
         if not self.bundle_service:
             argv += ["--bundle", str(self.bundle), "--ignore", "*_test.rego"]
         self._spawn("opa", argv)
@@ -458,6 +464,7 @@ class Stack:
             },
             "authzen": {"callers": [AUTHZEN_PEP]},
             **({"shadow": {"opa_url": f"unix://{self.shadow_socket}"}} if self.shadow is not None else {}),
+            **({"tracing": {"endpoint": f"http://{self.otlp_address}/v1/traces"}} if self.otlp_address else {}),
         }
 
     @property

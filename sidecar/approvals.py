@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sidecar import metrics
 from sidecar.body import ParsedBody
 from sidecar.config import ApprovalsConfig
 from sidecar.decision import StepUp
@@ -34,7 +35,7 @@ from sidecar.input import approver_input, approver_policy_input, split_target
 from sidecar.mcp import NAME_PARAM
 from sidecar.opa import OpaClient, OpaError
 from sidecar.request import CheckRequest
-from sidecar.state import ApprovalConflict, ApprovalRecord, Store, TaskRecord, TooManyApprovals
+from sidecar.state import ApprovalConflict, ApprovalRecord, ApprovalStatus, Store, TaskRecord, TooManyApprovals
 from sidecar.webhook import Webhook
 
 REDACTED = "[redacted]"
@@ -105,8 +106,10 @@ class ApprovalService:
                 f"agent {agent} already has {exc.pending} pending approvals (at most {limit}); "
                 "wait until approvers decide them or they expire",
             ) from None
-        if stored.id == approval.id and self._webhook is not None:  # only a new approval is announced
-            self._webhook.notify("approval.pending", self.view(stored))
+        if stored.id == approval.id:  # only a new approval is counted and announced
+            metrics.APPROVALS_REQUESTED.inc()
+            if self._webhook is not None:
+                self._webhook.notify("approval.pending", self.view(stored))
         return stored
 
     async def redeem(
@@ -169,18 +172,17 @@ class ApprovalService:
         denied = await self._allowed(approver, approval, operation)
         if denied is not None:
             raise ApprovalError(Kind.FORBIDDEN, denied)
+        status: ApprovalStatus = "approved" if approve else "rejected"
         try:
-            return await self._store.decide_approval(
-                approval_id,
-                "approved" if approve else "rejected",
-                approver_input(approver) | {"claims": None},
-                reason,
-                int(time.time()),
+            decided = await self._store.decide_approval(
+                approval_id, status, approver_input(approver) | {"claims": None}, reason, int(time.time())
             )
         except ApprovalConflict:
             raise ApprovalError(
                 Kind.CONFLICT, f"approval {approval_id} is no longer pending (decided or expired)"
             ) from None
+        metrics.APPROVALS_DECIDED.labels(status).inc()
+        return decided
 
     @staticmethod
     def view(approval: ApprovalRecord) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from sidecar.logs import DecisionRecord
 from sidecar.request import CheckRequest
 from sidecar.sessions import Reservation
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
+from sidecar.tracing import current_trace_id
 
 log = logging.getLogger(__name__)
 
@@ -132,4 +133,5 @@ class Call:
             reasons=list(decision.reasons),
             latency_ms=latency_ms,
             opa_ms=round(self.opa_seconds * 1000, 3) if self.opa_seconds is not None else None,
+            trace_id=current_trace_id(),  # the adapter made the check's trace context current
         )

@@ -409,6 +409,35 @@ class AuthzenConfig(_Strict):
         return value.rstrip("/")
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry tracing (sidecar/tracing.py): off unless ``endpoint`` is set.
+
+    Off, the sidecar still reads a W3C ``traceparent`` (the decision record's ``trace_id``) and passes
+    it on to OPA; on, it also records spans and exports them over OTLP.
+    """
+
+    # The OTLP collector: http/protobuf, e.g. http://otel-collector:4318/v1/traces; grpc, e.g. http://otel-collector:4317.
+    endpoint: str | None = None
+    protocol: Literal["http/protobuf", "grpc"] = "http/protobuf"
+    # Share of traces recorded and exported, decided on the trace id: the agent's sampled flag is not
+    # trusted (a hostile agent could otherwise have every call exported).
+    sampling_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    service_name: str = Field("authz-sidecar", min_length=1)
+    # OTLP export is best effort: a slow or dead collector never delays a decision.
+    export_timeout_ms: int = Field(10_000, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http(s) URL")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        return self.endpoint is not None
+
+
 class Config(_Strict):
     """The whole sidecar configuration."""
 
@@ -427,6 +456,7 @@ class Config(_Strict):
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     authzen: AuthzenConfig = Field(default_factory=AuthzenConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
 
     @model_validator(mode="after")
     def _shadow_is_another_policy(self) -> Config:

@@ -6,7 +6,8 @@ This module is the one definition of the sidecar's event lines. Each event is on
 the whole line, raising :class:`MalformedEvent` on anything that is not a well-formed event. The
 audit reads the sidecar's log only through ``from_log()``.
 
-Every key is always written (``null`` when it does not apply), ``event`` names the type and
+Every key is always written (``null`` when it does not apply; a key added later, such as the
+decision's ``trace_id``, reads as ``null`` from older lines that lack it), ``event`` names the type and
 ``time`` is RFC 3339 UTC with microseconds. A field named in ``log.redact`` arrives as
 ``"[redacted]"``: accepted where a string or a list of strings is expected, refused elsewhere.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Self, TypeVar, cast
@@ -29,6 +31,7 @@ TASKS_LOGGER = "authz.tasks"  # task operations and approvals decided: the sidec
 T = TypeVar("T")
 Outcome = Literal["allow", "deny"]
 ApprovalOperation = Literal["approve", "reject"]
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _OUTCOMES: tuple[Outcome, ...] = ("allow", "deny")
 _APPROVAL_OPERATIONS: tuple[ApprovalOperation, ...] = ("approve", "reject")
 
@@ -69,6 +72,9 @@ class DecisionEvent:
     reasons: tuple[str, ...]
     latency_ms: float
     opa_ms: float | None
+    # The W3C trace this check was part of (32 hex digits): the caller's, or Envoy's new one. It is
+    # chosen by the caller, so it correlates with traces and OPA's decision log; it proves nothing.
+    trace_id: str | None = None
 
     @property
     def message(self) -> str:
@@ -95,6 +101,7 @@ class DecisionEvent:
             "reasons": list(self.reasons),
             "latency_ms": self.latency_ms,
             "opa_ms": self.opa_ms,
+            "trace_id": self.trace_id,
         }
 
     @classmethod
@@ -119,6 +126,7 @@ class DecisionEvent:
             reasons=read.texts("reasons"),
             latency_ms=read.number("latency_ms"),
             opa_ms=read.optional(read.number, "opa_ms"),
+            trace_id=read.added_later(read.trace_id, "trace_id"),
         )
 
 
@@ -335,6 +343,10 @@ class _Reader:
     def _wrong(self, key: str, expected: str) -> MalformedEvent:
         return MalformedEvent(f"{self._event} event: {key!r} must be {expected}, not {self._line[key]!r}")
 
+    def added_later(self, read: Callable[[str], T], key: str) -> T | None:
+        """A field lines written before it existed do not have: absent reads as null, old logs stay readable."""
+        return self.optional(read, key) if key in self._line else None
+
     def optional(self, read: Callable[[str], T], key: str) -> T | None:
         return None if self._get(key) is None else read(key)
 
@@ -354,6 +366,12 @@ class _Reader:
         if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
             raise self._wrong(key, "a list of strings")
         return tuple(value)
+
+    def trace_id(self, key: str) -> str:
+        value = self.text(key)
+        if not _TRACE_ID.fullmatch(value):
+            raise self._wrong(key, "32 lower-case hex digits")
+        return value
 
     def integer(self, key: str) -> int:
         value = self._get(key)

@@ -19,11 +19,14 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from sidecar.config import TracingConfig
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
+from sidecar.tracing import Tracing
 from sidecar.wire_grpc import Unavailable, to_check_response
 
 log = logging.getLogger(__name__)
+CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
 
 
 def to_check_request(message: Any, metadata: tuple[tuple[str, str | bytes], ...], secret_header: str) -> CheckRequest:
@@ -60,27 +63,35 @@ def _add(headers: dict[str, str], key: str, value: str) -> None:
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """The Check RPC, sharing the whole decision path with HTTP mode."""
 
-    def __init__(self, pipeline: Pipeline, secret_header: str) -> None:
+    def __init__(self, pipeline: Pipeline, secret_header: str, tracing: Tracing | None = None) -> None:
         self._pipeline = pipeline
         self._secret_header = secret_header.lower()
+        self._tracing = tracing or Tracing(TracingConfig())
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        metadata = tuple(context.invocation_metadata() or ())
         try:
-            check = to_check_request(request, tuple(context.invocation_metadata() or ()), self._secret_header)
+            check = to_check_request(request, metadata, self._secret_header)
         except Exception:  # an unreadable request must fail closed, never allow
             log.exception("unreadable gRPC check request")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "unreadable check request")
-        decision = await self._pipeline.check(check)
+        # Envoy's gRPC client puts the trace context (its ext_authz span) in the call's metadata.
+        carrier = {key.lower(): value for key, value in metadata if isinstance(value, str)}
+        with self._tracing.server_span(carrier, CHECK_SPAN):
+            decision = await self._pipeline.check(check)
         try:
             return to_check_response(decision)
         except Unavailable as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.reason)
 
 
-async def start_grpc_server(pipeline: Pipeline, address: str, secret_header: str) -> grpc.aio.Server:
+async def start_grpc_server(
+    pipeline: Pipeline, address: str, secret_header: str, tracing: Tracing | None = None
+) -> grpc.aio.Server:
     """Start the Check service on ``address`` (``host:port`` or ``unix:/path``; plaintext: only Envoy reaches it)."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(pipeline, secret_header), server)
+    service = AuthorizationService(pipeline, secret_header, tracing)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()

@@ -130,6 +130,7 @@ class DecisionRecord:
     reasons: list[str] = field(default_factory=list)
     latency_ms: float = 0.0
     opa_ms: float | None = None
+    trace_id: str | None = None  # the W3C trace the check was part of (sidecar/tracing.py)
 
     def event(self, at: dt.datetime | None = None) -> DecisionEvent:
         """The record as it stands, as an immutable event at ``at`` (default: now)."""
@@ -152,6 +153,7 @@ class DecisionRecord:
             reasons=tuple(self.reasons),
             latency_ms=self.latency_ms,
             opa_ms=self.opa_ms,
+            trace_id=self.trace_id,
         )
 
     def emit(self) -> None:

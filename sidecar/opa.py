@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -24,6 +25,8 @@ import aiohttp
 import orjson
 
 from sidecar.errors import Kind, SidecarError
+from sidecar.logformat import parse_time
+from sidecar.tracing import inject
 
 QUERY_LOGGER = logging.getLogger("authz.opa")
 
@@ -37,6 +40,15 @@ class OpaError(SidecarError):
 
     def __init__(self, reason: str, code: str) -> None:
         super().__init__(reason, code=code)
+
+
+@dataclass(frozen=True)
+class BundleStatus:
+    """One bundle as OPA's Status API reports it; times are Unix seconds, None when OPA has none."""
+
+    revision: str
+    activated_at: float | None = None  # last_successful_activation
+    last_success_at: float | None = None  # last_successful_request: the bundle service answered (200 or 304)
 
 
 @dataclass(frozen=True)
@@ -80,11 +92,24 @@ class OpaClient(Protocol):
         """Active revision per bundle; None when OPA cannot say."""
         ...
 
+    async def bundle_status(self) -> dict[str, BundleStatus] | None:
+        """Each bundle's revision, activation and last successful fetch; None when OPA cannot say."""
+        ...
+
 
 class HttpOpaClient:
     """Queries ``POST {url}/v1/data/{decision_path}``; ``unix://`` URLs use a unix socket."""
 
-    def __init__(self, url: str, decision_path: str, timeout_ms: int, max_connections: int) -> None:
+    def __init__(
+        self,
+        url: str,
+        decision_path: str,
+        timeout_ms: int,
+        max_connections: int,
+        trace_configs: Sequence[aiohttp.TraceConfig] = (),
+    ) -> None:
+        """``trace_configs``: client hooks that record a span per query (tracing on)."""
+        self._trace_configs = list(trace_configs)
         self._unix_path = url[len("unix://") :] if url.startswith("unix://") else None
         self._base = "http://opa" if self._unix_path else url
         self._decision_path = decision_path
@@ -98,7 +123,9 @@ class HttpOpaClient:
             connector = aiohttp.UnixConnector(path=self._unix_path, limit=self._max_connections)
         else:
             connector = aiohttp.TCPConnector(limit=self._max_connections, keepalive_timeout=60)
-        self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+        self._session = aiohttp.ClientSession(
+            connector=connector, timeout=self._timeout, trace_configs=self._trace_configs or None
+        )
 
     async def close(self) -> None:
         if self._session is not None:
@@ -110,12 +137,12 @@ class HttpOpaClient:
         ``trace=False``: the caller logs OPA's decision id itself (the AuthZEN evaluations do)."""
         session = self._require_session()
         payload = dumps({"input": input_doc})
+        headers = {"content-type": "application/json"}
+        inject(headers)  # OPA (with distributed_tracing on) puts the check's trace id in its decision log
         started = time.perf_counter()
         try:
             async with session.post(
-                f"{self._base}/v1/data/{path or self._decision_path}",
-                data=payload,
-                headers={"content-type": "application/json"},
+                f"{self._base}/v1/data/{path or self._decision_path}", data=payload, headers=headers
             ) as response:
                 raw = await response.read()
                 status = response.status
@@ -161,6 +188,11 @@ class HttpOpaClient:
         The Status API (OPA's ``status`` plugin) is used because it is not a Data API query:
         asking ``/v1/data/system/bundles`` would put a decision into the decision log on every probe.
         """
+        status = await self.bundle_status()
+        return None if status is None else {name: bundle.revision for name, bundle in status.items()}
+
+    async def bundle_status(self) -> dict[str, BundleStatus] | None:
+        """Each bundle's status from OPA's ``/v1/status``; ``None`` when OPA cannot say."""
         session = self._require_session()
         try:
             async with session.get(f"{self._base}/v1/status") as response:
@@ -173,7 +205,11 @@ class HttpOpaClient:
         if not isinstance(bundles, dict):
             return None
         return {
-            str(name): str(status.get("active_revision", ""))
+            str(name): BundleStatus(
+                revision=str(status.get("active_revision", "")),
+                activated_at=_timestamp(status.get("last_successful_activation")),
+                last_success_at=_timestamp(status.get("last_successful_request")),
+            )
             for name, status in bundles.items()
             if isinstance(status, dict)
         }
@@ -182,3 +218,14 @@ class HttpOpaClient:
         if self._session is None:
             raise RuntimeError("HttpOpaClient.start() was not awaited")
         return self._session
+
+
+def _timestamp(value: Any) -> float | None:
+    """An OPA status time (RFC 3339, nanoseconds) as Unix seconds; None for none or Go's zero time."""
+    if not isinstance(value, str):
+        return None
+    try:
+        seconds = parse_time(value).timestamp()
+    except ValueError:
+        return None
+    return seconds if seconds > 0 else None

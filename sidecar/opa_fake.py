@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.opa import OpaAnswer, OpaError, dumps, loads
+from sidecar.opa import BundleStatus, OpaAnswer, OpaError, dumps, loads
 
 DEFAULT_DECISION_PATH = "agent/authz/decision"
 
@@ -50,6 +50,7 @@ class FakeOpa:
         revisions: dict[str, str] | None = None,
     ) -> None:
         self.handler = handler
+        self.created_at = time.time()
         self.decision_path = decision_path
         self.timeout_ms = timeout_ms  # an async handler slower than this fails as the real client does
         self.healthy = healthy
@@ -85,6 +86,12 @@ class FakeOpa:
 
     async def bundle_revisions(self) -> dict[str, str] | None:
         return self.revisions
+
+    async def bundle_status(self) -> dict[str, BundleStatus] | None:
+        """The revisions, activated when this fake was made (bundles fetched from nowhere)."""
+        if self.revisions is None:
+            return None
+        return {name: BundleStatus(revision, activated_at=self.created_at) for name, revision in self.revisions.items()}
 
     async def _in_time(self, pending: Any) -> Any:
         if self.timeout_ms is None:

@@ -40,6 +40,7 @@ from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow
+from sidecar.tracing import annotate
 
 log = logging.getLogger(__name__)
 Observer = Callable[[DecisionRecord], None]
@@ -60,7 +61,7 @@ class Pipeline:
             await call.roll_back()
         record = call.record(decision, stage, round((time.perf_counter() - started) * 1000, 3))
         metrics.DECISIONS.labels(record.verdict, record.stage).inc()
-        metrics.DECISION_SECONDS.observe(time.perf_counter() - started)
+        metrics.DECISION_SECONDS.labels(record.verdict).observe(time.perf_counter() - started)
         for observe in self._observers:
             observe(record)
         return replace(decision, record=record)
@@ -143,8 +144,8 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
 
 def build_pipeline(config: Config, services: Services) -> Pipeline:
     """The pipeline for this config: the phases of :func:`build_phases`, observed by the decision
-    log (``log.decisions``) and the refusal reports (``opa.refusals_path``)."""
-    observers: list[Observer] = []
+    log (``log.decisions``), the refusal reports (``opa.refusals_path``) and the trace's span."""
+    observers: list[Observer] = [annotate]
     if config.log.decisions:
         observers.append(DecisionRecord.emit)
     if services.refusals is not None:

@@ -10,17 +10,17 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from sidecar import agent_api, wire_http
+from sidecar import agent_api, status_metrics, wire_http
 from sidecar.approvals import ApprovalService
 from sidecar.authzen.evaluate import Evaluator
 from sidecar.authzen.routes import add_authzen_routes
-from sidecar.config import Config
+from sidecar.config import Config, TracingConfig
 from sidecar.credentials import CredentialMinter
 from sidecar.identity import IdentityResolver
 from sidecar.identity.approvers import ApproverAuthenticator, OidcVerifier
@@ -40,9 +40,11 @@ from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow, make_shadow
 from sidecar.signals import announce_drain, until_signalled
 from sidecar.state import Store
+from sidecar.state.instrumented import InstrumentedStore
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
 from sidecar.tasks import TaskService
+from sidecar.tracing import Tracing
 from sidecar.webhook import Webhook
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ OPA = web.AppKey("opa", OpaClient)
 PREFIX = web.AppKey("prefix", str)
 JWT_BUNDLES: web.AppKey[BundleSource] = web.AppKey("jwt_bundles")
 DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: /readyz fails from then on
+APPROVAL_STORE: web.AppKey[Store] = web.AppKey("approval_store")  # pending approvals at scrape time
 
 
 async def check_handler(request: web.Request) -> web.StreamResponse:
@@ -95,7 +98,8 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body, status=200 if ready else 503)
 
 
-async def metrics_handler(_: web.Request) -> web.Response:
+async def metrics_handler(request: web.Request) -> web.Response:
+    await status_metrics.refresh(request.app[OPA], request.app.get(APPROVAL_STORE))
     return web.Response(body=generate_latest(), headers={"content-type": CONTENT_TYPE_LATEST})
 
 
@@ -119,9 +123,10 @@ def make_bundle_source(config: Config) -> BundleSource | None:
 
 
 def make_store(config: Config) -> Store:
+    """The configured backend, timed and its failures counted (``authz_state_store_*``)."""
     if config.state.backend == "redis":
-        return RedisStore.from_config(config.state)
-    return MemoryStore()
+        return InstrumentedStore(RedisStore.from_config(config.state))
+    return InstrumentedStore(MemoryStore())
 
 
 @dataclass
@@ -139,6 +144,7 @@ class Components:
     api_resolver: IdentityResolver
     shadow: Shadow | None = None
     refusals: RefusalReporter | None = None
+    tracing: Tracing = field(default_factory=lambda: Tracing(TracingConfig()))
 
     async def close(self) -> None:
         if self.shadow is not None:
@@ -149,10 +155,19 @@ class Components:
         await self.store.close()
         if self.bundles is not None:
             self.bundles.close()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes buffered spans: not on the loop
 
 
 async def build_components(config: Config) -> Components:
-    opa = HttpOpaClient(config.opa.url, config.opa.decision_path, config.opa.timeout_ms, config.opa.max_connections)
+    tracing = Tracing(config.tracing)
+    settings = config.opa
+    opa = HttpOpaClient(
+        settings.url,
+        settings.decision_path,
+        settings.timeout_ms,
+        settings.max_connections,
+        trace_configs=tracing.client_trace_configs(),
+    )
     await opa.start()
     bundles = await asyncio.to_thread(make_bundle_source, config)
     identity = config.identity
@@ -195,7 +210,9 @@ async def build_components(config: Config) -> Components:
         refusals=refusals,
     )
     pipeline = build_pipeline(config, services)
-    return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals)
+    return Components(
+        opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals, tracing
+    )
 
 
 def make_refusal_reporter(config: Config) -> RefusalReporter | None:
@@ -246,12 +263,14 @@ def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.
     Without ``listen.socket`` the check endpoint shares host:port with the API (then only
     loopback and the per-deployment XFCC secret keep others from asking for decisions).
     """
-    authz = web.Application(client_max_size=config.request_body.max_bytes + 65_536)
+    # The trace context of every check and API call (and its span, with tracing on).
+    middlewares = [parts.tracing.middleware()]
+    authz = web.Application(client_max_size=config.request_body.max_bytes + 65_536, middlewares=middlewares)
     check = None
     if config.listen.socket is None:
         add_check_routes(authz, config, parts)
     else:
-        check = web.Application(client_max_size=config.request_body.max_bytes + 65_536)
+        check = web.Application(client_max_size=config.request_body.max_bytes + 65_536, middlewares=middlewares)
         add_check_routes(check, config, parts)
     authz[agent_api.KEYS] = parts.keys
     authz[agent_api.API_RESOLVER] = parts.api_resolver
@@ -273,6 +292,8 @@ def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.
     admin[DRAINING] = asyncio.Event()
     if parts.bundles is not None:
         admin[JWT_BUNDLES] = parts.bundles
+    if parts.approvals is not None:
+        admin[APPROVAL_STORE] = parts.store
     admin.router.add_get("/healthz", healthz)
     admin.router.add_get("/readyz", readyz)
     admin.router.add_get("/metrics", metrics_handler)
@@ -324,7 +345,7 @@ async def serve(config: Config) -> None:
 
         secret_header = config.identity.xfcc.secret_header
         address = f"unix:{config.grpc.socket}" if config.grpc.socket else f"{config.grpc.host}:{config.grpc.port}"
-        grpc_server = await start_grpc_server(parts.pipeline, address, secret_header)
+        grpc_server = await start_grpc_server(parts.pipeline, address, secret_header, parts.tracing)
         if config.grpc.socket is not None:
             restrict_socket(config.grpc.socket)
     log.info(

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from spiffe import SpiffeId
 
+from sidecar import metrics
 from sidecar.config import TasksConfig
 from sidecar.errors import Kind, SidecarError
 from sidecar.identity import Identity
@@ -140,6 +141,7 @@ class TaskService:
                 intent=request.intent,
             )
             await self._store.create_task(task, slot=slot)
+        metrics.TASKS_OPENED.labels("open").inc()
         return Grant(task, self._token(task))
 
     async def delegate(self, caller: Identity, task_id: str, body: Any) -> Grant:
@@ -178,6 +180,7 @@ class TaskService:
                 await self._store.create_task(task, slot=slot)
             except ParentEnded:
                 raise TaskError(Kind.FORBIDDEN, f"task {parent.id} ended while delegating") from None
+        metrics.TASKS_OPENED.labels("delegate").inc()
         return Grant(task, self._token(task))
 
     async def get(self, caller: Identity, task_id: str) -> TaskRecord:
@@ -186,7 +189,9 @@ class TaskService:
     async def end(self, caller: Identity, task_id: str) -> list[str]:
         task = await self._owned(caller, task_id)
         reason = f"completed by {caller.spiffe_id}"
-        return await self._store.end_task(task.id, "completed", reason, int(time.time()))
+        ended = await self._store.end_task(task.id, "completed", reason, int(time.time()))
+        metrics.TASKS_ENDED.inc(len(ended))  # the task and every delegated task revoked with it
+        return ended
 
     # -- the check path -----------------------------------------------------------------------
     async def verify_presented(self, token: str, caller: Identity | None) -> TaskRecord:

@@ -13,6 +13,7 @@ from typing import Any
 
 from spiffe import SpiffeId
 
+from sidecar import metrics
 from sidecar.config import IdentityConfig, IdentitySource
 from sidecar.errors import Kind, SidecarError
 from sidecar.identity.chain import DelegationError, actor_chain
@@ -61,16 +62,22 @@ class IdentityResolver:
 
     def resolve(self, headers: dict[str, str], peer_principal: str | None = None) -> Identity | None:
         """``peer_principal`` is gRPC mode's ``source.principal``: the ``xfcc`` source trusts it like XFCC."""
-        found = [
-            identity
-            for source in self._config.sources
-            if (identity := self._from_source(source, headers, peer_principal)) is not None
-        ]
+        found = []
+        for source in self._config.sources:
+            try:
+                identity = self._from_source(source, headers, peer_principal)
+            except IdentityError:
+                metrics.IDENTITY_FAILURES.labels(source).inc()
+                raise
+            if identity is not None:
+                found.append(identity)
         if not found:
             if self._config.required:
+                metrics.IDENTITY_FAILURES.labels("none").inc()
                 raise IdentityError("no agent identity was presented")
             return None
         if len({str(identity.spiffe_id) for identity in found}) > 1:
+            metrics.IDENTITY_FAILURES.labels("mismatch").inc()
             raise IdentityError("the presented credentials name different SPIFFE IDs")
         return found[0]
 

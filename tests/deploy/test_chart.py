@@ -547,8 +547,8 @@ def test_each_egress_tool_is_the_prototype_with_its_own_address() -> None:
     assert set(vhosts) == {"tickets", "wiki", "not-allowed"} and vhosts["not-allowed"] == want_vhosts["not-allowed"]
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     want_clusters = {c["name"]: c for c in prototype["static_resources"]["clusters"]}
-    assert set(clusters) == {"authz_sidecar", "spire_agent", "tool_tickets", "tool_wiki"}
-    for name in ("authz_sidecar", "spire_agent"):
+    assert set(clusters) == {"authz_sidecar", "spire_agent", "otel_collector", "tool_tickets", "tool_wiki"}
+    for name in ("authz_sidecar", "spire_agent", "otel_collector"):
         assert clusters[name] == want_clusters[name]
     for tool in TOOLS:
         vhost = vhosts[tool["name"]]

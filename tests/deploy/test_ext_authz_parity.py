@@ -83,6 +83,9 @@ INTENDED: dict[str, dict[str, str]] = {
         # istiod builds the inbound routes; the refusals of envoy/envoy.yaml (path parameters,
         # lower-case methods) are made by the sidecar and the policy as well (sidecar/request.py).
         "routes.refused_before_forwarding": "istiod owns the inbound routes; the sidecar refuses the same requests",
+        # The mesh configures tracing (meshConfig extensionProviders / the Telemetry API); its proxies
+        # send W3C trace context with each check as envoy/envoy.yaml's tracer does.
+        "hcm.tracing.*": "istiod configures the mesh's tracer",
     },
 }
 

@@ -120,7 +120,12 @@ def test_it_is_the_committed_file_with_only_addresses_changed(deployed: Deployed
     (committed_egress,) = [x for x in deployed_config["static_resources"]["listeners"] if x["name"] == "egress"]
     assert egress["filter_chains"] == committed_egress["filter_chains"], "the deployed filters, routes and checks"
     assert ran["node"] == deployed_config["node"]
-    assert [c["name"] for c in ran["static_resources"]["clusters"]] == ["authz_sidecar", "tool_tickets"]
+    # otel_collector: the tracer's node-local exporter (envoy/envoy.yaml; Envoy's own spans are never sampled).
+    assert [c["name"] for c in ran["static_resources"]["clusters"]] == [
+        "authz_sidecar",
+        "otel_collector",
+        "tool_tickets",
+    ]
 
 
 def test_allow_reaches_the_tool_and_is_logged_with_its_decision(

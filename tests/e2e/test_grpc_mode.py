@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import requests
+import yaml
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
 
@@ -45,7 +46,15 @@ def test_grpc_envoy_config_validates(envoy_bin: str, tmp_path: Path) -> None:
     result = subprocess.run([envoy_bin, "--mode", "validate", "-c", str(config)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
     rendered = config.read_text()
-    assert "grpc_service:" in rendered and "http_service:" not in rendered
+    ext_authz = [
+        f["typed_config"]
+        for listener in yaml.safe_load(rendered)["static_resources"]["listeners"]
+        for chain in listener["filter_chains"]
+        for hcm in chain["filters"]
+        for f in hcm["typed_config"].get("http_filters", [])
+        if f["name"] == "envoy.filters.http.ext_authz"
+    ]
+    assert ext_authz and all("grpc_service" in f and "http_service" not in f for f in ext_authz)
     assert "failure_mode_allow: false" in rendered
     assert rendered.count("initial_metadata:") == 1, "only the mTLS listener vouches for the peer"
 

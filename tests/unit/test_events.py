@@ -31,6 +31,7 @@ from sidecar.logs import REDACTED, DecisionRecord, json_formatter
 AT = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
 WRITER = "spiffe://demo.local/agent/writer"
 ASSISTANT = "spiffe://demo.local/agent/assistant"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
 def _record(**overrides: Any) -> DecisionRecord:
@@ -52,6 +53,7 @@ def _record(**overrides: Any) -> DecisionRecord:
         reasons=["approved by a human", "within the task"],
         latency_ms=2.125,
         opa_ms=0.75,
+        trace_id=TRACE_ID,
     )
     for name, value in overrides.items():
         setattr(record, name, value)
@@ -60,7 +62,15 @@ def _record(**overrides: Any) -> DecisionRecord:
 
 DECISION = _record().event(AT)
 EARLY_DECISION = _record(
-    agent=None, identity_source=None, task=None, approval=None, mcp_method=None, tool=None, opa_ms=None, reasons=[]
+    agent=None,
+    identity_source=None,
+    task=None,
+    approval=None,
+    mcp_method=None,
+    tool=None,
+    opa_ms=None,
+    reasons=[],
+    trace_id=None,
 ).event(AT)
 OPENED = TaskEvent(time=AT, operation="open", agent=WRITER, task="t-1", outcome="allow")
 DELEGATED = TaskEvent(
@@ -177,7 +187,8 @@ GOLDEN: dict[str, tuple[Event, str]] = {
         '"method": "POST", "host": "demo.local", "path": "/mcp", "agent": "spiffe://demo.local/agent/writer", '
         '"identity_source": "xfcc", "task": "t-1", "approval": "a-1", "mcp_method": "tools/call", '
         '"tool": "delete_record", "verdict": "allow", "status": 200, "stage": "policy", '
-        '"reasons": ["approved by a human", "within the task"], "latency_ms": 2.125, "opa_ms": 0.75}',
+        '"reasons": ["approved by a human", "within the task"], "latency_ms": 2.125, "opa_ms": 0.75, '
+        '"trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}',
     ),
     "task": (
         DELEGATED,
@@ -233,9 +244,18 @@ def test_times_are_rfc3339_utc() -> None:
 @pytest.mark.parametrize("event", [DECISION, DELEGATED, APPROVED, EVALUATED], ids=lambda e: e.event)
 def test_every_field_is_required(event: Event) -> None:
     line = event.to_log()
-    for key in line:
+    for key in line.keys() - ADDED_LATER:
         with pytest.raises(MalformedEvent, match=repr(key) if key != "event" else "not a"):
             type(event).from_log({k: v for k, v in line.items() if k != key})
+
+
+ADDED_LATER = {"trace_id"}  # lines written before these fields existed must stay readable
+
+
+def test_a_line_from_before_trace_ids_reads_as_none() -> None:
+    old = {key: value for key, value in DECISION.to_log().items() if key != "trace_id"}
+    assert DecisionEvent.from_log(old).trace_id is None
+    assert DecisionEvent.from_log(old | {"trace_id": None}).trace_id is None
 
 
 @pytest.mark.parametrize(
@@ -254,6 +274,9 @@ def test_every_field_is_required(event: Event) -> None:
         (DECISION, "opa_ms", "fast"),
         (DECISION, "reasons", "denied"),
         (DECISION, "reasons", ["ok", 3]),
+        (DECISION, "trace_id", "4BF92F3577B34DA6A3CE929D0E0E4736"),  # W3C trace ids are lower case
+        (DECISION, "trace_id", "4bf92f35"),
+        (DECISION, "trace_id", 7),
         (DELEGATED, "outcome", "maybe"),
         (DELEGATED, "revoked", None),
         (DELEGATED, "agent", None),
