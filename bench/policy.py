@@ -70,6 +70,7 @@ class Series:
     """ns/op of repeated ``opa bench`` runs of one policy on one input."""
 
     ns_per_op: list[float] = field(default_factory=list)
+    allocs_per_op: list[float] = field(default_factory=list)
 
     @property
     def median_us(self) -> float:
@@ -94,13 +95,14 @@ def shift_times(value: Any, delta: int, key: str = "") -> Any:
     return value
 
 
-def opa_bench(opa: str, policy: list[str], query: str, input_file: Path, store: str) -> float:
-    """ns/op of one ``opa bench`` run (it repeats the evaluation until the timing is stable)."""
-    argv = [opa, "bench", "--count", "1", "--benchmem=false", "--format", "json", *policy]
+def opa_bench(opa: str, policy: list[str], query: str, input_file: Path, store: str) -> tuple[float, float]:
+    """ns/op and allocations/op of one ``opa bench`` run (it repeats the evaluation until the
+    timing is stable). Allocations do not depend on the machine's load, timings do."""
+    argv = [opa, "bench", "--count", "1", "--benchmem", "--format", "json", *policy]
     argv += ["--ignore", "*_test.rego", "-i", str(input_file), *STORES[store], query]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     result = json.loads(out)
-    return float(result["T"]) / float(result["N"])
+    return float(result["T"]) / float(result["N"]), float(result["MemAllocs"]) / float(result["N"])
 
 
 def verdict(opa: str, policy: list[str], input_file: Path) -> str:
@@ -130,6 +132,7 @@ def table_row(name: str, verdicts: dict[str, str], series: dict[str, Series]) ->
         if policy in series:
             row[f"{policy}_us"] = round(series[policy].median_us, 1)
             row[f"{policy}_spread"] = round(series[policy].spread, 3)
+            row[f"{policy}_allocs"] = round(statistics.median(series[policy].allocs_per_op))
     row["ratio"] = round(series["shipped"].median_us / trivial, 1)
     if "baseline" in series:
         row["baseline_verdict"] = verdicts["baseline"]
@@ -179,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
                     order = list(policies) if repeat % 2 == 0 else list(reversed(policies))
                     for policy in order:
                         key = (store, name, policy)
-                        ns = opa_bench(opa, policies[policy], queries[policy], path, store)
+                        ns, allocs = opa_bench(opa, policies[policy], queries[policy], path, store)
                         series.setdefault(key, Series()).ns_per_op.append(ns)
+                        series[key].allocs_per_op.append(allocs)
             print(f"repeat {repeat + 1}/{args.repeats} done ({time.monotonic() - started:.0f} s)", file=sys.stderr)
 
     report: dict[str, Any] = {
@@ -188,23 +192,24 @@ def main(argv: list[str] | None = None) -> int:
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "repeats": args.repeats,
         "target_ratio": TARGET,
-        "note": "ns/op medians of opa bench --count 1 --benchmem=false; ratio = policy / trivial, same input and run",
+        "note": "ns/op and allocs/op medians of opa bench --count 1 --benchmem; ratio = policy / trivial, one run",
         "stores": {},
     }
     for store in stores:
         rows = []
         print(f"\nstore: {store}{' (--optimize-store-for-read-speed)' if STORES[store] else ''}")
-        header = "| input | verdict | shipped µs | trivial µs | shipped / trivial |"
+        header = "| input | verdict | shipped µs | trivial µs | shipped / trivial | shipped allocs |"
         if "baseline" in policies:
-            header += " baseline µs | baseline / trivial |"
+            header += " baseline µs | baseline / trivial | baseline allocs |"
         print(header)
         print("|" + "---|" * (header.count("|") - 1))
         for name in inputs:
             row = table_row(name, verdicts[name], {p: series[(store, name, p)] for p in policies})
             rows.append(row)
             line = f"| {name} | {row['verdict']} | {row['shipped_us']} | {row['trivial_us']} | {row['ratio']}x |"
+            line += f" {row['shipped_allocs']} |"
             if "baseline_us" in row:
-                line += f" {row['baseline_us']} | {row['baseline_ratio']}x |"
+                line += f" {row['baseline_us']} | {row['baseline_ratio']}x | {row['baseline_allocs']} |"
             print(line)
         met = all(r["ratio"] <= TARGET for r in rows)
         worst = max(r["ratio"] for r in rows)

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench import report
+from bench import cpu, report
 from bench.load import LoadError, LoadResult, preflight, run_wrk, wrk_path
 from bench.mix import READER, TOKEN_TTL, WRITER, BenchRequest, mcp_call, read_under_task, request_mix
 from bench.report import DIRECT
@@ -169,6 +169,15 @@ class Bench:
             )
         return result
 
+    def _measured_run(
+        self, name: str, mix: list[BenchRequest], connections: int, seconds: float
+    ) -> tuple[LoadResult, dict[str, float]]:
+        """A run, and the CPU each of the setup's processes spent per request during it."""
+        processes = self.setups[name].stack.processes
+        before = cpu.snapshot(processes)
+        result = self._run(name, mix, connections, seconds)
+        return result, cpu.per_request_ms(before, cpu.snapshot(processes), result.requests)
+
     def main_matrix(self) -> None:
         for name in self.setups:
             log(f"warm-up {name} ({self.plan.warmup:.0f} s)")
@@ -176,8 +185,9 @@ class Bench:
         for repeat in range(1, self.plan.repeats + 1):
             for name in self.setups:
                 for connections in self.plan.connections:
-                    result = self._run(name, self.mixes[name], connections, self.plan.seconds)
+                    result, cpu_ms = self._measured_run(name, self.mixes[name], connections, self.plan.seconds)
                     self.results.cell(self.results.main, name, connections).runs.append(result)
+                    self.results.cpu_runs(self.results.cpu, name, connections).append(cpu_ms)
                     log(
                         f"[{repeat}/{self.plan.repeats}] {name:17} c={connections:<3} p50 {result.p50_ms:7.3f} ms "
                         f"p99 {result.p99_ms:7.3f} ms {result.rps:8.0f} req/s"
@@ -189,8 +199,9 @@ class Bench:
             for size in self.plan.body_sizes:
                 for name in self.setups:
                     mix = [mcp_call(self.tokens[name][0], size)]
-                    result = self._run(name, mix, 1, seconds)
+                    result, cpu_ms = self._measured_run(name, mix, 1, seconds)
                     self.results.cell(self.results.body, name, size).runs.append(result)
+                    self.results.cpu_runs(self.results.body_cpu, name, size).append(cpu_ms)
                     log(f"[body {repeat + 1}] {name:17} {size // 1024:3} KiB p50 {result.p50_ms:7.3f} ms")
 
     def data_scaling(self) -> None:

@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from devstack.agent_client import AgentClient, AgentClientError
-from devstack.stack import Ports, Stack
+from devstack.stack import OPA_RUN_FLAGS, Ports, Stack
 from devstack.tools import find_tool
 
 ADAPTER_BUNDLE = Path(__file__).resolve().parent / "plugin_bundle"
@@ -182,6 +182,7 @@ class _PluginStack(_BareStack):
             f"127.0.0.1:{self.ports.opa}",
             "--log-format",
             "json",
+            *OPA_RUN_FLAGS,  # the same OPA settings as the sidecar setups' OPA
             "--set",
             f"plugins.envoy_ext_authz_grpc.addr=127.0.0.1:{self.ports.sidecar_grpc}",
             "--set",

@@ -14,8 +14,6 @@ import os
 import sys
 from typing import Any
 
-import requests
-
 TOKEN_ENV = "AUTHZ_APPROVER_TOKEN"
 
 
@@ -111,6 +109,10 @@ def _decide(args: argparse.Namespace, action: str) -> int:
 
 
 def _call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    # Imported here, not at the top: cli.py imports this module to register the commands, and
+    # `serve` should not carry requests (and urllib3) in every sidecar's memory.
+    import requests
+
     token = args.token or os.environ.get(TOKEN_ENV)
     if not token:
         print(f"authz-sidecar approvals: pass --token or set {TOKEN_ENV}", file=sys.stderr)

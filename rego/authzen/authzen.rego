@@ -48,9 +48,10 @@ actions := [{"name": method} | some method in route_methods] if input.resource.t
 
 actions := [{"name": name} | some name in object.keys(cfg.mcp.tools)] if input.resource.type == "mcp_server"
 
+# routes is keyed by method: a method with at least one route is a candidate.
 route_methods contains method if {
-	some route in cfg.routes
-	some method in route.methods
+	some method, method_routes in cfg.routes
+	count(method_routes) > 0
 }
 
 # Questions this entrypoint does not answer (each a reason, so the PEP learns which).

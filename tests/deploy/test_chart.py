@@ -20,6 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from devstack.stack import OPA_RUN_FLAGS
 from sidecar.config import load_config
 from tests.deploy.chart import CHART, MODES, config_map, containers, helm, helm_args, helm_template, of_kind, render
 
@@ -328,6 +329,7 @@ def test_trio_probes_and_ports(rendered: tuple[str, list[dict[str, Any]]]) -> No
         assert opa["readinessProbe"]["httpGet"]["path"] == "/health?bundles", "OPA is ready only with a bundle"
         assert "--addr=unix:///run/authz/opa.sock" in opa["args"], "OPA's API is a socket in the trio's volume"
         assert not any(a.startswith("--addr=") and "unix://" not in a for a in opa["args"]), "no TCP API"
+        assert set(OPA_RUN_FLAGS) <= set(opa["args"]), "OPA runs with the local stack's flags"
         if "envoy" in named:
             assert named["envoy"]["readinessProbe"]["httpGet"]["path"] == "/ready"
 

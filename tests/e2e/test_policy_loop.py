@@ -31,7 +31,7 @@ def candidate_policy(root: Path) -> Path:
     shutil.copytree(DEFAULT_BUNDLE, copy, ignore=shutil.ignore_patterns("*_test.rego"))
     data_file = copy / "agent" / "config" / "data.json"
     data = json.loads(data_file.read_text())
-    for route in data["routes"]:
+    for route in (r for method_routes in data["routes"].values() for r in method_routes):
         if route.get("name") == "read docs":
             route["roles"] = ["writer"]
     data_file.write_text(json.dumps(data))

@@ -68,7 +68,7 @@ def candidate(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REPO / "rego", copy_dir, ignore=shutil.ignore_patterns("*_test.rego"))
     data_file = copy_dir / "agent" / "config" / "data.json"
     data = json.loads(data_file.read_text())
-    for route in data["routes"]:
+    for route in (r for method_routes in data["routes"].values() for r in method_routes):
         if route.get("name") == "read docs":
             route["roles"] = ["writer"]
     data_file.write_text(json.dumps(data))

@@ -42,7 +42,7 @@ def test_the_shipped_data_matches_its_schema(validator: jsonschema.Draft202012Va
 
 def _route(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     def pick(data: dict[str, Any]) -> dict[str, Any]:
-        route: dict[str, Any] = next(r for r in data["routes"] if r["name"] == name)
+        route: dict[str, Any] = next(r for rs in data["routes"].values() for r in rs if r["name"] == name)
         return route
 
     return pick
@@ -53,12 +53,13 @@ def _route(name: str) -> Callable[[dict[str, Any]], dict[str, Any]]:
     [
         (lambda d: d.update(sesion=d.pop("session")), "$"),  # a misspelt section the policy would ignore
         (lambda d: d["session"].update(max_writes="10"), "$.session.max_writes"),
-        (lambda d: _route("create ticket")(d).update(method=["POST"]), "$.routes[3]"),
+        (lambda d: _route("create ticket")(d).update(methods=["POST"]), "$.routes.POST[0]"),  # the key is the method
+        (lambda d: d["routes"].update(get=d["routes"].pop("GET")), "$.routes"),
         (
             lambda d: _route("create ticket")(d)["credential"].update(ttl_seconds=0),
-            "$.routes[3].credential.ttl_seconds",
+            "$.routes.POST[0].credential.ttl_seconds",
         ),
-        (lambda d: _route("create ticket")(d).pop("scope"), "$.routes[3]"),  # a credential needs a scope
+        (lambda d: _route("create ticket")(d).pop("scope"), "$.routes.POST[0]"),  # a credential needs a scope
         (lambda d: d["mcp"]["tools"]["delete_record"]["step_up"].update(kind="aproval"), "step_up"),
         (lambda d: d["mcp"]["tools"]["search_docs"].update(clas="read"), "$.mcp.tools.search_docs"),
         (lambda d: d["agents"].update({"demo.local/agent/x": {"roles": []}}), "$.agents"),

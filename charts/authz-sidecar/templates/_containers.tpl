@@ -24,6 +24,8 @@ httpGet: {{ $get | toJson }}
   - --config-file=/etc/opa/opa.yaml
   - --set-file=keys.{{ .Values.opa.bundle.keyId }}.key=/etc/opa/keys/bundle-signing.pub
   - --log-format=json
+  # Data kept in OPA's evaluation form: fewer allocations per decision (README "Performance").
+  - --optimize-store-for-read-speed
   env:  # the labels of every decision-log event (opa.yaml)
   - name: POD_NAME
     valueFrom: {fieldRef: {fieldPath: metadata.name}}

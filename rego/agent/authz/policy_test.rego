@@ -401,6 +401,22 @@ test_docs_routes if {
 	}
 }
 
+# Routes are keyed by method: a route under one method never covers another
+# (a lower-case method is refused before any route is looked up).
+test_routes_are_looked_up_by_method if {
+	routes := {"GET": [{"name": "notes", "path": "/api/notes", "class": "read"}]}
+	decide(request(reader, "GET", "/api/notes")).verdict == "allow" with data.agent.config.routes as routes
+	decide(request(reader, "POST", "/api/notes")).reasons == ["no rule allows POST /api/notes"] with data.agent.config.routes as routes
+	decide(request(reader, "get", "/api/notes")).reasons == ["method get has lower-case letters; only upper-case methods are judged"] with data.agent.config.routes as routes
+}
+
+# A route listed under several methods is one copy per method: the shipped copies agree.
+test_shipped_head_docs_route_is_the_get_one if {
+	some get_docs in data.agent.config.routes.GET
+	get_docs.name == "read docs"
+	data.agent.config.routes.HEAD == [get_docs]
+}
+
 test_glob_is_not_a_prefix if {
 	decide(request(reader, "GET", "/api/docsx")).reasons == ["no rule allows GET /api/docsx"]
 }
@@ -446,16 +462,16 @@ test_reader_may_not_delete_record if {
 }
 
 test_first_matching_route_wins if {
-	routes := [
-		{"name": "narrow", "methods": ["GET"], "path": "/api/docs/secret", "class": "read", "roles": ["writer"]},
-		{"name": "broad", "methods": ["GET"], "path": "/api/docs/*", "class": "read", "roles": ["reader"]},
-	]
+	routes := {"GET": [
+		{"name": "narrow", "path": "/api/docs/secret", "class": "read", "roles": ["writer"]},
+		{"name": "broad", "path": "/api/docs/*", "class": "read", "roles": ["reader"]},
+	]}
 	decide(request(reader, "GET", "/api/docs/secret")).reasons == ["agent spiffe://demo.local/agent/reader may not narrow (needs role writer)"] with data.agent.config.routes as routes
 	decide(request(reader, "GET", "/api/docs/public")).headers == {"x-authz-rule": "broad"} with data.agent.config.routes as routes
 }
 
 test_route_hosts if {
-	routes := [{"name": "local docs", "methods": ["GET"], "path": "/api/docs", "hosts": ["*.demo.local"], "class": "read"}]
+	routes := {"GET": [{"name": "local docs", "path": "/api/docs", "hosts": ["*.demo.local"], "class": "read"}]}
 	decide(request(reader, "GET", "/api/docs")).verdict == "allow" with data.agent.config.routes as routes
 	other := object.union(request(reader, "GET", "/api/docs"), {"action": {"host": "tools.example.com"}})
 	decide(other).reasons == ["no rule allows GET /api/docs"] with data.agent.config.routes as routes
@@ -464,30 +480,30 @@ test_route_hosts if {
 test_route_defaults_fail_closed if {
 	# No class means write; no roles means any registered agent; no name gets one;
 	# no scope means no task can cover it.
-	routes := [{"methods": ["POST"], "path": "/api/notes"}]
+	routes := {"POST": [{"path": "/api/notes"}]}
 	decide(request(reader, "POST", "/api/notes")).reasons == [
-		"agent spiffe://demo.local/agent/reader is read-only and may not route 0",
-		`writes need a task grant: open one with POST /v1/tasks (rule "route 0")`,
+		"agent spiffe://demo.local/agent/reader is read-only and may not POST route 0",
+		`writes need a task grant: open one with POST /v1/tasks (rule "POST route 0")`,
 	] with data.agent.config.routes as routes
-	decide(under(request(writer, "POST", "/api/notes"), ["notes:write"])).reasons == ["task task-1 (purpose triage) cannot cover route 0: the rule names no scope"] with data.agent.config.routes as routes
+	decide(under(request(writer, "POST", "/api/notes"), ["notes:write"])).reasons == ["task task-1 (purpose triage) cannot cover POST route 0: the rule names no scope"] with data.agent.config.routes as routes
 	d := decide(request(writer, "POST", "/api/notes")) with data.agent.config.routes as routes
 		with data.agent.config.tasks.require_for_writes as false
-	d.headers == {"x-authz-rule": "route 0"}
+	d.headers == {"x-authz-rule": "POST route 0"}
 	not d.credential
 }
 
 test_route_with_invalid_roles if {
-	routes := [{"name": "odd", "methods": ["GET"], "path": "/api/odd", "class": "read", "roles": "reader"}]
+	routes := {"GET": [{"name": "odd", "path": "/api/odd", "class": "read", "roles": "reader"}]}
 	decide(request(reader, "GET", "/api/odd")).reasons == [`rule "odd" has invalid roles (a list of role names is expected), so it allows nothing`] with data.agent.config.routes as routes
 }
 
 test_route_with_unknown_step_up if {
-	routes := [{"name": "odd", "methods": ["GET"], "path": "/api/odd", "class": "read", "step_up": {"kind": "aproval"}}]
+	routes := {"GET": [{"name": "odd", "path": "/api/odd", "class": "read", "step_up": {"kind": "aproval"}}]}
 	decide(request(reader, "GET", "/api/odd")).reasons == [`rule "odd" has a step_up the policy cannot enforce, so it allows nothing`] with data.agent.config.routes as routes
 }
 
 test_route_with_empty_acr_values if {
-	routes := [{"name": "odd", "methods": ["GET"], "path": "/api/odd", "class": "read", "step_up": {"kind": "acr", "acr_values": []}}]
+	routes := {"GET": [{"name": "odd", "path": "/api/odd", "class": "read", "step_up": {"kind": "acr", "acr_values": []}}]}
 	decide(request(reader, "GET", "/api/odd")).verdict == "deny" with data.agent.config.routes as routes
 }
 
@@ -570,7 +586,7 @@ test_approval_does_not_help_a_reader if {
 }
 
 test_custom_approval_reason_and_defaults if {
-	routes := [{"name": "purge", "methods": ["DELETE"], "path": "/api/purge", "data_class": "confidential", "scope": "records:purge", "step_up": {"kind": "approval", "reason": "purging needs a second pair of eyes"}}]
+	routes := {"DELETE": [{"name": "purge", "path": "/api/purge", "data_class": "confidential", "scope": "records:purge", "step_up": {"kind": "approval", "reason": "purging needs a second pair of eyes"}}]}
 	decide(under(request(writer, "DELETE", "/api/purge"), ["records:purge"])).step_up == {
 		"kind": "approval",
 		"ttl_seconds": 900,
@@ -807,7 +823,7 @@ test_reader_may_not_send_email if {
 }
 
 test_external_rest_route_reads_the_body if {
-	routes := [{"name": "send mail", "methods": ["POST"], "path": "/api/mail", "roles": ["writer"], "external": true, "scope": "email:send"}]
+	routes := {"POST": [{"name": "send mail", "path": "/api/mail", "roles": ["writer"], "external": true, "scope": "email:send"}]}
 	inside := object.union(under(request(writer, "POST", "/api/mail"), ["email:send"]), {"parsed_body": {"to": "bob@demo.local"}})
 	decide(inside).verdict == "allow" with data.agent.config.routes as routes
 	outside := object.union(under(request(writer, "POST", "/api/mail"), ["email:send"]), {"parsed_body": {"to": "eve@evil.example"}})

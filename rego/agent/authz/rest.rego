@@ -1,26 +1,29 @@
-# REST routes: data.agent.config.routes, first matching route wins.
+# REST routes: data.agent.config.routes, keyed by HTTP method; in the list of the
+# request's method the first matching route wins.
 package agent.authz
 
-# Index of the first route whose method, path glob (and hosts, if given) match.
-# The method is compared first, so most routes cost one comparison.
+# The request's method selects its list by key, so OPA reads (and converts from
+# the store) only that list, never the routes of other methods, and a request
+# pays for no comparison with them.
+method_routes := cfg.routes[input.action.method] if not is_mcp
+
+# Index (in method_routes) of the first route whose path glob (and hosts, if given) match.
 route_index := min(matched) if {
-	not is_mcp
 	matched := {i |
-		some i, candidate in cfg.routes
-		input.action.method in candidate.methods
+		some i, candidate in method_routes
 		route_path_matches(candidate)
 		host_allowed(candidate)
 	}
 	count(matched) > 0
 }
 
-route := cfg.routes[route_index]
+route := method_routes[route_index]
 
-# Its "name" (sprintf only when the name is not a string), else "route <index>".
+# Its "name" (sprintf only when the name is not a string), else "<METHOD> route <index>".
 route_name := name if {
 	name := route.name
 	is_string(name)
-} else := sprintf("%v", [object.get(route, "name", sprintf("route %d", [route_index]))])
+} else := sprintf("%v", [object.get(route, "name", sprintf("%v route %d", [input.action.method, route_index]))])
 
 route_rule := object.union_n([rule_defaults, route, {"scoped": true, "name": route_name}])
 

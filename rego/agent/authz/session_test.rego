@@ -214,7 +214,7 @@ test_open_mcp_methods_and_streams_are_reads if {
 
 # A rule without a class is a write, whatever the HTTP method.
 test_rule_without_class_is_a_write if {
-	routes := [{"name": "report", "methods": ["GET"], "path": "/api/report"}]
+	routes := {"GET": [{"name": "report", "path": "/api/report"}]}
 	decide(request(writer, "GET", "/api/report")).write == true with data.agent.config.routes as routes
 }
 
@@ -274,11 +274,11 @@ test_ratchet_step_up_document if {
 }
 
 test_redact_from_data_is_sorted if {
-	routes := [{
-		"name": "upload", "methods": ["POST"], "path": "/api/upload", "roles": ["writer"], "scope": "files:write",
+	routes := {"POST": [{
+		"name": "upload", "path": "/api/upload", "roles": ["writer"], "scope": "files:write",
 		"data_class": "confidential", "redact": ["/secret", "/file/content", "/secret"],
 		"step_up": {"kind": "approval"},
-	}]
+	}]}
 	d := decide(under(request(writer, "POST", "/api/upload"), ["files:write"])) with data.agent.config.routes as routes
 	d.step_up.redact == ["/file/content", "/secret"]
 	d.step_up.data_class == "confidential"
@@ -286,7 +286,7 @@ test_redact_from_data_is_sorted if {
 }
 
 test_rule_without_data_class_is_unclassified if {
-	routes := [{"name": "purge", "methods": ["DELETE"], "path": "/api/purge", "scope": "records:purge", "step_up": {"kind": "approval"}}]
+	routes := {"DELETE": [{"name": "purge", "path": "/api/purge", "scope": "records:purge", "step_up": {"kind": "approval"}}]}
 	d := decide(under(request(writer, "DELETE", "/api/purge"), ["records:purge"])) with data.agent.config.routes as routes
 	d.step_up.data_class == "unclassified"
 	d.step_up.approvers == {"data_class": "unclassified"}

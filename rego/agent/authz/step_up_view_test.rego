@@ -65,10 +65,10 @@ test_redaction_by_argument_name_and_body_pointer if {
 	shown := decide(object.union(call, view(["/arguments/a/b~c"], 1))) with data.agent.config.mcp.tools as tools
 	shown.verdict == "deny"
 
-	routes := [{
-		"name": "upload", "methods": ["POST"], "path": "/api/upload", "roles": ["writer"], "scope": "files:write",
+	routes := {"POST": [{
+		"name": "upload", "path": "/api/upload", "roles": ["writer"], "scope": "files:write",
 		"redact": ["/file/content"], "step_up": {"kind": "approval"},
-	}]
+	}]}
 	rest := under(request(writer, "POST", "/api/upload"), ["files:write"])
 	decide(object.union(rest, view(["/body/file/content"], 1))).verdict == "step_up" with data.agent.config.routes as routes
 	decide(object.union(rest, view(["/body/file/contents"], 1))).verdict == "deny" with data.agent.config.routes as routes

@@ -246,7 +246,7 @@ test_no_credential_for_reads if {
 }
 
 test_credential_from_data if {
-	routes := [{"name": "export", "methods": ["GET"], "path": "/api/export", "class": "read", "scope": "export:read", "credential": {"audience": "warehouse", "ttl_seconds": 5}}]
+	routes := {"GET": [{"name": "export", "path": "/api/export", "class": "read", "scope": "export:read", "credential": {"audience": "warehouse", "ttl_seconds": 5}}]}
 	decide(request(reader, "GET", "/api/export")) == {
 		"verdict": "allow",
 		"reasons": [`route "export" allows agent spiffe://demo.local/agent/reader to GET /api/export`],
@@ -268,7 +268,7 @@ test_credential_the_policy_cannot_mint if {
 		{"credential": {"audience": "warehouse", "ttl_seconds": 5}},
 	]
 	every extra in bad {
-		routes := [object.union({"name": "export", "methods": ["GET"], "path": "/api/export", "class": "read"}, extra)]
+		routes := {"GET": [object.union({"name": "export", "path": "/api/export", "class": "read"}, extra)]}
 		decide(request(reader, "GET", "/api/export")).reasons == [`rule "export" has a credential the policy cannot mint (it needs a scope, an audience and a whole, positive ttl_seconds), so it allows nothing`] with data.agent.config.routes as routes
 	}
 }
@@ -284,7 +284,7 @@ test_invalid_scope_in_data if {
 # The shipped data
 
 test_every_route_and_tool_has_a_scope if {
-	{route.name: route.scope | some route in data.agent.config.routes} == {
+	{route.name: route.scope | some method_routes in data.agent.config.routes; some route in method_routes} == {
 		"read docs": "docs:read",
 		"list tickets": "tickets:read",
 		"read record": "records:read",
@@ -302,7 +302,7 @@ test_every_route_and_tool_has_a_scope if {
 }
 
 test_shipped_credentials if {
-	{route.name: route.credential | some route in data.agent.config.routes; route.credential} == {
+	{route.name: route.credential | some method_routes in data.agent.config.routes; some route in method_routes; route.credential} == {
 		"create ticket": {"audience": "demo-upstream", "ttl_seconds": 60},
 		"delete record": {"audience": "demo-upstream", "ttl_seconds": 60},
 		"make payment": {"audience": "demo-upstream", "ttl_seconds": 30},
@@ -316,7 +316,7 @@ test_shipped_credentials if {
 
 # Every shipped scope is grantable to some role and part of some purpose.
 test_shipped_scopes_can_be_granted if {
-	scopes := {route.scope | some route in data.agent.config.routes} | {tool.scope | some tool in data.agent.config.mcp.tools}
+	scopes := {route.scope | some method_routes in data.agent.config.routes; some route in method_routes} | {tool.scope | some tool in data.agent.config.mcp.tools}
 	every scope in scopes {
 		some role_scopes in data.agent.config.tasks.role_scopes
 		scope in role_scopes
