@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
+from sidecar.grpc_attributes import protomap
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.wire_grpc import Unavailable, to_check_response
@@ -26,8 +27,11 @@ from sidecar.wire_grpc import Unavailable, to_check_response
 log = logging.getLogger(__name__)
 
 
-def to_check_request(message: Any, metadata: tuple[tuple[str, str | bytes], ...], secret_header: str) -> CheckRequest:
-    """An Envoy ``CheckRequest`` (and the call's metadata) → the pipeline's :class:`CheckRequest`."""
+def to_check_request(
+    message: Any, metadata: tuple[tuple[str, str | bytes], ...], secret_header: str, *, attributes: bool = False
+) -> CheckRequest:
+    """An Envoy ``CheckRequest`` (and the call's metadata) → the pipeline's :class:`CheckRequest`;
+    ``attributes``: keep all of them as opa-envoy-plugin maps them (that profile's input)."""
     http = message.attributes.request.http
     headers: dict[str, str] = {}
     if http.headers:
@@ -50,6 +54,7 @@ def to_check_request(message: Any, metadata: tuple[tuple[str, str | bytes], ...]
         headers=headers,
         body=body,
         peer_principal=message.attributes.source.principal or None,
+        attributes=protomap(message.attributes) if attributes else None,
     )
 
 
@@ -60,13 +65,15 @@ def _add(headers: dict[str, str], key: str, value: str) -> None:
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """The Check RPC, sharing the whole decision path with HTTP mode."""
 
-    def __init__(self, pipeline: Pipeline, secret_header: str) -> None:
+    def __init__(self, pipeline: Pipeline, secret_header: str, *, attributes: bool = False) -> None:
         self._pipeline = pipeline
         self._secret_header = secret_header.lower()
+        self._attributes = attributes
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         try:
-            check = to_check_request(request, tuple(context.invocation_metadata() or ()), self._secret_header)
+            metadata = tuple(context.invocation_metadata() or ())
+            check = to_check_request(request, metadata, self._secret_header, attributes=self._attributes)
         except Exception:  # an unreadable request must fail closed, never allow
             log.exception("unreadable gRPC check request")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "unreadable check request")
@@ -77,10 +84,14 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             await context.abort(grpc.StatusCode.UNAVAILABLE, exc.reason)
 
 
-async def start_grpc_server(pipeline: Pipeline, address: str, secret_header: str) -> grpc.aio.Server:
-    """Start the Check service on ``address`` (``host:port`` or ``unix:/path``; plaintext: only Envoy reaches it)."""
+async def start_grpc_server(
+    pipeline: Pipeline, address: str, secret_header: str, *, attributes: bool = False
+) -> grpc.aio.Server:
+    """Start the Check service on ``address`` (``host:port`` or ``unix:/path``; plaintext: only Envoy
+    reaches it); ``attributes`` for the opa-envoy-plugin profile."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(AuthorizationService(pipeline, secret_header), server)
+    service = AuthorizationService(pipeline, secret_header, attributes=attributes)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")
     await server.start()

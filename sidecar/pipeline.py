@@ -31,6 +31,7 @@ from sidecar.phases import Phase
 from sidecar.phases.approval import RedeemApproval, RefuseApprovals, RequestApproval
 from sidecar.phases.identity import Identify, Resolver
 from sidecar.phases.intent import ReadIntent
+from sidecar.phases.plugin import AnswerLikePlugin, AskPluginPolicy, OptionalIdentity, ReadPluginRequest
 from sidecar.phases.policy import AskPolicy, ReadVerdict, ShadowPolicy
 from sidecar.phases.request import ReadRequest
 from sidecar.phases.session import CommitSession, ReserveSession
@@ -98,6 +99,8 @@ class Services:
 
 def build_phases(config: Config, services: Services) -> list[Phase]:
     """The request path, in order, for this config and these services."""
+    if config.profile == "opa-envoy-plugin":
+        return plugin_phases(config, services)
     task_header, approval_header = config.tasks.token_header, config.approvals.header
     tasks, sessions, approvals = services.tasks, services.sessions, services.approvals
     phases: list[Phase] = [
@@ -139,6 +142,17 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
         )
     )
     return phases
+
+
+def plugin_phases(config: Config, services: Services) -> list[Phase]:
+    """The opa-envoy-plugin profile: the plugin's input and result handling, identity optional;
+    tasks, sessions, approvals and credentials are agent-profile features and have no phase."""
+    return [
+        ReadPluginRequest(skip_body_parse=config.plugin.skip_request_body_parse),
+        OptionalIdentity(services.resolver),
+        AskPluginPolicy(services.opa),
+        AnswerLikePlugin(dry_run=config.plugin.dry_run),
+    ]
 
 
 def build_pipeline(config: Config, services: Services) -> Pipeline:
