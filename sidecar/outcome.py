@@ -44,6 +44,7 @@ class PluginEffect:
     query_remove: tuple[str, ...] = ()
     metadata: dict[str, Any] | None = None  # dynamic metadata (with decision_id); None: none at all
     bare: bool = False  # a plain boolean answer: only the status, no OK/denied response
+    message: str = ""  # the gRPC status message (the plugin names a request_parse_error there)
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,9 @@ def to_check_response(decision: Decision) -> Any:
 def _plugin_response(decision: Decision, effect: PluginEffect) -> Any:
     """The CheckResponse opa-envoy-plugin builds (its ``internal.go`` ``check``)."""
     response = external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.OK if decision.allowed else code_pb2.PERMISSION_DENIED)
+        status=status_pb2.Status(
+            code=code_pb2.OK if decision.allowed else code_pb2.PERMISSION_DENIED, message=effect.message
+        )
     )
     if effect.metadata is not None:
         response.dynamic_metadata.update(effect.metadata)

@@ -31,7 +31,7 @@ class ReadPluginRequest:
             call.input_doc = plugin_input(call.request, skip_body_parse=self._skip_body_parse)
         except RequestParseError as exc:
             body = exc.body.encode()
-            effect = PluginEffect()  # the plugin answers before it has a decision id
+            effect = PluginEffect(message=exc.body)  # the plugin answers before it has a decision id
             return Decision("deny", 400, call.decision_id, (exc.body,), body=body, plugin=effect)
         return None
 
