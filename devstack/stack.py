@@ -22,7 +22,7 @@ import requests
 import yaml
 
 from devstack import svid_files
-from devstack.bundles import BUNDLE_NAME, decision_log_flags, opa_config
+from devstack.bundles import BUNDLE_NAME, decision_log_flags, opa_config, with_log_mask
 from devstack.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
 from devstack.oidc import DevOidcIssuer
 from devstack.spire import ENVOY_ID, Spire, SpireError
@@ -102,8 +102,12 @@ class Stack:
         spire: bool = False,
         workload_api_socket: str | None = None,
         shadow: Path | None = None,
+        profile: str = "agent",
     ) -> None:
         self.workdir = workdir.resolve()
+        # profile: the sidecar's (config `profile`); opa-envoy-plugin also gets the shipped
+        # decision-log mask beside the bundle, since credentials reach that policy verbatim.
+        self.profile = profile
         self.ports = ports or Ports()
         self.bundle = bundle.resolve()
         self.decision_path = decision_path
@@ -314,7 +318,8 @@ class Stack:
         else:
             argv += ["--set", "decision_logs.console=true", "--set", "status.prometheus=true", *decision_log_flags()]
         if not self.bundle_service:
-            argv += ["--bundle", str(self.bundle), "--ignore", "*_test.rego"]
+            bundle = with_log_mask(self.bundle, self.workdir) if self.profile == "opa-envoy-plugin" else self.bundle
+            argv += ["--bundle", str(bundle), "--ignore", "*_test.rego"]
         self._spawn("opa", argv)
         self._wait_http("opa", f"/health{'?bundles' if self.wait_ready else ''}", unix_socket=self.opa_socket)
 
@@ -434,6 +439,7 @@ class Stack:
                 "socket": str(self.check_socket),
             },
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
+            "profile": self.profile,
             "grpc": {"enabled": self.mode == "grpc", "socket": str(self.grpc_socket)},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
             # The one number rendered into Envoy's with_request_body.max_request_bytes too.

@@ -36,6 +36,7 @@ from sidecar.config import validate_config
 from sidecar.grpc_server import start_grpc_server
 from sidecar.identity import IdentityResolver
 from sidecar.opa import HttpOpaClient
+from sidecar.phases.plugin import PARSE_ERROR_PATH
 from sidecar.pipeline import Pipeline, Services, build_phases
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,12 +255,17 @@ async def run_policy(policy: str, options: tuple[str, ...], cases: list[Case], w
             process.terminate()
             process.wait(10)
     inputs = {"plugin": _by_id(plugin_log), "ours": _by_id(opa_log)}
+    parse_errors = {"plugin": _plugin_parse_errors(plugin_log), "ours": _our_parse_errors(opa_log)}
     for case in cases:
         for side in ("plugin", "ours"):
             response = case.request[side]
             decision_id = response.get("dynamic_metadata", {}).get("decision_id")
             entry = inputs[side].get(decision_id) if decision_id else None
             response["input"] = _version_as_policy_sees_it(entry.get("input")) if entry else None
+            if response.get("status", {}).get("message", "").startswith(PARSE_ERROR):
+                # The requests go one at a time, so the n-th logged parse error is the n-th answered.
+                logged = parse_errors[side]
+                response["logged_error"] = logged.pop(0) if logged else "<not in the decision log>"
 
 
 def _version_as_policy_sees_it(document: Any) -> Any:
@@ -269,6 +275,25 @@ def _version_as_policy_sees_it(document: Any) -> Any:
     if isinstance(version, list) and all(isinstance(p, list) and len(p) == 2 for p in version):
         document["version"] = {k["value"]: v["value"] for k, v in version}
     return document
+
+
+def _plugin_parse_errors(log: Path) -> list[str]:
+    """One entry per decision-log event the plugin wrote for a request it could not parse (an
+    ``error`` with no input: the input was never built)."""
+    return [
+        "request_parse_error"
+        for entry in decision_logs(log)
+        if isinstance(entry.get("error"), str) and entry.get("input") is None
+    ]
+
+
+def _our_parse_errors(log: Path) -> list[str]:
+    """The same from our OPA's log (events at PARSE_ERROR_PATH, the error in the input)."""
+    return [
+        str(entry.get("input", {}).get("error", {}).get("code"))
+        for entry in decision_logs(log)
+        if entry.get("path") == PARSE_ERROR_PATH
+    ]
 
 
 def _by_id(log: Path) -> dict[str, dict[str, Any]]:

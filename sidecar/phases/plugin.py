@@ -7,6 +7,8 @@ as the plugin answers (dry-run: always allow).
 
 from __future__ import annotations
 
+import contextlib
+
 from sidecar import metrics, plugin_result
 from sidecar.call import Call
 from sidecar.decision import DecisionError
@@ -17,23 +19,36 @@ from sidecar.outcome import Decision, PluginEffect
 from sidecar.phases.identity import Resolver
 from sidecar.plugin_input import RequestParseError, plugin_input
 
+# Where a request the plugin could not parse is logged: OPA logs every data query, defined or not.
+PARSE_ERROR_PATH = "authz_sidecar/request_parse_error"
+
 
 class ReadPluginRequest:
-    """The plugin's input document; what it cannot parse is its 400 ``request_parse_error``."""
+    """The plugin's input document; what it cannot parse is its 400 ``request_parse_error``, and
+    it appears in OPA's decision log (path :data:`PARSE_ERROR_PATH`, the error in the input)."""
 
     stage = "body"
 
-    def __init__(self, *, skip_body_parse: bool) -> None:
+    def __init__(self, opa: OpaClient, *, skip_body_parse: bool) -> None:
+        self._opa = opa
         self._skip_body_parse = skip_body_parse
 
     async def run(self, call: Call) -> Decision | None:
         try:
             call.input_doc = plugin_input(call.request, skip_body_parse=self._skip_body_parse)
         except RequestParseError as exc:
+            await self._log(call, exc)
             body = exc.body.encode()
             effect = PluginEffect(message=exc.body)  # the plugin answers before it has a decision id
             return Decision("deny", 400, call.decision_id, (exc.body,), body=body, plugin=effect)
         return None
+
+    async def _log(self, call: Call, error: RequestParseError) -> None:
+        attributes = call.request.attributes or {"request": {"http": {"method": call.request.method}}}
+        document = {"error": {"code": error.CODE, "message": error.reason}, "attributes": attributes}
+        # Undefined (no rule there) is the usual answer; OPA has logged the event all the same.
+        with contextlib.suppress(OpaError):
+            await self._opa.decide(document, PARSE_ERROR_PATH)
 
 
 class OptionalIdentity:

@@ -52,3 +52,33 @@ def test_result_shapes() -> None:
         plugin_result.answer({"allowed": True, "headers": {"x": 7}}, decision_id="d")
     with pytest.raises(DecisionError):
         plugin_result.answer({"allowed": False, "http_status": 999}, decision_id="d")
+
+
+def test_every_profile_routes_policy_headers_like_the_plugin() -> None:
+    from sidecar import outcome, wire_grpc
+    from sidecar.decision import to_verdict
+
+    verdict = to_verdict({"allowed": True, "headers": {"x-up": "1"}, "response_headers_to_add": {"x-client": "2"}})
+    allow = outcome.allow(verdict, decision_id="d", request_headers={}, identity=None)
+    ok = wire_grpc.to_check_response(allow).ok_response
+    assert [h.header.key for h in ok.headers] == ["x-up", "x-authz-decision-id"]
+    assert [h.header.key for h in ok.response_headers_to_add] == ["x-client", "x-authz-decision-id"]
+    denied = to_verdict({"allowed": False, "headers": {"x-why": "a"}, "response_headers_to_add": {"x-no": "b"}})
+    assert denied.response_headers == {"x-why": "a"}, "on a deny the plugin sends only `headers`, to the client"
+
+
+def test_plugin_grpc_answers_are_the_plugins() -> None:
+    from google.rpc import code_pb2
+
+    from sidecar import wire_grpc
+
+    bare = wire_grpc.to_check_response(plugin_result.answer(False, decision_id="d"))
+    assert bare.status.code == code_pb2.PERMISSION_DENIED and bare.WhichOneof("http_response") is None
+    assert dict(bare.dynamic_metadata) == {"decision_id": "d"}
+    doc = {"allowed": True, "query_parameters_to_set": {"a": ["1", "2"]}, "dynamic_metadata": {"decision_id": "x"}}
+    ok = wire_grpc.to_check_response(plugin_result.answer(doc, decision_id="d"))
+    assert [(p.key, p.value) for p in ok.ok_response.query_parameters_to_set] == [("a", "1"), ("a", "2")]
+    assert ok.dynamic_metadata["decision_id"] == "d", "the plugin's decision id wins over the policy's"
+    assert wire_http.encode(plugin_result.answer(doc, decision_id="d")).status == 503, (
+        "HTTP mode cannot rewrite queries"
+    )
