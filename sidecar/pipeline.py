@@ -148,7 +148,11 @@ def plugin_phases(config: Config, services: Services) -> list[Phase]:
     """The opa-envoy-plugin profile: the plugin's input and result handling, identity optional;
     tasks, sessions, approvals and credentials are agent-profile features and have no phase."""
     return [
-        ReadPluginRequest(services.opa, skip_body_parse=config.plugin.skip_request_body_parse),
+        ReadPluginRequest(
+            services.opa,
+            skip_body_parse=config.plugin.skip_request_body_parse,
+            hidden_headers=frozenset({config.identity.xfcc.secret_header}),
+        ),
         OptionalIdentity(services.resolver),
         AskPluginPolicy(services.opa),
         AnswerLikePlugin(dry_run=config.plugin.dry_run),

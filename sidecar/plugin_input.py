@@ -50,9 +50,13 @@ def go_string(data: bytes) -> str:
     return data.decode("utf-8", errors="go-replace")
 
 
-def plugin_input(request: CheckRequest, *, skip_body_parse: bool = False) -> dict[str, Any]:
-    """The whole input document for one check, or :class:`RequestParseError`."""
-    attributes = request.attributes if request.attributes is not None else http_attributes(request)
+def plugin_input(
+    request: CheckRequest, *, skip_body_parse: bool = False, hidden_headers: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """The whole input document for one check, or :class:`RequestParseError`. ``hidden_headers``
+    (HTTP mode): what Envoy adds for the sidecar alone (the XFCC secret), never for the policy."""
+    grpc = request.attributes
+    attributes = grpc if grpc is not None else http_attributes(request, hidden_headers)
     http = attributes.get("request", {}).get("http", {})
     headers: dict[str, str] = http.get("headers", {})
     body: str = http.get("body", "")
@@ -72,9 +76,10 @@ def plugin_input(request: CheckRequest, *, skip_body_parse: bool = False) -> dic
     return document
 
 
-def http_attributes(request: CheckRequest) -> dict[str, Any]:
+def http_attributes(request: CheckRequest, hidden_headers: frozenset[str] = frozenset()) -> dict[str, Any]:
     """``attributes`` from an HTTP-service call: only what Envoy sends there (README "Input")."""
-    http: dict[str, Any] = {"method": request.method, "path": request.path, "headers": dict(request.headers)}
+    headers = {k: v for k, v in request.headers.items() if k not in hidden_headers}
+    http: dict[str, Any] = {"method": request.method, "path": request.path, "headers": headers}
     host = request.headers.get("host") or request.headers.get(":authority")
     if host:
         http["host"] = host

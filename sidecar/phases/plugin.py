@@ -29,13 +29,16 @@ class ReadPluginRequest:
 
     stage = "body"
 
-    def __init__(self, opa: OpaClient, *, skip_body_parse: bool) -> None:
+    def __init__(self, opa: OpaClient, *, skip_body_parse: bool, hidden_headers: frozenset[str]) -> None:
         self._opa = opa
         self._skip_body_parse = skip_body_parse
+        self._hidden_headers = hidden_headers
 
     async def run(self, call: Call) -> Decision | None:
         try:
-            call.input_doc = plugin_input(call.request, skip_body_parse=self._skip_body_parse)
+            call.input_doc = plugin_input(
+                call.request, skip_body_parse=self._skip_body_parse, hidden_headers=self._hidden_headers
+            )
         except RequestParseError as exc:
             await self._log(call, exc)
             body = exc.body.encode()

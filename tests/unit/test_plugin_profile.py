@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sidecar import plugin_result, wire_http
+from sidecar.config import validate_config
 from sidecar.decision import DecisionError
 from sidecar.plugin_input import RequestParseError, parse_body, parse_query, plugin_input
 from sidecar.request import CheckRequest
@@ -33,6 +34,21 @@ def test_bodies_last_key_wins_and_truncation() -> None:
 def test_size_is_a_number_in_http_mode() -> None:
     doc = plugin_input(CheckRequest("POST", "/", {"content-type": "text/plain"}, b"12345"))
     assert doc["attributes"]["request"]["http"]["size"] == 5
+
+
+async def test_the_xfcc_secret_never_reaches_the_policy_in_http_mode() -> None:
+    from sidecar.identity import IdentityResolver
+    from sidecar.opa_fake import FakeOpa
+    from tests.pipelines import make_pipeline
+
+    opa = FakeOpa(lambda _input: True)
+    resolver = IdentityResolver(validate_config({}).identity, None, None)
+    pipeline = make_pipeline(resolver, opa, {"profile": "opa-envoy-plugin", "log": {"decisions": False}})
+    headers = {"x-authz-xfcc-secret": "s3cret", "authorization": "Basic YTpi"}
+    decision = await pipeline.check(CheckRequest("GET", "/", headers, b""))
+    assert decision.allowed
+    seen = opa.inputs[-1]["attributes"]["request"]["http"]["headers"]
+    assert seen == {"authorization": "Basic YTpi"}, "credentials verbatim, the sidecar's own secret never"
 
 
 def test_result_shapes() -> None:
