@@ -4,6 +4,9 @@ read the request → identify → task grant → declared intent → approval on
 call in its session → ask OPA → read its verdict (→ shadow) → deny | request an approval and
 step up | mint the upstream credential, commit the session and allow.
 
+In the ``opa-envoy-plugin`` profile (:func:`plugin_phases`) the list is the plugin's instead: read
+the request as the plugin does → an optional identity → ask OPA → answer as the plugin answers.
+
 :func:`build_pipeline` assembles the list from the config and the services; a feature that is
 off has no phase in it (or a phase that refuses what only that feature could honour). The first
 phase that answers ends the call. When the call does not go through, the pipeline undoes what

@@ -23,17 +23,20 @@ def basic(user: str) -> dict[str, str]:
     return {"authorization": "Basic " + base64.b64encode(f"{user}:password".encode()).decode()}
 
 
-@pytest.fixture(scope="module")
-def plugin_stack(tmp_path_factory: pytest.TempPathFactory, opa_bin: str, envoy_bin: str) -> Iterator[Stack]:
-    workdir = tmp_path_factory.mktemp("plugin-profile")
+@pytest.fixture(scope="module", params=["grpc", "http"])
+def plugin_stack(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, opa_bin: str, envoy_bin: str
+) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp(f"plugin-profile-{request.param}")
     bundle = workdir / "policy"
     shutil.copytree(POLICIES / "rbac_basic", bundle)
-    with Stack(workdir, Ports.free(), bundle=bundle, decision_path="envoy/authz/allow", mode="grpc",
+    with Stack(workdir, Ports.free(), bundle=bundle, decision_path="envoy/authz/allow", mode=request.param,
                profile="opa-envoy-plugin") as running:  # fmt: skip
         yield running
 
 
 def test_a_plugin_policy_runs_unchanged(plugin_stack: Stack) -> None:
+    """In both of Envoy's modes (HTTP mode forwards Authorization to the sidecar)."""
     url = f"{plugin_stack.egress_url}/api/docs/handbook"
     allowed = requests.get(url, headers=basic("bob"), timeout=10)
     # Allowed: the demo upstream got the request with the caller's Basic credential (the plugin
