@@ -155,6 +155,7 @@ def plugin_phases(config: Config, services: Services) -> list[Phase]:
             services.opa,
             skip_body_parse=config.plugin.skip_request_body_parse,
             hidden_headers=frozenset({config.identity.xfcc.secret_header}),
+            body_buffer_limit=config.request_body.envoy_max_request_bytes,
         ),
         OptionalIdentity(services.resolver),
         AskPluginPolicy(services.opa),

@@ -8,6 +8,7 @@ as the plugin answers (dry-run: always allow).
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from sidecar import metrics, plugin_result
 from sidecar.call import Call
@@ -18,6 +19,7 @@ from sidecar.opa import OpaClient, OpaError
 from sidecar.outcome import Decision, PluginEffect
 from sidecar.phases.identity import Resolver
 from sidecar.plugin_input import RequestParseError, plugin_input
+from sidecar.request import PARTIAL_BODY_HEADER
 
 # Where a request the plugin could not parse is logged: OPA logs every data query, defined or not.
 PARSE_ERROR_PATH = "authz_sidecar/request_parse_error"
@@ -29,15 +31,23 @@ class ReadPluginRequest:
 
     stage = "body"
 
-    def __init__(self, opa: OpaClient, *, skip_body_parse: bool, hidden_headers: frozenset[str]) -> None:
+    def __init__(
+        self, opa: OpaClient, *, skip_body_parse: bool, hidden_headers: frozenset[str], body_buffer_limit: int
+    ) -> None:
         self._opa = opa
         self._skip_body_parse = skip_body_parse
         self._hidden_headers = hidden_headers
+        self._body_buffer_limit = body_buffer_limit
 
     async def run(self, call: Call) -> Decision | None:
+        request = call.request
+        # HTTP mode: Envoy rewrites content-length to what it sent and flags a partial body only
+        # when it holds more, so a body that filled its buffer may be cut: never judged as whole.
+        if request.attributes is None and len(request.body) >= self._body_buffer_limit:
+            call.request = request = replace(request, headers={**request.headers, PARTIAL_BODY_HEADER: "true"})
         try:
             call.input_doc = plugin_input(
-                call.request, skip_body_parse=self._skip_body_parse, hidden_headers=self._hidden_headers
+                request, skip_body_parse=self._skip_body_parse, hidden_headers=self._hidden_headers
             )
         except RequestParseError as exc:
             await self._log(call, exc)

@@ -98,3 +98,24 @@ def test_plugin_grpc_answers_are_the_plugins() -> None:
     assert wire_http.encode(plugin_result.answer(doc, decision_id="d")).status == 503, (
         "HTTP mode cannot rewrite queries"
     )
+
+
+async def test_a_body_that_filled_envoys_buffer_is_truncated_in_http_mode() -> None:
+    from sidecar.identity import IdentityResolver
+    from sidecar.opa_fake import FakeOpa
+    from tests.pipelines import make_pipeline
+
+    opa = FakeOpa(lambda _input: True)
+    resolver = IdentityResolver(validate_config({}).identity, None, None)
+    settings = {
+        "profile": "opa-envoy-plugin",
+        "log": {"decisions": False},
+        "request_body": {"envoy_max_request_bytes": 16},
+    }
+    pipeline = make_pipeline(resolver, opa, settings)
+    headers = {"content-type": "application/json"}
+    await pipeline.check(CheckRequest("POST", "/", headers, b'{"a": "0123456789"}'))  # 19 bytes: cut here
+    await pipeline.check(CheckRequest("POST", "/", headers, b'{"a": 1}'))
+    cut, whole = opa.inputs
+    assert (cut["parsed_body"], cut["truncated_body"]) == (None, True)
+    assert (whole["parsed_body"], whole["truncated_body"]) == ({"a": 1}, False)
