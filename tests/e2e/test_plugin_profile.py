@@ -59,3 +59,42 @@ def test_credentials_reach_the_policy_but_not_the_log(plugin_stack: Stack) -> No
     text = log.read_text()
     assert secret not in text, "the shipped mask erases the Authorization header from decision logs"
     assert '"/input/attributes/request/http/headers/authorization"' in text
+
+
+EFFECTS = """package envoy.authz
+
+allow := {
+	"allowed": true,
+	"headers": {"x-authz-rule": "from-policy"},
+	"response_headers_to_add": {"x-client-saw": "yes"},
+	"query_parameters_to_set": {"tenant": "t1"},
+	"query_parameters_to_remove": ["debug"],
+} if input.attributes.request.http.method == "GET"
+
+allow := {"allowed": false, "http_status": 429, "body": "{\\"error\\":\\"slow down\\"}"} if {
+	input.attributes.request.http.method == "POST"
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def effects_stack(tmp_path_factory: pytest.TempPathFactory, opa_bin: str, envoy_bin: str) -> Iterator[Stack]:
+    workdir = tmp_path_factory.mktemp("plugin-effects")
+    (workdir / "policy").mkdir()
+    (workdir / "policy" / "policy.rego").write_text(EFFECTS)
+    with Stack(workdir, Ports.free(), bundle=workdir / "policy", decision_path="envoy/authz/allow", mode="grpc",
+               profile="opa-envoy-plugin") as running:  # fmt: skip
+        yield running
+
+
+def test_the_results_effects_through_envoy(effects_stack: Stack) -> None:
+    """Upstream headers, client headers and query rewriting reach where the plugin sends them."""
+    response = requests.get(f"{effects_stack.egress_url}/api/docs/handbook?debug=1&page=2", timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-client-saw"] == "yes"
+    saw = response.json()["upstream_saw"]
+    assert saw["rule"] == "from-policy"
+    path, _, query = saw["target"].partition("?")
+    assert path == "/api/docs/handbook" and sorted(query.split("&")) == ["page=2", "tenant=t1"]
+    denied = requests.post(f"{effects_stack.egress_url}/api/tickets", json={}, timeout=10)
+    assert (denied.status_code, denied.text) == (429, '{"error":"slow down"}')
