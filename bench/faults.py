@@ -303,12 +303,7 @@ class Faults:
         phase = self.phase(
             "sidecar-restart", "sidecar restarted (state in Redis)", stack.stop_sidecar, stack.start_sidecar
         )
-        lost = before.check(stack)
-        if lost:
-            phase.ok = False
-            phase.notes += lost
-        else:
-            phase.notes.append("task, revocation, approval and session state all survived the restart")
+        before.report(stack, phase, "the restart")
         return phase
 
     def redis_failover(self) -> Phase:
@@ -365,12 +360,7 @@ class Faults:
             phase.notes.append("no 503 seen while the primary was down")
         if promotion:
             phase.notes.append(f"the sentinels promoted the replica {promotion[0]:.2f} s after the kill")
-        lost = before.check(stack)
-        if lost:
-            phase.ok = False
-            phase.notes += lost
-        else:
-            phase.notes.append("task, revocation, approval and session state all survived the failover")
+        before.report(stack, phase, "the failover")
         return phase
 
 
@@ -398,6 +388,15 @@ class _State:
         for _ in range(writes):
             assert _call(stack, "POST", "/api/tickets", active["token"]).status_code == 201
         return _State(active, completed, approval_id, cleanup, writes)
+
+    def report(self, stack: Stack, phase: Phase, fault: str) -> None:
+        """Check the state after ``fault`` and put what was lost (or that nothing was) in the phase."""
+        lost = self.check(stack)
+        if lost:
+            phase.ok = False
+            phase.notes += lost
+        else:
+            phase.notes.append(f"task, revocation, approval and session state all survived {fault}")
 
     def check(self, stack: Stack) -> list[str]:
         lost = []
