@@ -5,6 +5,8 @@ verification and polling exactly as a cluster would.
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 from pathlib import Path
 from typing import Any
@@ -108,3 +110,27 @@ def decision_log_flags() -> list[str]:
     flags = [f"labels.{name}={value}" for name, value in identity["labels"].items()]
     flags.append(f"nd_builtin_cache={str(identity['nd_builtin_cache']).lower()}")
     return [arg for flag in flags for arg in ("--set", flag)]
+
+
+SHIPPED_MASK = Path(__file__).resolve().parent.parent / "rego" / "system" / "log" / "mask.rego"
+
+
+def with_log_mask(bundle: Path, workdir: Path) -> Path:
+    """``bundle`` with the shipped decision-log mask (``system.log.mask``) beside it, so credentials
+    that reach a plugin-style policy verbatim stay out of OPA's decision logs. A bundle with its
+    own ``system/log`` keeps its own; a manifest's roots gain ``system``."""
+    if (bundle / "system" / "log").exists():
+        return bundle
+    copy = workdir / "bundle-with-mask"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(bundle, copy)
+    (copy / "system" / "log").mkdir(parents=True, exist_ok=True)
+    shutil.copy(SHIPPED_MASK, copy / "system" / "log" / "mask.rego")
+    manifest = copy / ".manifest"
+    if manifest.exists():
+        doc = json.loads(manifest.read_text())
+        roots = doc.get("roots")
+        if isinstance(roots, list) and "" not in roots and "system" not in roots:
+            doc["roots"] = [*roots, "system"]
+            manifest.write_text(json.dumps(doc))
+    return copy

@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--decision-path", default="agent/authz/decision")
     up.add_argument("--spire", action="store_true", help="real SPIRE server and agent instead of the dev CA")
     up.add_argument(
+        "--profile",
+        choices=("agent", "opa-envoy-plugin"),
+        default="agent",
+        help="the sidecar's profile; opa-envoy-plugin runs Envoy in gRPC mode, as the plugin is asked",
+    )
+    up.add_argument(
         "--shadow", type=Path, help="candidate policy directory: a second OPA the sidecar asks too, never enforced"
     )
     up.set_defaults(run=_up)
@@ -123,6 +129,8 @@ def _up(args: argparse.Namespace) -> int:
         decision_log_service=True,
         spire=args.spire,
         shadow=args.shadow,
+        mode="grpc" if args.profile == "opa-envoy-plugin" else "http",
+        profile=args.profile,
     )
     try:
         with stack:

@@ -22,7 +22,7 @@ import requests
 import yaml
 
 from devstack import svid_files
-from devstack.bundles import BUNDLE_NAME, decision_log_flags, distributed_tracing_flags, opa_config
+from devstack.bundles import BUNDLE_NAME, decision_log_flags, distributed_tracing_flags, opa_config, with_log_mask
 from devstack.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
 from devstack.oidc import DevOidcIssuer
 from devstack.spire import ENVOY_ID, Spire, SpireError
@@ -108,8 +108,12 @@ class Stack:
         workload_api_socket: str | None = None,
         shadow: Path | None = None,
         otlp_address: str | None = None,
+        profile: str = "agent",
     ) -> None:
         self.workdir = workdir.resolve()
+        # profile: the sidecar's (config `profile`); opa-envoy-plugin also gets the shipped
+        # decision-log mask beside the bundle, since credentials reach that policy verbatim.
+        self.profile = profile
         self.ports = ports or Ports()
         self.bundle = bundle.resolve()
         self.decision_path = decision_path
@@ -325,7 +329,8 @@ class Stack:
             argv += ["--set", "decision_logs.console=true", "--set", "status.prometheus=true", *decision_log_flags()]
             argv += distributed_tracing_flags(self.otlp_address)
         if not self.bundle_service:
-            argv += ["--bundle", str(self.bundle), "--ignore", "*_test.rego"]
+            bundle = with_log_mask(self.bundle, self.workdir) if self.profile == "opa-envoy-plugin" else self.bundle
+            argv += ["--bundle", str(bundle), "--ignore", "*_test.rego"]
         self._spawn("opa", argv)
         self._wait_http("opa", f"/health{'?bundles' if self.wait_ready else ''}", unix_socket=self.opa_socket)
 
@@ -446,6 +451,7 @@ class Stack:
                 "socket": str(self.check_socket),
             },
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
+            "profile": self.profile,
             "grpc": {"enabled": self.mode == "grpc", "socket": str(self.grpc_socket)},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
             # The one number rendered into Envoy's with_request_body.max_request_bytes too.

@@ -438,9 +438,23 @@ class TracingConfig(_Strict):
         return self.endpoint is not None
 
 
+class PluginConfig(_Strict):
+    """The opa-envoy-plugin profile's options, named as the plugin names them."""
+
+    dry_run: bool = False  # decide and log, but always allow (the plugin's dry-run)
+    skip_request_body_parse: bool = False  # no parsed_body / truncated_body in the input
+
+
+Profile = Literal["agent", "opa-envoy-plugin"]
+
+
 class Config(_Strict):
     """The whole sidecar configuration."""
 
+    # agent: the agent input and verdicts (README "How a request is decided"); opa-envoy-plugin:
+    # the plugin's input and result handling, so policies written for it run unchanged.
+    profile: Profile = "agent"
+    plugin: PluginConfig = Field(default_factory=PluginConfig)
     listen: ListenConfig = Field(default_factory=ListenConfig)
     admin: AdminConfig = Field(default_factory=AdminConfig)
     opa: OpaConfig = Field(default_factory=OpaConfig)

@@ -87,13 +87,13 @@ def _plugin_object(doc: dict[str, Any]) -> Verdict:
     body = doc.get("body")
     if body is not None and not isinstance(body, str):
         raise DecisionError("'body' must be a string")
-    # On a deny, opa-envoy-plugin sends `headers` to the client.
+    # On a deny, opa-envoy-plugin sends `headers` to the client and ignores response_headers_to_add.
     return Verdict(
         "deny",
         ("denied by policy",),
         status=_status(doc, "http_status"),
         body=body,
-        response_headers={**response_headers, **headers},
+        response_headers=headers,
         remove_headers=remove_headers,
     )
 

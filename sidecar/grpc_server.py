@@ -20,6 +20,7 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
 from sidecar.config import TracingConfig
+from sidecar.grpc_attributes import protomap
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.tracing import Tracing
@@ -29,8 +30,11 @@ log = logging.getLogger(__name__)
 CHECK_SPAN = "envoy.service.auth.v3.Authorization/Check"
 
 
-def to_check_request(message: Any, metadata: tuple[tuple[str, str | bytes], ...], secret_header: str) -> CheckRequest:
-    """An Envoy ``CheckRequest`` (and the call's metadata) → the pipeline's :class:`CheckRequest`."""
+def to_check_request(
+    message: Any, metadata: tuple[tuple[str, str | bytes], ...], secret_header: str, *, attributes: bool = False
+) -> CheckRequest:
+    """An Envoy ``CheckRequest`` (and the call's metadata) → the pipeline's :class:`CheckRequest`;
+    ``attributes``: keep all of them as opa-envoy-plugin maps them (that profile's input)."""
     http = message.attributes.request.http
     headers: dict[str, str] = {}
     if http.headers:
@@ -53,6 +57,7 @@ def to_check_request(message: Any, metadata: tuple[tuple[str, str | bytes], ...]
         headers=headers,
         body=body,
         peer_principal=message.attributes.source.principal or None,
+        attributes=protomap(message.attributes) if attributes else None,
     )
 
 
@@ -63,15 +68,18 @@ def _add(headers: dict[str, str], key: str, value: str) -> None:
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """The Check RPC, sharing the whole decision path with HTTP mode."""
 
-    def __init__(self, pipeline: Pipeline, secret_header: str, tracing: Tracing | None = None) -> None:
+    def __init__(
+        self, pipeline: Pipeline, secret_header: str, tracing: Tracing | None = None, *, attributes: bool = False
+    ) -> None:
         self._pipeline = pipeline
         self._secret_header = secret_header.lower()
         self._tracing = tracing or Tracing(TracingConfig())
+        self._attributes = attributes
 
     async def Check(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         metadata = tuple(context.invocation_metadata() or ())
         try:
-            check = to_check_request(request, metadata, self._secret_header)
+            check = to_check_request(request, metadata, self._secret_header, attributes=self._attributes)
         except Exception:  # an unreadable request must fail closed, never allow
             log.exception("unreadable gRPC check request")
             await context.abort(grpc.StatusCode.UNAVAILABLE, "unreadable check request")
@@ -86,11 +94,17 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
 
 
 async def start_grpc_server(
-    pipeline: Pipeline, address: str, secret_header: str, tracing: Tracing | None = None
+    pipeline: Pipeline,
+    address: str,
+    secret_header: str,
+    tracing: Tracing | None = None,
+    *,
+    attributes: bool = False,
 ) -> grpc.aio.Server:
-    """Start the Check service on ``address`` (``host:port`` or ``unix:/path``; plaintext: only Envoy reaches it)."""
+    """Start the Check service on ``address`` (``host:port`` or ``unix:/path``; plaintext: only Envoy
+    reaches it); ``attributes`` for the opa-envoy-plugin profile."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    service = AuthorizationService(pipeline, secret_header, tracing)
+    service = AuthorizationService(pipeline, secret_header, tracing, attributes=attributes)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen for gRPC on {address}")

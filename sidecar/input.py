@@ -70,7 +70,7 @@ def build_input(
         "protocol": "HTTP/1.1",
         "headers": headers,
         "body": "",
-        "size": str(len(request.body)),
+        "size": len(request.body),  # a number, as the plugin sends it (Rego compares "5" > 1 as true)
     }
     try:
         http["body"] = request.body.decode("utf-8")

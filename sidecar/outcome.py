@@ -36,6 +36,18 @@ class RpcContext:
 
 
 @dataclass(frozen=True)
+class PluginEffect:
+    """What only an opa-envoy-plugin profile answer carries, encoded as the plugin encodes it:
+    headers appended (not overwritten), a deny is gRPC ``PERMISSION_DENIED`` whatever its status."""
+
+    query_set: Headers = ()  # query parameters set on the upstream request (repeats allowed)
+    query_remove: tuple[str, ...] = ()
+    metadata: dict[str, Any] | None = None  # dynamic metadata (with decision_id); None: none at all
+    bare: bool = False  # a plain boolean answer: only the status, no OK/denied response
+    message: str = ""  # the gRPC status message (the plugin names a request_parse_error there)
+
+
+@dataclass(frozen=True)
 class Decision:
     """One check's answer, independent of the wire that carries it.
 
@@ -53,6 +65,7 @@ class Decision:
     body: bytes = b""
     rpc: RpcContext | None = None
     record: DecisionRecord | None = None
+    plugin: PluginEffect | None = None  # set in the opa-envoy-plugin profile
 
     @property
     def allowed(self) -> bool:

@@ -4,6 +4,9 @@ read the request → identify → task grant → declared intent → approval on
 call in its session → ask OPA → read its verdict (→ shadow) → deny | request an approval and
 step up | mint the upstream credential, commit the session and allow.
 
+In the ``opa-envoy-plugin`` profile (:func:`plugin_phases`) the list is the plugin's instead: read
+the request as the plugin does → an optional identity → ask OPA → answer as the plugin answers.
+
 :func:`build_pipeline` assembles the list from the config and the services; a feature that is
 off has no phase in it (or a phase that refuses what only that feature could honour). The first
 phase that answers ends the call. When the call does not go through, the pipeline undoes what
@@ -31,6 +34,7 @@ from sidecar.phases import Phase
 from sidecar.phases.approval import RedeemApproval, RefuseApprovals, RequestApproval
 from sidecar.phases.identity import Identify, Resolver
 from sidecar.phases.intent import ReadIntent
+from sidecar.phases.plugin import AnswerLikePlugin, AskPluginPolicy, OptionalIdentity, ReadPluginRequest
 from sidecar.phases.policy import AskPolicy, ReadVerdict, ShadowPolicy
 from sidecar.phases.request import ReadRequest
 from sidecar.phases.session import CommitSession, ReserveSession
@@ -99,6 +103,8 @@ class Services:
 
 def build_phases(config: Config, services: Services) -> list[Phase]:
     """The request path, in order, for this config and these services."""
+    if config.profile == "opa-envoy-plugin":
+        return plugin_phases(config, services)
     task_header, approval_header = config.tasks.token_header, config.approvals.header
     tasks, sessions, approvals = services.tasks, services.sessions, services.approvals
     phases: list[Phase] = [
@@ -140,6 +146,22 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
         )
     )
     return phases
+
+
+def plugin_phases(config: Config, services: Services) -> list[Phase]:
+    """The opa-envoy-plugin profile: the plugin's input and result handling, identity optional;
+    tasks, sessions, approvals and credentials are agent-profile features and have no phase."""
+    return [
+        ReadPluginRequest(
+            services.opa,
+            skip_body_parse=config.plugin.skip_request_body_parse,
+            hidden_headers=frozenset({config.identity.xfcc.secret_header}),
+            body_buffer_limit=config.request_body.envoy_max_request_bytes,
+        ),
+        OptionalIdentity(services.resolver),
+        AskPluginPolicy(services.opa),
+        AnswerLikePlugin(dry_run=config.plugin.dry_run),
+    ]
 
 
 def build_pipeline(config: Config, services: Services) -> Pipeline:

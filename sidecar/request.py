@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 PARTIAL_BODY_HEADER = "x-envoy-auth-partial-body"
 # ";" starts path parameters for Tomcat, Jetty and Spring (they strip "..;" to ".."), while Envoy
@@ -28,6 +29,9 @@ class CheckRequest:
     # body only when it holds more than it sent, so a body of exactly the limit may have a rest
     # that reaches the upstream uninspected.
     at_buffer_limit: bool = False
+    # gRPC mode, opa-envoy-plugin profile: the CheckRequest's attributes as the plugin maps them
+    # (sidecar.grpc_attributes); None in HTTP mode, where the profile builds what Envoy sent.
+    attributes: dict[str, Any] | None = None
 
     @property
     def body_truncated(self) -> bool:

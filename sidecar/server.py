@@ -347,7 +347,10 @@ async def serve(config: Config) -> None:
 
         secret_header = config.identity.xfcc.secret_header
         address = f"unix:{config.grpc.socket}" if config.grpc.socket else f"{config.grpc.host}:{config.grpc.port}"
-        grpc_server = await start_grpc_server(parts.pipeline, address, secret_header, parts.tracing)
+        plugin_profile = config.profile == "opa-envoy-plugin"
+        grpc_server = await start_grpc_server(
+            parts.pipeline, address, secret_header, parts.tracing, attributes=plugin_profile
+        )
         if config.grpc.socket is not None:
             restrict_socket(config.grpc.socket)
     log.info(

@@ -185,3 +185,33 @@ def test_fingerprints_ignore_what_is_not_bound(base: dict[str, Any]) -> None:
     same = {**base, "host": base["host"].upper()}
     same["arguments"] = dict(reversed(list(base["arguments"].items())))
     assert _print(base) == _print(same, rpc_id="retry-2")
+
+
+_CONTENT_TYPES = st.sampled_from(
+    ["application/json", "application/x-www-form-urlencoded", "multipart/form-data; boundary=b", "text/plain", ""]
+)
+
+
+@given(
+    path=st.text(alphabet="/%;?&=+#abAB01éz\x00", max_size=24),
+    content_type=_CONTENT_TYPES,
+    body=st.one_of(
+        st.binary(max_size=64), _mutated(b'--b\r\nContent-Disposition: form-data; name="a"\r\n\r\n1\r\n--b--\r\n')
+    ),
+    length=st.one_of(st.none(), st.text(alphabet="0123456789-+x", max_size=4)),
+)
+def test_the_plugin_input_parses_or_refuses_cleanly(
+    path: str, content_type: str, body: bytes, length: str | None
+) -> None:
+    """Any path, query and body: an input document (JSON-serialisable) or the plugin's 400, never a crash."""
+    from sidecar.plugin_input import RequestParseError, plugin_input
+
+    headers = {"content-type": content_type} if content_type else {}
+    if length is not None:
+        headers["content-length"] = length
+    try:
+        document = plugin_input(CheckRequest("POST", path, headers, body))
+    except RequestParseError as exc:
+        assert exc.body.startswith("request_parse_error: ")
+        return
+    json.dumps(document)

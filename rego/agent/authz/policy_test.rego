@@ -34,7 +34,7 @@ request(id, method, path) := {
 			"protocol": "HTTP/1.1",
 			"headers": {":authority": "tools.demo.local", "authorization": "Bearer secret"},
 			"body": "",
-			"size": "0",
+			"size": 0,
 		}},
 	},
 	"parsed_path": split(trim_prefix(path, "/"), "/"),
