@@ -34,6 +34,7 @@ class McpRequest:
     is_notification: bool
     meta: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)  # all of them, for the approver's view
+    tool_pin: str | None = None  # tools/call: "same" or "changed" once the agent's session listed the tool
 
 
 def is_json_content_type(content_type: str | None) -> bool:

@@ -32,6 +32,8 @@ from sidecar.identity.bundles import (
 )
 from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
+from sidecar.mcp_response.pending import PendingResponses
+from sidecar.mcp_response.serve import make_pending, start_response_path
 from sidecar.opa import HttpOpaClient, OpaClient
 from sidecar.pipeline import Pipeline, Services, build_pipeline
 from sidecar.refusals import RefusalReporter
@@ -136,6 +138,7 @@ class Components:
     api_resolver: IdentityResolver
     shadow: Shadow | None = None
     refusals: RefusalReporter | None = None
+    responses: PendingResponses | None = None  # the MCP response path's waiting calls (mcp_responses.enabled)
 
     async def close(self) -> None:
         if self.shadow is not None:
@@ -181,6 +184,7 @@ async def build_components(config: Config) -> Components:
     refusals = make_refusal_reporter(config)
     if refusals is not None:
         await refusals.start()
+    responses = make_pending(config.mcp_responses)
     services = Services(
         resolver,
         opa,
@@ -190,9 +194,13 @@ async def build_components(config: Config) -> Components:
         minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         shadow=shadow,
         refusals=refusals,
+        responses=responses,
+        store=store,
     )
     pipeline = build_pipeline(config, services)
-    return Components(opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals)
+    return Components(
+        opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals, responses
+    )
 
 
 def make_refusal_reporter(config: Config) -> RefusalReporter | None:
@@ -319,6 +327,7 @@ async def serve(config: Config) -> None:
         grpc_server = await start_grpc_server(parts.pipeline, address, secret_header)
         if config.grpc.socket is not None:
             restrict_socket(config.grpc.socket)
+    ext_proc = await start_response_path(config.mcp_responses, parts.opa, parts.store, parts.responses)
     log.info(
         "authz-sidecar listening",
         extra={
@@ -339,6 +348,8 @@ async def serve(config: Config) -> None:
     finally:
         if grpc_server is not None:
             await grpc_server.stop(grace=1)
+        if ext_proc is not None:
+            await ext_proc.stop(grace=1)
         for runner in runners:
             await runner.cleanup()
         await parts.close()
