@@ -176,6 +176,11 @@ class Stack:
         return self.run_dir / "sidecar-grpc.sock"
 
     @property
+    def ext_proc_socket(self) -> Path:
+        """The MCP response path (Envoy's ext_proc filter asks the sidecar here)."""
+        return self.run_dir / "ext_proc.sock"
+
+    @property
     def opa_socket(self) -> Path:
         return self.run_dir / "opa.sock"
 
@@ -379,6 +384,7 @@ class Stack:
         config["listen"] = {"host": "127.0.0.1", "port": api, "path_prefix": CHECK_PATH_PREFIX, "socket": str(socket)}
         config["admin"] = {"host": "127.0.0.1", "port": admin}
         config.pop("grpc", None)
+        config.pop("mcp_responses", None)  # one ext_proc server per stack: the main sidecar's
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = {**os.environ, **self.sidecar_env, "AUTHZ_CONFIG": str(path)}
@@ -435,6 +441,7 @@ class Stack:
             },
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
             "grpc": {"enabled": self.mode == "grpc", "socket": str(self.grpc_socket)},
+            "mcp_responses": {"enabled": True, "socket": str(self.ext_proc_socket)},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
             # The one number rendered into Envoy's with_request_body.max_request_bytes too.
             "request_body": {

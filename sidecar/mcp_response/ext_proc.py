@@ -75,15 +75,22 @@ class ResponseProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
     ) -> AsyncIterator[Any]:
         call: ResponseContext | None = None
         content_type: str | None = None
+        # Envoy sends the request headers first whenever the request goes on to the upstream; a
+        # stream that starts with the response carries a reply a filter before this one made
+        # (the check's own refusal), which never reached the tool server: it passes as it is.
+        forwarded = False
         async for message in requests:
             kind = message.WhichOneof("request")
             if kind == "request_headers":
+                forwarded = True
                 decision_id = header(message.request_headers, DECISION_ID_HEADER)
                 call = self._pending.take(decision_id) if decision_id else None
                 yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
             elif kind == "response_headers":
                 content_type = header(message.response_headers, "content-type")
                 yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+            elif kind == "response_body" and not forwarded:
+                yield pb.ProcessingResponse(response_body=pb.BodyResponse())
             elif kind == "response_body":
                 judgment = await self._judge.judge(call, content_type, bytes(message.response_body.body))
                 RESPONSES.labels("error" if judgment.refused else "allow").inc()

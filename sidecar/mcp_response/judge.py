@@ -48,6 +48,7 @@ class Judgment:
     hidden: list[str] = field(default_factory=list)
     changed_tools: list[str] = field(default_factory=list)
     redactions: Counter[str] = field(default_factory=Counter)
+    verdict: ResponseVerdict | None = None  # asked once per response, however many messages it has
 
     @property
     def refused(self) -> bool:
@@ -183,7 +184,9 @@ class ResponseJudge:
         return {**message, "result": {**message["result"], key: kept}}
 
     async def _redact(self, context: ResponseContext, message: dict[str, Any], judgment: Judgment) -> Any:
-        verdict = await self._ask(context, None)
+        if judgment.verdict is None:
+            judgment.verdict = await self._ask(context, None)
+        verdict = judgment.verdict
         if not verdict.redact:
             return message
         counts: Counter[str] = Counter()

@@ -78,7 +78,7 @@ async def test_a_list_in_an_event_stream_is_filtered(judge: ResponseJudge) -> No
     assert "id: 7" in text
 
 
-async def test_tool_output_is_redacted_in_json_and_in_sse(judge: ResponseJudge) -> None:
+async def test_tool_output_is_redacted_in_json_and_in_sse(judge: ResponseJudge, opa: FakeOpa) -> None:
     result = {
         "content": [{"type": "text", "text": "record 42 owner alice@demo.local"}],
         "structuredContent": {"owner_email": "x", "id": 42},
@@ -90,10 +90,13 @@ async def test_tool_output_is_redacted_in_json_and_in_sse(judge: ResponseJudge) 
     assert seen["content"][0]["text"] == "record 42 owner [redacted:pii]"
     assert seen["structuredContent"] == {"owner_email": "[redacted:pii]", "id": 42}
     assert judgment.redactions == {"pii": 2}
-    stream = f"data: {rpc_result(result).decode()}\n\n".encode()
+    note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "mailing bob@demo.local"}}
+    stream = f"data: {json.dumps(note)}\n\ndata: {rpc_result(result).decode()}\n\n".encode()
+    asked = len(opa.queries)
     streamed = await judge.judge(context("tools/call", "get_record"), "text/event-stream", stream)
-    assert streamed.body is not None and b"alice@demo.local" not in streamed.body
-    assert b"[redacted:pii]" in streamed.body
+    assert streamed.body is not None and b"@demo.local" not in streamed.body
+    assert streamed.body.count(b"[redacted:pii]") == 3
+    assert len(opa.queries) == asked + 1  # one query for the whole stream
 
 
 async def test_output_without_anything_to_redact_is_unchanged(judge: ResponseJudge) -> None:
@@ -184,9 +187,10 @@ def headers(**values: str) -> Any:
     return pb.HttpHeaders(headers=base_pb2.HeaderMap(headers=entries))
 
 
-async def stream(processor: ResponseProcessor, body: bytes, decision_id: str) -> list[Any]:
+async def stream(processor: ResponseProcessor, body: bytes, decision_id: str | None) -> list[Any]:
     async def messages() -> AsyncIterator[Any]:
-        yield pb.ProcessingRequest(request_headers=headers(x_authz_decision_id=decision_id))
+        if decision_id is not None:  # None: a local reply (the check's refusal), the request never went on
+            yield pb.ProcessingRequest(request_headers=headers(x_authz_decision_id=decision_id))
         yield pb.ProcessingRequest(response_headers=headers(content_type="application/json"))
         yield pb.ProcessingRequest(response_body=pb.HttpBody(body=body, end_of_stream=True))
 
@@ -215,6 +219,12 @@ async def test_ext_proc_refuses_a_response_without_its_decision_and_a_decision_t
         assert kind == "immediate_response"
         immediate = answers[2].immediate_response
         assert immediate.status.code == 502 and json.loads(immediate.body)["error"]["code"] == UNJUDGED_CODE
+
+
+async def test_ext_proc_passes_a_refusal_made_before_the_request_went_on(judge: ResponseJudge) -> None:
+    answers = await stream(ResponseProcessor(PendingResponses(), judge), b'{"jsonrpc":"2.0","id":1,"error":{}}', None)
+    assert [a.WhichOneof("response") for a in answers] == ["response_headers", "response_body"]
+    assert not answers[1].response_body.HasField("response")
 
 
 def test_pending_contexts_are_bounded_and_expire() -> None:
