@@ -159,3 +159,20 @@ def test_an_agent_cannot_name_the_decision_its_response_is_judged_under(client: 
     forged = client.mcp(READER, "tools/call", "get_record", {"id": "1"}, headers={"x-authz-decision-id": "forged"})
     assert forged.status_code == 200 and OWNER not in forged.text  # the check overwrote it: judged as usual
     assert forged.headers["x-authz-decision-id"] != "forged"
+
+
+def test_protected_resource_metadata_behind_the_ingress_listener(client: AgentClient, stack: Stack) -> None:
+    metadata = client.ingress(WRITER, "GET", "/.well-known/oauth-protected-resource/mcp")
+    assert metadata.status_code == 200 and metadata.headers["content-type"].startswith("application/json")
+    assert metadata.json()["resource"] == stack.ingress_url + "/mcp"
+    assert metadata.json()["bearer_methods_supported"] == ["header"]
+
+
+def test_a_tool_call_short_of_a_scope_is_a_scope_challenge(client: AgentClient) -> None:
+    task = client.task_token(WRITER, "triage", ["docs:read"])
+    response = client.mcp(WRITER, "tools/call", "create_ticket", {"title": "x"}, task=task, rpc_id=5)
+    assert response.status_code == 403
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('Bearer error="insufficient_scope", scope="tickets:write", resource_metadata="')
+    assert "/.well-known/oauth-protected-resource/mcp" in challenge
+    assert response.json()["id"] == 5
