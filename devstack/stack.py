@@ -102,8 +102,12 @@ class Stack:
         spire: bool = False,
         workload_api_socket: str | None = None,
         shadow: Path | None = None,
+        response_path: bool = True,
     ) -> None:
         self.workdir = workdir.resolve()
+        # response_path=False: Envoy without its ext_proc filter and the sidecar without the MCP
+        # response path (the request path alone: bench/mcp_response.py's baseline).
+        self.response_path = response_path
         self.ports = ports or Ports()
         self.bundle = bundle.resolve()
         self.decision_path = decision_path
@@ -441,7 +445,7 @@ class Stack:
             },
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
             "grpc": {"enabled": self.mode == "grpc", "socket": str(self.grpc_socket)},
-            "mcp_responses": {"enabled": True, "socket": str(self.ext_proc_socket)},
+            "mcp_responses": {"enabled": self.response_path, "socket": str(self.ext_proc_socket)},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
             # The one number rendered into Envoy's with_request_body.max_request_bytes too.
             "request_body": {
@@ -561,6 +565,8 @@ class Stack:
             },
             GRPC_TEMPLATE if self.mode == "grpc" else TEMPLATE,
         )
+        if not self.response_path:
+            rendered = without_response_path(rendered)
         if self.workload_api_socket:
             self.start_svid_files()
             rendered = svid_files.use_sds_files(rendered, "ingress_mtls", self.envoy_sds_dir)
@@ -617,3 +623,17 @@ class Stack:
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def without_response_path(rendered: str) -> str:
+    """The rendered Envoy config without its ext_proc filters (and their per-route settings)."""
+    config = yaml.safe_load(rendered)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network in chain["filters"]:
+                hcm = network["typed_config"]
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+                for vhost in hcm["route_config"]["virtual_hosts"]:
+                    for route in vhost["routes"]:
+                        route.get("typed_per_filter_config", {}).pop("envoy.filters.http.ext_proc", None)
+    return str(yaml.safe_dump(config, sort_keys=False))
