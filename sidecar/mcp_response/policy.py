@@ -10,11 +10,15 @@ shape is an error: the response is then refused, never passed unjudged.
 from __future__ import annotations
 
 import re
+import re._constants as _constants  # type: ignore[import-not-found]  # no stubs: the parsed form of a pattern
+import re._parser as _parser  # type: ignore[import-not-found]
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from sidecar.errors import Kind, SidecarError
+
+_REPEATS = (_constants.MAX_REPEAT, _constants.MIN_REPEAT, _constants.POSSESSIVE_REPEAT)
 
 
 class ResponsePolicyError(SidecarError):
@@ -86,6 +90,31 @@ def _rule(raw: Any) -> RedactRule:
     return RedactRule(raw["data_class"], frozenset(fields), compiled)
 
 
+MAX_BOUND = 256  # the largest repeat a redact pattern may use
+
+
 @lru_cache(maxsize=256)
 def _compile(pattern: str) -> re.Pattern[str]:
+    """Compile a pattern whose every repeat is bounded (``{1,64}``, never ``+``, ``*`` or ``{n,}``).
+
+    Patterns run on the event loop over whole tool outputs: an unbounded repeat that fails to
+    match (``[a-z]+@`` over a long run of letters) backtracks quadratically and would stall every
+    check in the process. A bound keeps each match attempt short."""
+    tree = _parser.parse(pattern)
+    if not _bounded(list(tree)):
+        raise re.error(f"unbounded or too large repeat (use {{m,n}} with n <= {MAX_BOUND})")
     return re.compile(pattern)
+
+
+def _bounded(nodes: Any) -> bool:
+    """Whether every repeat in the parsed pattern has an upper bound of at most MAX_BOUND."""
+    for node in nodes:
+        if isinstance(node, tuple) and len(node) == 2:
+            op, arg = node
+            if op in _REPEATS and (arg[1] is _constants.MAXREPEAT or arg[1] > MAX_BOUND):
+                return False
+            if not _bounded([arg] if isinstance(arg, tuple) else arg if isinstance(arg, list) else []):
+                return False
+        elif isinstance(node, list | tuple | _parser.SubPattern) and not _bounded(list(node)):
+            return False
+    return True

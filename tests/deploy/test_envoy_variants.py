@@ -359,11 +359,15 @@ def _response_path_problems(where: str, listener: dict[str, Any], hcm: dict[str,
         found.append(f"{where}: no bound on what the response path buffers")
     if not sidecar.mcp_responses.enabled:
         found.append(f"{where}: ext_proc, but the sidecar serves no response path")
+    if not next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc").get("disabled"):
+        found.append(f"{where}: ext_proc is on by default (Envoy's own replies would wait for it)")
     for vhost in hcm["route_config"]["virtual_hosts"]:
         for route in vhost["routes"]:
-            off = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_proc", {}).get("disabled")
-            if "route" in route and (route["match"] == {"path": "/mcp"}) == bool(off):
+            on = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_proc")
+            if "route" in route and (route["match"] == {"path": "/mcp"}) != (on is not None):
                 found.append(f"{where}: ext_proc is not on for exactly the MCP route ({route['match']})")
+            if on is not None and on.get("overrides", {}).get("failure_mode_allow") is not False:
+                found.append(f"{where}: the MCP route's ext_proc may fail open")
     return found
 
 

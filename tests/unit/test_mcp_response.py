@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,7 +19,7 @@ from sidecar.state.memory import MemoryStore
 
 PATH = "agent/response/decision"
 READER = "spiffe://demo.local/agent/reader"
-EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"
+EMAIL = r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,24}"
 PII = {"data_class": "pii", "patterns": [EMAIL], "fields": ["owner_email"]}
 TOOLS = [
     {"name": "search_docs", "description": "Search the docs", "inputSchema": {"type": "object"}},
@@ -97,6 +98,15 @@ async def test_tool_output_is_redacted_in_json_and_in_sse(judge: ResponseJudge, 
     assert streamed.body is not None and b"@demo.local" not in streamed.body
     assert streamed.body.count(b"[redacted:pii]") == 3
     assert len(opa.queries) == asked + 1  # one query for the whole stream
+
+
+async def test_a_long_output_is_redacted_in_linear_time(judge: ResponseJudge) -> None:
+    """The shipped pattern is bounded: a long run that almost matches costs little."""
+    body = rpc_result({"content": [{"type": "text", "text": "x" * 2_000_000 + " bob@demo.local"}]})
+    started = time.perf_counter()
+    judgment = await judge.judge(context("tools/call", "search_docs"), "application/json", body)
+    assert judgment.body is not None and judgment.body.endswith(b' [redacted:pii]"}]}}')
+    assert time.perf_counter() - started < 2
 
 
 async def test_output_without_anything_to_redact_is_unchanged(judge: ResponseJudge) -> None:

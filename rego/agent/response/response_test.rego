@@ -67,7 +67,7 @@ test_reader_output_is_redacted_by_data_class if {
 	d.redact == {{
 		"data_class": "pii",
 		"fields": ["owner_email"],
-		"patterns": ["[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\\.[A-Za-z]{2,}"],
+		"patterns": ["[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9.-]{1,253}\\.[A-Za-z]{2,24}"],
 	}}
 }
 
