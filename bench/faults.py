@@ -38,12 +38,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 
 from bench.traffic import WRITER, BaselineError, Traffic, count, recovery_seconds, traffic_bundle
-from devstack.agent_client import AgentClient
+from devstack.agent_client import AgentClient, AgentClientError
 from devstack.redis_cluster import LocalSentinel
 from devstack.redis_server import RedisServer
 from devstack.stack import Ports, Stack
@@ -139,8 +139,8 @@ class Faults:
 
     @contextmanager
     def running(self) -> Iterator[Faults]:
+        self.redis.start()  # first: the stack's free ports are then chosen with Redis's port taken
         ports = Ports.free()
-        self.redis.start()
         bundle = traffic_bundle(self.workdir / "bundle")
         self.stack = Stack(self.workdir / "stack", ports, bundle=bundle, bundle_service=True)
         self.proxy = OpaProxy(self.stack.opa_socket)  # between the sidecar and OPA's socket
@@ -303,12 +303,7 @@ class Faults:
         phase = self.phase(
             "sidecar-restart", "sidecar restarted (state in Redis)", stack.stop_sidecar, stack.start_sidecar
         )
-        lost = before.check(stack)
-        if lost:
-            phase.ok = False
-            phase.notes += lost
-        else:
-            phase.notes.append("task, revocation, approval and session state all survived the restart")
+        before.report(stack, phase, "the restart")
         return phase
 
     def redis_failover(self) -> Phase:
@@ -365,12 +360,7 @@ class Faults:
             phase.notes.append("no 503 seen while the primary was down")
         if promotion:
             phase.notes.append(f"the sentinels promoted the replica {promotion[0]:.2f} s after the kill")
-        lost = before.check(stack)
-        if lost:
-            phase.ok = False
-            phase.notes += lost
-        else:
-            phase.notes.append("task, revocation, approval and session state all survived the failover")
+        before.report(stack, phase, "the failover")
         return phase
 
 
@@ -386,18 +376,29 @@ class _State:
 
     @staticmethod
     def build(stack: Stack) -> _State:
+        # Set-up, not measurement: a 503 (the harness gives OPA only 300 ms, and a loaded machine
+        # may miss that) is retried; each step either happens once or not at all.
         client = AgentClient(stack)
-        active = client.open_task(WRITER, "triage", ["tickets:write"], ttl=600)
-        completed = client.open_task(WRITER, "triage", ["tickets:write"], ttl=600)
-        client.complete(WRITER, completed["id"])
-        cleanup = client.open_task(WRITER, "cleanup", ["records:delete"], ttl=600)
-        asked = _call(stack, "DELETE", "/api/records/31", cleanup["token"])
+        active = _decided(lambda: client.open_task(WRITER, "triage", ["tickets:write"], ttl=600))
+        completed = _decided(lambda: client.open_task(WRITER, "triage", ["tickets:write"], ttl=600))
+        _decided(lambda: client.complete(WRITER, completed["id"]))
+        cleanup = _decided(lambda: client.open_task(WRITER, "cleanup", ["records:delete"], ttl=600))
+        asked = _decided(lambda: _expect(401, _call(stack, "DELETE", "/api/records/31", cleanup["token"])))
         approval_id = asked.json()["step_up"]["approval_id"]
-        client.decide_approval(approval_id, reason="faults").raise_for_status()
+        _decided(lambda: client.decide_approval(approval_id, reason="faults").raise_for_status())
         writes = 3
         for _ in range(writes):
-            assert _call(stack, "POST", "/api/tickets", active["token"]).status_code == 201
+            _decided(lambda: _expect(201, _call(stack, "POST", "/api/tickets", active["token"])))
         return _State(active, completed, approval_id, cleanup, writes)
+
+    def report(self, stack: Stack, phase: Phase, fault: str) -> None:
+        """Check the state after ``fault`` and put what was lost (or that nothing was) in the phase."""
+        lost = self.check(stack)
+        if lost:
+            phase.ok = False
+            phase.notes += lost
+        else:
+            phase.notes.append(f"task, revocation, approval and session state all survived {fault}")
 
     def check(self, stack: Stack) -> list[str]:
         lost = []
@@ -412,6 +413,29 @@ class _State:
         if allowed != 10 - self.writes_before:
             lost.append(f"session write count lost: {allowed} more writes allowed, expected {10 - self.writes_before}")
         return lost
+
+
+T = TypeVar("T")
+
+
+def _decided(step: Callable[[], T], attempts: int = 10) -> T:
+    """``step``, retried while the stack answers 503 (no decision: nothing happened)."""
+    for attempt in range(attempts):
+        try:
+            return step()
+        except (AgentClientError, requests.HTTPError) as exc:
+            if exc.response is None or exc.response.status_code != 503 or attempt == attempts - 1:
+                raise
+            time.sleep(0.5)
+    raise AssertionError("unreachable")
+
+
+def _expect(status: int, response: requests.Response) -> requests.Response:
+    """``response`` if it has ``status``; a 503 raises (for :func:`_decided`), anything else fails."""
+    if response.status_code == 503:
+        raise requests.HTTPError("no decision", response=response)
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    return response
 
 
 def _call(stack: Stack, method: str, path: str, task_token: str, approval: str | None = None) -> requests.Response:

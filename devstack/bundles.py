@@ -15,7 +15,7 @@ BUNDLE_NAME = "authz"
 BUNDLE_RESOURCE = f"bundles/{BUNDLE_NAME}.tar.gz"
 KEY_ID = "authz-bundle"
 # OPA keeps decision-log events it could not upload yet in memory up to this size, then drops the
-# oldest (counted in its metrics); the same limit as kubernetes/components/trio/opa.yaml.
+# oldest (counted in its metrics); the same limit as charts/authz-sidecar/files/opa.yaml.
 DECISION_LOG_BUFFER_BYTES = 16 * 1024 * 1024
 
 

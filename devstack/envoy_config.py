@@ -3,8 +3,9 @@
 The local stack renders the template as it is (``render_envoy_config``, the ``local`` and
 ``local-grpc`` variants). Every deployed Envoy config is rendered from the same template with a
 variant file, ``envoy/variants/<name>.yaml`` (``render_variant``), and committed as a generated
-file: ``kubernetes-egress`` → kubernetes/base/envoy.yaml, ``kubernetes-ingress`` →
-kubernetes/overlays/ingress/envoy.yaml, ``compose`` → compose/envoy.yaml.
+file: ``kubernetes-egress`` → charts/authz-sidecar/files/envoy-egress.yaml, ``kubernetes-ingress``
+→ charts/authz-sidecar/files/envoy-ingress.yaml (the Helm chart fills in the deployment's tools,
+trust domain and node), ``compose`` → compose/envoy.yaml.
 
 A variant gives only what differs between deployments:
 

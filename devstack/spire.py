@@ -6,7 +6,7 @@ of the user running the stack, so every process that user starts gets their SVID
 agent's Workload API socket, exactly as a pod gets them through the SPIFFE CSI driver. Only that
 user: a process under any other uid that reaches the socket is refused (PermissionDenied, no
 identity issued), as the agent container is in Kubernetes, where the entries select the envoy and
-authz-sidecar containers by ``k8s:container-name`` (kubernetes/spire/; tests/e2e/test_spire.py).
+authz-sidecar containers by ``k8s:container-name`` (the Helm chart's ClusterSPIFFEIDs; tests/e2e/test_spire.py).
 
 ``spire-server`` and ``spire-agent`` come from ``.tools/bin`` (``./taskw spire`` builds them).
 """

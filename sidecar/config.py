@@ -376,6 +376,15 @@ class McpResponsesConfig(_Strict):
         return _rule_path(value)
 
 
+class ShutdownConfig(_Strict):
+    """What SIGTERM does: fail /readyz at once, keep answering for ``drain_delay_seconds`` (so load
+    balancers and Envoy stop sending new checks), then close the listeners and give the checks in
+    flight up to ``drain_timeout_seconds`` to finish before exiting."""
+
+    drain_delay_seconds: float = Field(5.0, ge=0, le=300)
+    drain_timeout_seconds: float = Field(20.0, gt=0, le=600)
+
+
 class AuthzenConfig(_Strict):
     """The OpenID AuthZEN 1.0 PDP on the API listener (sidecar/authzen/, docs/authzen.md)."""
 
@@ -434,6 +443,7 @@ class Config(_Strict):
     approvals: ApprovalsConfig = Field(default_factory=ApprovalsConfig)
     grpc: GrpcConfig = Field(default_factory=GrpcConfig)
     shadow: ShadowConfig = Field(default_factory=ShadowConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     authzen: AuthzenConfig = Field(default_factory=AuthzenConfig)
     mcp_responses: McpResponsesConfig = Field(default_factory=McpResponsesConfig)
 

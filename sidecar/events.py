@@ -23,6 +23,7 @@ from sidecar.errors import Kind, SidecarError
 from sidecar.logformat import REDACTED, format_time, parse_time
 
 DECISION_LOGGER = "authz.decision"
+AUTHZEN_LOGGER = "authz.authzen"  # one line per AuthZEN evaluation
 TASKS_LOGGER = "authz.tasks"  # task operations and approvals decided: the sidecar's own API
 
 T = TypeVar("T")
@@ -219,11 +220,84 @@ class ApprovalEvent:
         )
 
 
-Event = DecisionEvent | TaskEvent | ApprovalEvent
-EVENT_TYPES: dict[str, type[DecisionEvent] | type[TaskEvent] | type[ApprovalEvent]] = {
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EvaluationEvent:
+    """One AuthZEN evaluation the PDP answered (logger ``authz.authzen``): the decision log's record.
+
+    ``subject`` and ``resource`` are ``{type, id}`` only and ``action`` its name: properties and
+    context are whatever the PEP sent (personal data, tokens), so only OPA's masked log holds them.
+    ``decision`` is None when no decision could be made (``error`` says why; the PEP got false)."""
+
+    LOGGER: ClassVar[str] = AUTHZEN_LOGGER
+    event: Literal["authzen"] = field(default="authzen", init=False)
+    time: dt.datetime
+    decision_id: str
+    caller: str  # the PEP whose JWT-SVID was verified
+    endpoint: str  # evaluation, evaluations or search/action
+    request_id: str | None
+    batch: str | None  # the batch's first decision id, for the items of one evaluations call
+    index: int | None  # the item's place in its batch
+    subject: dict[str, str]
+    action: str | None
+    resource: dict[str, str]
+    decision: bool | None
+    verdict: str  # allow, deny or error
+    reasons: tuple[str, ...]
+    error: str | None
+    opa_ms: float | None
+
+    @property
+    def message(self) -> str:
+        return "authzen evaluation"
+
+    def to_log(self) -> dict[str, Any]:
+        return {
+            "event": self.event,
+            "time": format_time(self.time),
+            "decision_id": self.decision_id,
+            "caller": self.caller,
+            "endpoint": self.endpoint,
+            "request_id": self.request_id,
+            "batch": self.batch,
+            "index": self.index,
+            "subject": dict(self.subject),
+            "action": self.action,
+            "resource": dict(self.resource),
+            "decision": self.decision,
+            "verdict": self.verdict,
+            "reasons": list(self.reasons),
+            "error": self.error,
+            "opa_ms": self.opa_ms,
+        }
+
+    @classmethod
+    def from_log(cls, line: Mapping[str, Any]) -> Self:
+        read = _Reader(line, "authzen")
+        return cls(
+            time=read.time(),
+            decision_id=read.text("decision_id"),
+            caller=read.text("caller"),
+            endpoint=read.text("endpoint"),
+            request_id=read.optional_text("request_id"),
+            batch=read.optional_text("batch"),
+            index=read.optional(read.integer, "index"),
+            subject=read.entity("subject"),
+            action=read.optional_text("action"),
+            resource=read.entity("resource"),
+            decision=read.optional(read.boolean, "decision"),
+            verdict=read.text("verdict"),
+            reasons=read.texts("reasons"),
+            error=read.optional_text("error"),
+            opa_ms=read.optional(read.number, "opa_ms"),
+        )
+
+
+Event = DecisionEvent | TaskEvent | ApprovalEvent | EvaluationEvent
+EVENT_TYPES: dict[str, type[DecisionEvent] | type[TaskEvent] | type[ApprovalEvent] | type[EvaluationEvent]] = {
     "decision": DecisionEvent,
     "task": TaskEvent,
     "approval": ApprovalEvent,
+    "authzen": EvaluationEvent,
 }
 
 
@@ -286,6 +360,21 @@ class _Reader:
         if not isinstance(value, int) or isinstance(value, bool):
             raise self._wrong(key, "an integer")
         return value
+
+    def boolean(self, key: str) -> bool:
+        value = self._get(key)
+        if not isinstance(value, bool):
+            raise self._wrong(key, "a boolean")
+        return value
+
+    def entity(self, key: str) -> dict[str, str]:
+        """An AuthZEN subject or resource as logged: ``{type, id}``, both strings."""
+        value = self._get(key)
+        if not isinstance(value, Mapping) or set(value) != {"type", "id"}:
+            raise self._wrong(key, "an object with type and id")
+        if not all(isinstance(value[k], str) for k in ("type", "id")):
+            raise self._wrong(key, "an object with string type and id")
+        return {"type": value["type"], "id": value["id"]}
 
     def number(self, key: str) -> float:
         value = self._get(key)

@@ -16,9 +16,11 @@ import base64
 from typing import Any, Literal
 from urllib.parse import parse_qs, unquote
 
+from sidecar.authzen.model import Evaluation
 from sidecar.body import ParsedBody
 from sidecar.identity import Identity
 from sidecar.identity.approvers import Approver
+from sidecar.logs import DecisionRecord
 from sidecar.mcp import McpRequest
 from sidecar.request import CheckRequest
 from sidecar.state import AgentHistory, ApprovalRecord, SessionView, TaskRecord
@@ -150,6 +152,36 @@ def approver_policy_input(operation: str, approver: Approver, approval: Approval
 
 
 # -- the parts ------------------------------------------------------------------------------
+def refusal_policy_input(record: DecisionRecord) -> dict[str, Any]:
+    """What OPA logs for a call the sidecar refused before asking the policy (``opa.refusals_path``)."""
+    return {
+        "refusal": {
+            "decision_id": record.decision_id,
+            "stage": record.stage,
+            "status": record.status,
+            "verdict": record.verdict,
+            "reasons": list(record.reasons),
+            "method": record.method,
+            "host": record.host,
+            "path": record.path,
+            "request_id": record.request_id,
+            "agent": record.agent,
+            "task": record.task,
+            "approval": record.approval,
+        }
+    }
+
+
+def authzen_policy_input(evaluation: Evaluation) -> dict[str, Any]:
+    """The AuthZEN entrypoint's input (``authzen.decision_path``): the evaluation as the PEP asked it."""
+    return {
+        "subject": evaluation.subject,
+        "action": evaluation.action,
+        "resource": evaluation.resource,
+        "context": evaluation.context,
+    }
+
+
 def agent_input(identity: Identity) -> dict[str, Any]:
     """``input.agent``: the verified caller."""
     return {

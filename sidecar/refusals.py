@@ -17,10 +17,11 @@ sidecar's own decision log still has it).
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from sidecar import metrics
+from sidecar.background import BoundedTasks
+from sidecar.input import refusal_policy_input
 from sidecar.logs import DecisionRecord
 from sidecar.opa import OpaClient, OpaError
 
@@ -29,34 +30,13 @@ from sidecar.opa import OpaClient, OpaError
 REFUSED_BEFORE_POLICY = frozenset({"body", "identity", "task", "intent", "approval", "session"})
 
 
-def refusal_input(record: DecisionRecord) -> dict[str, Any]:
-    """The input document OPA logs for a call refused before the policy was asked."""
-    return {
-        "refusal": {
-            "decision_id": record.decision_id,
-            "stage": record.stage,
-            "status": record.status,
-            "verdict": record.verdict,
-            "reasons": list(record.reasons),
-            "method": record.method,
-            "host": record.host,
-            "path": record.path,
-            "request_id": record.request_id,
-            "agent": record.agent,
-            "task": record.task,
-            "approval": record.approval,
-        }
-    }
-
-
 class RefusalReporter:
     """Reports refusals to OPA in the background; see the module docstring."""
 
     def __init__(self, client: OpaClient, path: str, max_in_flight: int) -> None:
         self._client = client
         self._path = path
-        self._max_in_flight = max_in_flight
-        self._pending: set[asyncio.Task[None]] = set()
+        self._tasks = BoundedTasks(max_in_flight)
 
     async def start(self) -> None:
         await self._client.start()
@@ -68,12 +48,8 @@ class RefusalReporter:
 
     def report(self, record: DecisionRecord) -> None:
         """Start reporting one refusal (returns at once)."""
-        if len(self._pending) >= self._max_in_flight:
+        if not self._tasks.start(self._send(refusal_policy_input(record))):
             metrics.REFUSAL_REPORTS.labels("busy").inc()
-            return
-        task = asyncio.get_running_loop().create_task(self._send(refusal_input(record)))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
 
     async def _send(self, input_doc: dict[str, Any]) -> None:
         try:
@@ -86,6 +62,5 @@ class RefusalReporter:
 
     async def close(self) -> None:
         """Let the reports in flight finish (each bounded by the OPA timeout), then close the pool."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._tasks.drain()
         await self._client.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +40,7 @@ from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow, make_shadow
-from sidecar.signals import until_signalled
+from sidecar.signals import announce_drain, until_signalled
 from sidecar.state import Store
 from sidecar.state.memory import MemoryStore
 from sidecar.state.redis import RedisStore
@@ -53,6 +53,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 OPA = web.AppKey("opa", OpaClient)
 PREFIX = web.AppKey("prefix", str)
 JWT_BUNDLES: web.AppKey[BundleSource] = web.AppKey("jwt_bundles")
+DRAINING = web.AppKey("draining", asyncio.Event)  # set on SIGTERM: /readyz fails from then on
 
 
 async def check_handler(request: web.Request) -> web.StreamResponse:
@@ -81,6 +82,8 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
+    if request.app[DRAINING].is_set():  # stopping: take this replica out before its listeners close
+        return web.json_response({"ready": False, "draining": True}, status=503)
     opa = request.app[OPA]
     ready, detail = await opa.health()
     # Which policy is deciding: the active revision of each bundle (None when OPA cannot say).
@@ -275,6 +278,7 @@ def build_apps(config: Config, parts: Components) -> tuple[web.Application, web.
 
     admin = web.Application()
     admin[OPA] = parts.opa
+    admin[DRAINING] = asyncio.Event()
     if parts.bundles is not None:
         admin[JWT_BUNDLES] = parts.bundles
     admin.router.add_get("/healthz", healthz)
@@ -299,16 +303,20 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 async def serve(config: Config) -> None:
-    """Run both listeners until SIGINT/SIGTERM."""
+    """Run the listeners until SIGINT/SIGTERM, then drain (``shutdown``): readiness fails at once,
+    the listeners close after the drain delay, checks in flight finish, the admin port goes last."""
     parts = await build_components(config)
     authz, admin, check = build_apps(config, parts)
     # Envoy accepts up to 60 KiB of headers; read them all so oversize tokens get our 401, not a 400.
+    drain = config.shutdown.drain_timeout_seconds  # how long cleanup() waits for handlers in flight
     runners = [
-        web.AppRunner(authz, access_log=None, max_line_size=65_536, max_field_size=65_536),
-        web.AppRunner(admin, access_log=None),
+        web.AppRunner(authz, access_log=None, max_line_size=65_536, max_field_size=65_536, shutdown_timeout=drain),
+        web.AppRunner(admin, access_log=None, shutdown_timeout=1.0),
     ]
     if check is not None:
-        runners.append(web.AppRunner(check, access_log=None, max_line_size=65_536, max_field_size=65_536))
+        runners.append(
+            web.AppRunner(check, access_log=None, max_line_size=65_536, max_field_size=65_536, shutdown_timeout=drain)
+        )
     for runner in runners:
         await runner.setup()
     await web.TCPSite(runners[0], config.listen.host, config.listen.port).start()
@@ -345,11 +353,18 @@ async def serve(config: Config) -> None:
     )
     try:
         await until_signalled()
+        log.info("authz-sidecar draining", extra={"delay_s": config.shutdown.drain_delay_seconds})
+        await announce_drain(admin[DRAINING], config.shutdown.drain_delay_seconds)
     finally:
+        # Check listeners first (each waits for its requests in flight), admin last: /readyz keeps
+        # answering 503 while the checks drain.
+        serving = [runner for runner in runners if runner.app is not admin]
+        stops: list[Awaitable[None]] = [runner.cleanup() for runner in serving]
         if grpc_server is not None:
-            await grpc_server.stop(grace=1)
-        if ext_proc is not None:
-            await ext_proc.stop(grace=1)
-        for runner in runners:
-            await runner.cleanup()
+            stops.append(grpc_server.stop(grace=drain))
+        if ext_proc is not None:  # responses in flight finish like checks in flight
+            stops.append(ext_proc.stop(grace=drain))
+        await asyncio.gather(*stops)
+        await runners[1].cleanup()
         await parts.close()
+        log.info("authz-sidecar stopped")

@@ -18,11 +18,11 @@ candidate's event). Metrics: ``authz_shadow_agreements_total{verdict}``,
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Any
 
 from sidecar import metrics
+from sidecar.background import BoundedTasks
 from sidecar.config import Config
 from sidecar.decision import DecisionError, Verdict, to_verdict
 from sidecar.opa import HttpOpaClient, OpaClient, OpaError
@@ -36,20 +36,15 @@ class Shadow:
     def __init__(self, client: OpaClient, path: str, max_in_flight: int) -> None:
         self._client = client
         self._path = path
-        self._max_in_flight = max_in_flight
-        self._pending: set[asyncio.Task[None]] = set()
+        self._tasks = BoundedTasks(max_in_flight)
 
     async def start(self) -> None:
         await self._client.start()
 
     def observe(self, decision_id: str, input_doc: dict[str, Any], live: Verdict) -> None:
         """Start asking the candidate about ``input_doc`` (returns at once)."""
-        if len(self._pending) >= self._max_in_flight:
+        if not self._tasks.start(self._evaluate(decision_id, input_doc, live)):
             metrics.SHADOW_ERRORS.labels("busy").inc()
-            return
-        task = asyncio.get_running_loop().create_task(self._evaluate(decision_id, input_doc, live))
-        self._pending.add(task)
-        task.add_done_callback(self._pending.discard)
 
     async def _evaluate(self, decision_id: str, input_doc: dict[str, Any], live: Verdict) -> None:
         shadow: dict[str, Any] = {"live": live.kind, "path": self._path}
@@ -74,8 +69,7 @@ class Shadow:
 
     async def close(self) -> None:
         """Let the queries in flight finish (each is bounded by the timeout), then close the pool."""
-        if self._pending:
-            await asyncio.gather(*self._pending, return_exceptions=True)
+        await self._tasks.drain()
         await self._client.close()
 
 

@@ -3,8 +3,7 @@
 - the sidecar's JSON log: its typed events (:mod:`sidecar.events`, read only through their
   ``from_log``): one ``decision`` per check, ``task`` (opened, delegated, completed, refused) and
   ``approval`` (approved or rejected); and the OPA decision ids of its other queries
-  (``authz.opa``, ``authz.shadow`` lines); ``authz.authzen`` lines (one per
-  AuthZEN evaluation);
+  (``authz.opa``, ``authz.shadow`` lines); ``authzen``, one per AuthZEN evaluation;
 - OPA's decision-log events: console lines (``"msg": "Decision Log"``) or the JSON lines the
   decision-log receiver writes (the same event, as OPA shipped it);
 - the upstream's JSON access lines (``"logger": "upstream.access"``), to find calls that reached
@@ -275,9 +274,7 @@ def _take_sidecar(line: dict[str, Any], number: int, sources: Sources) -> bool:
         return False  # never read as what it might have meant
     if event is not None:
         _add_event(event, sources)
-    elif logger == "authz.authzen" and isinstance(line.get("decision_id"), str):
-        sources.authzen.append(_authzen(line))
-    elif logger in (events.DECISION_LOGGER, events.TASKS_LOGGER):
+    elif logger in (events.DECISION_LOGGER, events.TASKS_LOGGER, events.AUTHZEN_LOGGER):
         sources.unreadable(f"an {logger} line without 'event': written before events were typed")
         return False
     elif logger == "authz.opa" and isinstance(line.get("decision_id"), str):
@@ -315,6 +312,23 @@ def _add_event(event: events.Event, sources: Sources) -> None:
                 approval=_str(event.approval),
             )
         )
+    elif isinstance(event, events.EvaluationEvent):
+        sources.authzen.append(
+            AuthzenEvaluation(
+                decision_id=event.decision_id,
+                at=at,
+                caller=event.caller,
+                endpoint=event.endpoint,
+                request_id=event.request_id,
+                batch=event.batch,
+                subject=f"{event.subject['type']}:{event.subject['id']}",
+                action=event.action,
+                resource=f"{event.resource['type']}:{event.resource['id']}",
+                verdict=event.verdict,
+                reasons=list(event.reasons),
+                error=event.error,
+            )
+        )
     elif isinstance(event, events.TaskEvent):
         details = {"parent": event.parent, "to": event.to, "revoked": list(event.revoked), "reason": event.reason}
         sources.task_events.append(
@@ -324,26 +338,6 @@ def _add_event(event: events.Event, sources: Sources) -> None:
         details = {"approval": event.approval, "approver": event.approver, "reason": event.reason}
         operation = "approval " + event.operation
         sources.task_events.append(TaskEvent(operation, at, seq, _str(event.agent), _str(event.task), None, details))
-
-
-def _authzen(line: dict[str, Any]) -> AuthzenEvaluation:
-    def entity(value: Any) -> str:
-        return f"{value.get('type')}:{value.get('id')}" if isinstance(value, dict) else "?"
-
-    return AuthzenEvaluation(
-        decision_id=line["decision_id"],
-        at=_time(line.get("time")),
-        caller=_str(line.get("caller")),
-        endpoint=str(line.get("endpoint", "")),
-        request_id=_str(line.get("request_id")),
-        batch=_str(line.get("batch")),
-        subject=entity(line.get("subject")),
-        action=_str(line.get("action")),
-        resource=entity(line.get("resource")),
-        verdict=str(line.get("verdict", "error")),
-        reasons=[str(r) for r in line.get("reasons") or []],
-        error=_str(line.get("error")),
-    )
 
 
 def _take_opa(line: dict[str, Any], number: int, sources: Sources) -> bool:

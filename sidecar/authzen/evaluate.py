@@ -17,6 +17,7 @@ from typing import Any
 
 from sidecar.authzen.model import Batch, Evaluation
 from sidecar.errors import Kind, SidecarError
+from sidecar.input import authzen_policy_input
 from sidecar.opa import OpaClient, OpaError
 
 
@@ -73,7 +74,7 @@ class Evaluator:
     async def one(self, evaluation: Evaluation) -> Outcome:
         try:
             # Not traced as an authz.opa line: the authz.authzen line carries OPA's decision id.
-            answer = await self._opa.decide(evaluation.as_input(), self._decision_path, trace=False)
+            answer = await self._opa.decide(authzen_policy_input(evaluation), self._decision_path, trace=False)
         except OpaError as exc:
             return _failed(evaluation, None, 503, exc.reason)
         decision_id = answer.decision_id or str(uuid.uuid4())

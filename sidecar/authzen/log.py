@@ -1,5 +1,5 @@
-"""One ``authz.authzen`` log line per AuthZEN evaluation (the decision log's record of it), and
-its count in ``authz_authzen_evaluations_total``.
+"""One ``authz.authzen`` log line per AuthZEN evaluation (an :class:`~sidecar.events.EvaluationEvent`,
+the decision log's record of it), and its count in ``authz_authzen_evaluations_total``.
 
 Beside the evaluation (subject and resource by type and id, the action's name) it names the
 caller, the PEP whose JWT-SVID was verified. Properties and context are not logged: they are
@@ -8,14 +8,12 @@ whatever the PEP sent (personal data, tokens) and OPA's decision log holds them,
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from sidecar.authzen.evaluate import Outcome
+from sidecar.events import EvaluationEvent, log_event, now
 from sidecar.identity import Identity
 from sidecar.metrics import AUTHZEN_EVALUATIONS
-
-AUTHZEN_LOGGER = logging.getLogger("authz.authzen")
 
 
 def log_outcome(
@@ -24,23 +22,24 @@ def log_outcome(
     evaluation = outcome.evaluation
     verdict = "error" if outcome.error else "allow" if outcome.decision else "deny"
     AUTHZEN_EVALUATIONS.labels(verdict, endpoint).inc()
-    fields: dict[str, Any] = {
-        "decision_id": outcome.decision_id,
-        "caller": str(caller.spiffe_id),
-        "endpoint": endpoint,
-        "request_id": request_id,
-        "batch": batch,
-        "index": index,
-        "subject": {"type": evaluation.subject["type"], "id": evaluation.subject["id"]},
-        "action": evaluation.action.get("name"),
-        "resource": {"type": evaluation.resource["type"], "id": evaluation.resource["id"]},
-        "decision": outcome.decision,
-        "verdict": verdict,
-        "reasons": reasons_of(outcome.context),
-        "error": outcome.error,
-        "opa_ms": outcome.opa_ms,
-    }
-    AUTHZEN_LOGGER.info("authzen evaluation", extra=fields)
+    event = EvaluationEvent(
+        time=now(),
+        decision_id=outcome.decision_id,
+        caller=str(caller.spiffe_id),
+        endpoint=endpoint,
+        request_id=request_id,
+        batch=batch,
+        index=index,
+        subject={"type": evaluation.subject["type"], "id": evaluation.subject["id"]},
+        action=evaluation.action.get("name"),
+        resource={"type": evaluation.resource["type"], "id": evaluation.resource["id"]},
+        decision=outcome.decision,
+        verdict=verdict,
+        reasons=tuple(reasons_of(outcome.context)),
+        error=outcome.error,
+        opa_ms=outcome.opa_ms,
+    )
+    log_event(event)
 
 
 def reasons_of(context: dict[str, Any] | None) -> list[str]:

@@ -39,9 +39,6 @@ class Evaluation:
     resource: dict[str, Any]
     context: dict[str, Any]
 
-    def as_input(self) -> dict[str, Any]:
-        return {"subject": self.subject, "action": self.action, "resource": self.resource, "context": self.context}
-
 
 @dataclass(frozen=True)
 class Batch:

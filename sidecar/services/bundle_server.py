@@ -2,7 +2,7 @@
 
 Any static file server works for OPA (nginx, S3, an OCI registry); this one adds the bearer
 token OPA presents (``--token-file``) without a templated web-server config, and is what
-``kubernetes/services``, the compose file, the local stack and the tests run
+the Helm chart (``services.enabled``), the compose file, the local stack and the tests run
 (``authz-bundle-server``). OPA asks ``GET /bundles/<name>.tar.gz`` with ``If-None-Match`` and
 gets 304 while the file is unchanged, so publishing a revision is an atomic file replace.
 """

@@ -17,11 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from devstack.bundles import DECISION_LOG_BUFFER_BYTES, decision_log_identity, opa_config
-from devstack.tools import ToolMissing, find_tool
 from sidecar.unix_http import unix_request
+from tests.deploy.chart import MODES, REPO, containers, render
 
-REPO = Path(__file__).resolve().parents[2]
-OVERLAYS = ["overlays/egress", "overlays/ingress", "overlays/istio"]
 POD_ENV = {
     "POD_NAME": "metadata.name",
     "POD_NAMESPACE": "metadata.namespace",
@@ -29,30 +27,20 @@ POD_ENV = {
 }
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
-    try:
-        kustomize = find_tool("kustomize")
-    except ToolMissing as exc:
-        pytest.fail(f"{exc} (./taskw builds kustomize into .tools/bin)")
-    out = subprocess.run([kustomize, "build", str(REPO / "kubernetes" / overlay)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
-
-
 def opa_configs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    maps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("authz-opa")]
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and "opa.yaml" in d.get("data", {})]
     return [yaml.safe_load(m["data"]["opa.yaml"]) for m in maps]
 
 
-@pytest.mark.parametrize("overlay", OVERLAYS)
-def test_deployed_opa_labels_its_events_and_bounds_its_buffer(overlay: str) -> None:
-    docs = render(overlay)
+@pytest.mark.parametrize("mode", MODES)
+def test_deployed_opa_labels_its_events_and_bounds_its_buffer(mode: str) -> None:
+    docs = render(mode)
     [config] = opa_configs(docs)
     assert config["labels"] == {"pod": "${POD_NAME}", "namespace": "${POD_NAMESPACE}", "deployment": "${POD_APP}"}
     assert config["nd_builtin_cache"] is True
     assert config["decision_logs"]["reporting"]["buffer_size_limit_bytes"] == DECISION_LOG_BUFFER_BYTES
     pods = [d["spec"]["template"]["spec"] for d in docs if d["kind"] == "Deployment"]
-    opas = [c for spec in pods for c in spec["containers"] if c["name"] == "opa"]
+    opas = [c for spec in pods for c in containers(spec) if c["name"] == "opa"]
     assert opas
     for opa in opas:
         env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in opa.get("env", []) if "valueFrom" in e}
@@ -69,7 +57,7 @@ def test_the_local_stack_and_compose_label_theirs_too() -> None:
 
 
 def test_a_real_opa_reads_the_deployed_config(opa_bin: str, tmp_path: Path) -> None:
-    [config] = opa_configs(render("overlays/egress"))
+    [config] = opa_configs(render("egress"))
     config_file = tmp_path / "opa.yaml"
     config_file.write_text(yaml.safe_dump(config))
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()

@@ -1,8 +1,8 @@
 """Every Envoy that runs is rendered from one template (devstack/envoy_config.py).
 
-- The committed configs (kubernetes/base/envoy.yaml, kubernetes/overlays/ingress/envoy.yaml,
-  compose/envoy.yaml) are exactly their rendering, and are what kustomize and compose deploy: a
-  hand edit fails here.
+- The committed configs (charts/authz-sidecar/files/envoy-{egress,ingress}.yaml, compose/envoy.yaml)
+  are exactly their rendering, and are what the Helm chart and compose deploy: a hand edit fails
+  here.
 - Everything but addresses, certificates, secrets and the tool routing is the template's, and the
   renderer refuses a variant that tries to set any of it.
 - The invariants hold for every rendered variant, the local stack's (HTTP and gRPC mode) included:
@@ -50,7 +50,7 @@ from devstack.envoy_config import (
 from devstack.stack import Ports, Stack
 from devstack.upstream import METHOD_OVERRIDE_HEADERS, TARGET_OVERRIDE_HEADERS
 from sidecar.config import Config, validate_config
-from tests.deploy.test_kubernetes import KUBE, kustomize
+from tests.deploy.chart import config_map, render
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED = [v.name for v in committed_variants()]
@@ -121,17 +121,18 @@ def test_the_committed_file_is_its_rendering(name: str) -> None:
 
 
 def test_the_deployments_run_the_committed_files() -> None:
-    """kustomize puts a committed file, unchanged, in every overlay's Envoy ConfigMap; compose
-    mounts compose/envoy.yaml where its Envoy reads its config."""
-    renderings = {render_variant(name): name for name in COMMITTED}
+    """The Helm chart's Envoy ConfigMap is a committed rendering (for the tool the variant names; the
+    chart's own tests cover other tools); compose mounts compose/envoy.yaml where its Envoy reads
+    its config."""
+    renderings = [(variant_config(name), name) for name in COMMITTED]
     deployed = set()
-    for kustomization in sorted(KUBE.glob("overlays/*/kustomization.yaml")):
-        docs = kustomize(kustomization.parent)
-        for doc in docs:
-            if doc["kind"] == "ConfigMap" and doc["metadata"]["name"].startswith("authz-envoy-"):
-                text = doc["data"]["envoy.yaml"]
-                assert text in renderings, f"{kustomization.parent.name}: its Envoy config is no variant's rendering"
-                deployed.add(renderings[text])
+    for mode in ("egress", "ingress"):
+        envoy = config_map(render(mode), "envoy.yaml")
+        assert envoy is not None, mode
+        config = yaml.safe_load(envoy["data"]["envoy.yaml"])
+        names = [name for rendering, name in renderings if rendering == config]
+        assert names, f"the chart's {mode} Envoy config is no variant's rendering"
+        deployed.update(names)
     assert deployed == {n for n in COMMITTED if n.startswith("kubernetes-")}
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["envoy"]
     assert "./compose/envoy.yaml:/etc/envoy/envoy.yaml:ro" in compose["volumes"]

@@ -1,10 +1,10 @@
 """Istio's proxies ask the sidecar exactly the way the tested Envoy config does.
 
 The e2e and adversarial suites run ``envoy/envoy.yaml`` (rendered by ``devstack/stack.py``).
-``kubernetes/base/envoy.yaml``, the ingress overlay's ``envoy.yaml`` and ``compose/envoy.yaml``
+The Helm chart's ``files/envoy-egress.yaml`` and ``files/envoy-ingress.yaml`` and ``compose/envoy.yaml``
 are rendered from that same template (``devstack/envoy_config.py``; checked by
 ``test_envoy_variants.py``), so they need no comparison. Istio's own proxies cannot be rendered
-from it: they are configured by ``kubernetes/overlays/istio`` (the ``envoyExtAuthzHttp``
+from it: they are configured by the chart in ``mode=istio`` (the ``envoyExtAuthzHttp``
 extension provider, the ``EnvoyFilter`` for the inbound connection manager, the ``CUSTOM``
 AuthorizationPolicy). This test models what istiod generates from them, reduces it to a flat
 profile of what matters around ext_authz and compares it, field by field, with the tested
@@ -43,14 +43,14 @@ import yaml
 from devstack.envoy_config import TEMPLATE, render_envoy_config
 from devstack.stack import Stack
 from sidecar.config import validate_config
-from tests.deploy.test_kubernetes import KUBE
+from tests.deploy.chart import config_map, render
 
 REPO = Path(__file__).resolve().parents[2]
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 HCM = "envoy.filters.network.http_connection_manager"
 ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
 HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-ISTIO = KUBE / "overlays" / "istio"
+ISTIO = "charts/authz-sidecar (mode=istio)"
 
 # A listener's role is its name: every forwarding listener of a variant must be one of these.
 TESTED_LISTENERS = ("egress", "ingress_mtls")
@@ -58,13 +58,13 @@ TESTED_LISTENERS = ("egress", "ingress_mtls")
 # The intended differences, per variant (glob over profile fields → why it may differ).
 EVERY_VARIANT = {
     # Where the sidecar listens: the test stack's check socket; Istio's authz Service
-    # (test_kubernetes.py checks the provider names the Service and the sidecar's port).
+    # (test_chart.py checks the provider names the Service and the sidecar's port).
     "ext_authz.http_service.server_uri.uri": "the sidecar's address differs per deployment",
 }
-# The variants rendered from envoy/envoy.yaml (kubernetes/, compose/) are not compared here:
+# The variants rendered from envoy/envoy.yaml (the chart's files/, compose/) are not compared here:
 # test_envoy_variants.py checks that they are their rendering.
 INTENDED: dict[str, dict[str, str]] = {
-    "kubernetes/overlays/istio": {
+    ISTIO: {
         "ext_authz.http_service.server_uri.cluster": "istiod names the cluster outbound|PORT||SERVICE",
         # CUSTOM AuthorizationPolicy turns the filter on per request (checked as
         # routes.ext_authz_overrides: the policy must cover every request).
@@ -78,7 +78,7 @@ INTENDED: dict[str, dict[str, str]] = {
         "hcm.set_current_client_cert_details.subject": "set by istiod, unused by the sidecar",
         "hcm.set_current_client_cert_details.dns": "set by istiod, unused by the sidecar",
         # %ENVIRONMENT(AUTHZ_XFCC_SECRET)%: each protected proxy's environment, from the
-        # authz-xfcc-secret Secret (components/istio-xfcc-secret), never a literal in the mesh config.
+        # authz-xfcc-secret Secret (the chart's protected-workload-patch.yaml), never a literal in the mesh config.
         "ext_authz.http_service.authorization_request.headers_to_add.x-authz-xfcc-secret": "secret source",
         # istiod builds the inbound routes; the refusals of envoy/envoy.yaml (path parameters,
         # lower-case methods) are made by the sidecar and the policy as well (sidecar/request.py).
@@ -290,11 +290,13 @@ ISTIO_PATH_NORMALIZATION: dict[str, dict[str, Any]] = {
 
 
 def istio_documents() -> list[dict[str, Any]]:
-    """The Istio resources applied with the installation (not part of the kustomize output)."""
-    docs = []
-    for path in sorted(ISTIO.glob("*.yaml")):
-        docs += [d for d in yaml.safe_load_all(path.read_text()) if d and d.get("kind") != "Kustomization"]
-    return docs
+    """The Istio resources of the istio-mode release, and the mesh config it renders for the
+    operator to merge into Istio's."""
+    docs = render("istio")
+    holder = config_map(docs, "mesh-config.yaml")
+    assert holder is not None
+    mesh = yaml.safe_load(holder["data"]["mesh-config.yaml"])
+    return [mesh, *(d for d in docs if d["kind"] in {"AuthorizationPolicy", "EnvoyFilter", "PeerAuthentication"})]
 
 
 def istio_inbound() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -450,7 +452,7 @@ def istio_ext_authz(http_provider: dict[str, Any]) -> dict[str, Any]:
 def variant_profiles() -> Iterator[tuple[str, str, Profile]]:
     """(variant, listener role, profile) for every forwarding listener not rendered from the template."""
     # Istio's inbound listener in front of a tool: the ingress role (XFCC + the per-deployment secret).
-    yield str(ISTIO.relative_to(REPO)), "ingress_mtls", istio_profile()
+    yield ISTIO, "ingress_mtls", istio_profile()
 
 
 VARIANTS = list(variant_profiles())
@@ -468,7 +470,7 @@ def differences(tested: Profile, variant: Profile, intended: dict[str, str]) -> 
 # -- tests ------------------------------------------------------------------------------------
 def test_every_deployed_variant_is_compared() -> None:
     seen = {variant for variant, _, _ in VARIANTS}
-    assert seen == set(INTENDED) == {"kubernetes/overlays/istio"}, f"variants found {sorted(seen)}"
+    assert seen == set(INTENDED) == {ISTIO}, f"variants found {sorted(seen)}"
 
 
 @pytest.mark.parametrize(("variant", "listener", "profile"), VARIANTS, ids=[f"{v}:{x}" for v, x, _ in VARIANTS])
@@ -585,7 +587,7 @@ def test_istio_patches_are_valid_envoy_config(envoy_bin: str, tmp_path: Path) ->
 
 # The sidecars behind the rendered variants: test_envoy_variants.py, each against its own Envoy.
 SIDECAR_CONFIGS = [
-    KUBE / "overlays" / "istio" / "istio-mode" / "sidecar.yaml",
+    REPO / "charts" / "authz-sidecar" / "files" / "sidecar-istio.yaml",
     REPO / "examples" / "sidecar.yaml",
 ]
 

@@ -1,4 +1,4 @@
-"""The Envoy config the agent's pod runs (kubernetes/base/envoy.yaml), on real Envoy, against the
+"""The Envoy config the agent's pod runs (charts/authz-sidecar/files/envoy-egress.yaml), on real Envoy, against the
 real sidecar, OPA and demo upstream.
 
 The config is the ``kubernetes-egress-local`` variant: ``kubernetes-egress`` with only addresses

@@ -267,7 +267,7 @@ def test_only_the_trios_uid_gets_svids_from_spire(spiffe_stack: tuple[Stack, Pro
 
     The stand-in for the agent is ``nobody``. Locally SPIRE's entries select the stack's user by
     ``unix:uid`` (in Kubernetes, the envoy and authz-sidecar containers by ``k8s:container-name``,
-    kubernetes/spire/), so workload attestation gives any other caller nothing. The socket's
+    the Helm chart's ClusterSPIFFEIDs), so workload attestation gives any other caller nothing. The socket's
     directories and the socket itself are opened to every uid here, so that ONLY attestation
     stops it: the probe connects (no file permission in the way) and the Workload API answers
     PermissionDenied to both the X.509-SVID and the JWT-SVID request.

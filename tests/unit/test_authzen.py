@@ -25,6 +25,7 @@ from sidecar.authzen.model import AuthzenError, Batch, Evaluation, parse_evaluat
 from sidecar.authzen.routes import add_authzen_routes
 from sidecar.config import AuthzenConfig
 from sidecar.identity import Identity, IdentityError, IdentityResolver
+from sidecar.input import authzen_policy_input
 from sidecar.opa import HttpOpaClient, OpaAnswer, OpaClient, OpaError
 from sidecar.wire_status import HTTP_STATUS
 
@@ -103,7 +104,7 @@ def test_unknown_fields_are_ignored_and_kept_for_the_policy() -> None:
     parsed = parse_evaluation(
         {"subject": {**SUBJECT, "x": 1}, "action": {"name": "a"}, "resource": RESOURCE, "extra": True}
     )
-    assert parsed.as_input() == {
+    assert authzen_policy_input(parsed) == {
         "subject": {**SUBJECT, "x": 1},
         "action": {"name": "a"},
         "resource": RESOURCE,

@@ -13,10 +13,11 @@ from sidecar.audit.chain import reconstruct
 from sidecar.audit.render import as_html, as_json, as_table
 from sidecar.audit.sources import read_logs
 from sidecar.authzen.evaluate import Outcome
-from sidecar.authzen.log import AUTHZEN_LOGGER, log_outcome
+from sidecar.authzen.log import log_outcome
 from sidecar.authzen.model import Evaluation
+from sidecar.events import AUTHZEN_LOGGER
 from sidecar.identity import Identity
-from sidecar.logs import RedactingJsonFormatter
+from sidecar.logs import json_formatter
 
 PEP = "spiffe://demo.local/pep/gateway"
 READER = "spiffe://demo.local/agent/reader"
@@ -26,15 +27,10 @@ def _logged(tmp_path: Path) -> Path:
     """Two evaluations logged through the sidecar's own formatter, plus OPA's event for one of them."""
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        RedactingJsonFormatter(
-            "{asctime}{levelname}{name}{message}",
-            style="{",
-            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
-        )
-    )
-    AUTHZEN_LOGGER.addHandler(handler)
-    AUTHZEN_LOGGER.setLevel(logging.INFO)
+    handler.setFormatter(json_formatter(()))  # the formatter setup_logging installs
+    logger = logging.getLogger(AUTHZEN_LOGGER)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     caller = Identity(SpiffeId(PEP), "jwt_svid")
     question = Evaluation(
         {"type": "agent", "id": READER, "properties": {"email": "secret@example.com"}},
@@ -49,7 +45,7 @@ def _logged(tmp_path: Path) -> Path:
         denied = Evaluation(question.subject, {"name": "POST"}, {"type": "route", "id": "/api/tickets"}, {})
         log_outcome(Outcome(denied, False, {"reasons": ["needs a task"]}, "d-2"), caller, "evaluations", None, "b", 0)
     finally:
-        AUTHZEN_LOGGER.removeHandler(handler)
+        logger.removeHandler(handler)
     opa_event = {"decision_id": "d-1", "path": "authzen/decision", "input": {}, "result": {"decision": True}}
     log = tmp_path / "sidecar.log"
     log.write_text(stream.getvalue() + json.dumps(opa_event) + "\n")

@@ -17,7 +17,15 @@ import pytest
 from sidecar import events
 from sidecar.audit import read_logs, reconstruct
 from sidecar.cli import main
-from sidecar.events import ApprovalEvent, DecisionEvent, Event, MalformedEvent, TaskEvent, log_event
+from sidecar.events import (
+    ApprovalEvent,
+    DecisionEvent,
+    EvaluationEvent,
+    Event,
+    MalformedEvent,
+    TaskEvent,
+    log_event,
+)
 from sidecar.logs import REDACTED, DecisionRecord, json_formatter
 
 AT = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
@@ -74,7 +82,44 @@ APPROVED = ApprovalEvent(
 REJECTED = ApprovalEvent(
     time=AT, operation="reject", approver="oidc:https://idp#alice", approval="a-2", agent=WRITER, task=None, reason=None
 )
+PEP = "spiffe://demo.local/pep/gateway"
+EVALUATED = EvaluationEvent(
+    time=AT,
+    decision_id="d-9",
+    caller=PEP,
+    endpoint="evaluations",
+    request_id="r-9",
+    batch="d-8",
+    index=1,
+    subject={"type": "agent", "id": WRITER},
+    action="POST",
+    resource={"type": "route", "id": "/api/tickets"},
+    decision=False,
+    verdict="deny",
+    reasons=("writes need a task",),
+    error=None,
+    opa_ms=0.5,
+)
+UNDECIDED = EvaluationEvent(
+    time=AT,
+    decision_id="e-1",
+    caller=PEP,
+    endpoint="evaluation",
+    request_id=None,
+    batch=None,
+    index=None,
+    subject={"type": "agent", "id": WRITER},
+    action=None,
+    resource={"type": "route", "id": "/"},
+    decision=None,
+    verdict="error",
+    reasons=(),
+    error="policy engine timed out",
+    opa_ms=None,
+)
 ALL: dict[str, Event] = {
+    "authzen": EVALUATED,
+    "authzen-undecided": UNDECIDED,
     "decision": DECISION,
     "decision-before-identity": EARLY_DECISION,
     "task-open": OPENED,
@@ -92,7 +137,8 @@ def _captured(redact: tuple[str, ...] = ()) -> Iterator[io.StringIO]:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.setFormatter(json_formatter(redact))
-    loggers = [logging.getLogger(name) for name in (events.DECISION_LOGGER, events.TASKS_LOGGER)]
+    names = (events.DECISION_LOGGER, events.TASKS_LOGGER, events.AUTHZEN_LOGGER)
+    loggers = [logging.getLogger(name) for name in names]
     levels = [logger.level for logger in loggers]
     for logger in loggers:
         logger.addHandler(handler)
@@ -140,6 +186,15 @@ GOLDEN: dict[str, tuple[Event, str]] = {
         '"agent": "spiffe://demo.local/agent/writer", "task": "t-2", "outcome": "allow", "parent": "t-1", '
         '"to": "spiffe://demo.local/agent/assistant", "revoked": [], "reason": null}',
     ),
+    "authzen": (
+        EVALUATED,
+        '{"time": "2026-01-02T03:04:05.678901Z", "level": "INFO", "logger": "authz.authzen", '
+        '"message": "authzen evaluation", "event": "authzen", "decision_id": "d-9", '
+        '"caller": "spiffe://demo.local/pep/gateway", "endpoint": "evaluations", "request_id": "r-9", '
+        '"batch": "d-8", "index": 1, "subject": {"type": "agent", "id": "spiffe://demo.local/agent/writer"}, '
+        '"action": "POST", "resource": {"type": "route", "id": "/api/tickets"}, "decision": false, '
+        '"verdict": "deny", "reasons": ["writes need a task"], "error": null, "opa_ms": 0.5}',
+    ),
     "approval": (
         APPROVED,
         '{"time": "2026-01-02T03:04:05.678901Z", "level": "INFO", "logger": "authz.tasks", '
@@ -175,7 +230,7 @@ def test_times_are_rfc3339_utc() -> None:
         TaskEvent(time=AT.replace(tzinfo=None), operation="open", agent=WRITER, task=None, outcome="allow").to_log()
 
 
-@pytest.mark.parametrize("event", [DECISION, DELEGATED, APPROVED], ids=lambda e: e.event)
+@pytest.mark.parametrize("event", [DECISION, DELEGATED, APPROVED, EVALUATED], ids=lambda e: e.event)
 def test_every_field_is_required(event: Event) -> None:
     line = event.to_log()
     for key in line:
@@ -204,6 +259,12 @@ def test_every_field_is_required(event: Event) -> None:
         (DELEGATED, "agent", None),
         (APPROVED, "operation", "approved"),
         (APPROVED, "approval", ["a-1"]),
+        (EVALUATED, "decision", "false"),
+        (EVALUATED, "index", 1.5),
+        (EVALUATED, "subject", {"type": "agent"}),
+        (EVALUATED, "subject", {"type": "agent", "id": "x", "properties": {"email": "a@b"}}),
+        (EVALUATED, "resource", {"type": "route", "id": 7}),
+        (EVALUATED, "caller", None),
     ],
 )
 def test_malformed_fields_are_refused(event: Event, key: str, value: Any) -> None:

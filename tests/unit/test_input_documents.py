@@ -1,8 +1,9 @@
 """Every kind of OPA input document the sidecar sends validates against its JSON Schema.
 
 The documents are the ones the services really send (a stand-in OPA records them): the check's
-(pipeline), the task policy's (opening and delegating a task) and the approver policy's
-(listing and deciding approvals). All are built by sidecar/input.py.
+(pipeline), the task policy's (opening and delegating a task), the approver policy's
+(listing and deciding approvals), the refusal reports' and the AuthZEN entrypoint's. All are
+built by sidecar/input.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import jsonschema
 from spiffe import SpiffeId
 
 from sidecar.approvals import ApprovalService
+from sidecar.authzen.evaluate import Evaluator
+from sidecar.authzen.model import Batch, parse_evaluations
 from sidecar.config import IdentityConfig, load_config
 from sidecar.decision import StepUp
 from sidecar.identity import Identity, IdentityResolver
@@ -22,6 +25,7 @@ from sidecar.identity.approvers import Approver
 from sidecar.keys import KeySet
 from sidecar.opa import OpaAnswer
 from sidecar.opa_fake import FakeOpa, always
+from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state.memory import MemoryStore
@@ -93,5 +97,47 @@ async def test_the_approver_policy_inputs_validate() -> None:
     await approvals.decide(approver, pending.id, False, "not today")
     check = validator("approver-input")
     assert [doc["operation"] for doc in opa.inputs] == ["approve", "reject"]
+    for doc in opa.inputs:
+        check.validate(doc)
+
+
+async def test_the_refusal_report_inputs_validate() -> None:
+    opa = _Opa({"verdict": "deny", "reasons": ["logged"]})
+    reporter = RefusalReporter(opa, "agent/refusals/decision", 4)
+    identity = IdentityConfig.model_validate({"sources": ["pod"], "pod": {"spiffe_id": WRITER}})
+    pipeline = make_pipeline(IdentityResolver(identity, None, None), _Opa(True), QUIET)
+    refused = [
+        CheckRequest("get", "/api/docs", {"host": "api.demo.local"}, b""),  # request line: lower-case method
+        CheckRequest("POST", "/mcp", {"host": "tools.demo.local", "content-type": "application/json"}, b"{"),
+        CheckRequest("GET", "/api/docs", {"host": "api.demo.local", "x-agent-task-token": "forged"}, b""),
+    ]
+    for request in refused:
+        decision = await pipeline.check(request)
+        assert not decision.allowed and decision.record is not None
+        reporter.observe(decision.record)
+    await reporter.close()
+    check = validator("refusal-input")
+    assert [doc["refusal"]["stage"] for doc in opa.inputs] == ["body", "body", "task"]
+    for doc in opa.inputs:
+        check.validate(doc)
+
+
+async def test_the_authzen_inputs_validate() -> None:
+    opa = _Opa(True)
+    batch = parse_evaluations(
+        {
+            "subject": {"type": "agent", "id": WRITER},
+            "context": {"time": "2026-12-02T08:00:00Z"},
+            "evaluations": [
+                {"action": {"name": "POST"}, "resource": {"type": "route", "id": "/api/tickets"}},
+                {"action": {"name": "search_docs"}, "resource": {"type": "mcp", "id": "tools", "properties": {"x": 1}}},
+            ],
+        },
+        10,
+    )
+    assert isinstance(batch, Batch)
+    await Evaluator(opa, "authzen/decision", None, 4).all(batch.evaluations)
+    check = validator("authzen-input")
+    assert len(opa.inputs) == 2
     for doc in opa.inputs:
         check.validate(doc)

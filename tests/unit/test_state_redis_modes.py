@@ -72,6 +72,11 @@ def _task() -> TaskRecord:
     return TaskRecord(task_id, "spiffe://demo.local/agent/a", "acl", ["x"], now, now + 600, root_id=task_id)
 
 
+# These tests are about credentials and TLS, not speed: a loaded CI machine may take longer than the
+# default 500 ms for a TLS handshake plus WAIT, which would read as "refused".
+SET_UP_TIMEOUT_MS = 5000
+
+
 async def _works(config: StateConfig) -> bool:
     """Whether the store can create a task, read it back and revoke it (WAIT, in cluster and sentinel
     mode) with these settings."""
@@ -144,6 +149,7 @@ async def test_tls_and_an_acl_user_on_a_single_instance(
         redis_password_file=right,
         redis_ca_file=files.bundle,
         key_prefix="tls:",
+        timeout_ms=SET_UP_TIMEOUT_MS,
     )
     assert await _works(good)
     assert not await _works(good.model_copy(update={"redis_ca_file": None})), "the server's CA must be trusted"
@@ -173,6 +179,7 @@ async def test_an_acl_user_on_cluster_and_sentinel(
         redis_username=user,
         redis_password_file=right,
         key_prefix="acl:",
+        timeout_ms=SET_UP_TIMEOUT_MS,
     )
     assert await _works(cluster)
     assert not await _works(cluster.model_copy(update={"redis_password_file": wrong}))
@@ -191,6 +198,7 @@ async def test_an_acl_user_on_cluster_and_sentinel(
         sentinel_username=f"{user}-sentinel",
         sentinel_password_file=right,
         key_prefix="acl:",
+        timeout_ms=SET_UP_TIMEOUT_MS,
     )
     assert await _works(sentinel)
     assert not await _works(sentinel.model_copy(update={"sentinel_password_file": wrong}))
