@@ -88,6 +88,7 @@ class Step:
     expected_status: int
     expected_verdict: str
     send: Callable[[Demo], requests.Response]
+    shows: str | None = None  # the reason must contain this (what the agent saw of an MCP response)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,8 @@ class Outcome:
 
     @property
     def ok(self) -> bool:
-        return self.status == self.step.expected_status and self.verdict == self.step.expected_verdict
+        shown = self.step.shows is None or self.step.shows in self.reason
+        return self.status == self.step.expected_status and self.verdict == self.step.expected_verdict and shown
 
 
 def forged(demo: Demo) -> dict[str, str]:
@@ -124,6 +126,16 @@ def ingress_get(demo: Demo, spiffe_id: str, path: str) -> requests.Response:
 def stop_opa_then_get(demo: Demo) -> requests.Response:
     demo.stack.stop_opa()
     return demo.call("GET", "/api/docs/handbook", READER)
+
+
+def rug_pull_then(demo: Demo, send: Callable[[Demo], requests.Response]) -> requests.Response:
+    """The tool server changes search_docs's description (as a compromised one would), then ``send``."""
+    url = f"http://127.0.0.1:{demo.stack.ports.upstream}/debug/rug-pull"
+    requests.post(url, timeout=demo.client.timeout).raise_for_status()
+    try:
+        return send(demo)
+    finally:
+        requests.delete(url, timeout=demo.client.timeout).raise_for_status()
 
 
 def raw_get(path: str, headers: Callable[[Demo], dict[str, str]]) -> Callable[[Demo], requests.Response]:
@@ -285,6 +297,42 @@ SCRIPT = [
         "deny",
         lambda d: d.call("POST", "/api/tickets", ASSISTANT, "sub", json={}),
     ),
+    # The MCP response path: what the agent sees of the tool server's answers.
+    Step(
+        "reader MCP tools/list: write tools filtered out",
+        200,
+        "allow",
+        lambda d: d.client.mcp(READER, "tools/list"),
+        shows="tools/list shows search_docs, get_record",
+    ),
+    Step(
+        "reader MCP get_record: pii redacted in the output",
+        200,
+        "allow",
+        lambda d: d.mcp_call(READER, "get_record", {"id": "42"}),
+        shows="owner [redacted:pii]",
+    ),
+    Step(
+        "writer MCP get_record: cleared for pii",
+        200,
+        "allow",
+        lambda d: d.mcp_call(WRITER, "get_record", {"id": "42"}),
+        shows="owner alice@demo.local",
+    ),
+    Step(
+        "tool server changes search_docs; reader lists",
+        200,
+        "allow",
+        lambda d: rug_pull_then(d, lambda d: d.client.mcp(READER, "tools/list")),
+        shows="tools/list shows get_record",
+    ),
+    Step(
+        "tool server changes search_docs; reader calls it",
+        401,
+        "step_up",
+        lambda d: rug_pull_then(d, lambda d: d.mcp_call(READER, "search_docs", {"q": "vpn"})),
+        shows="definition of tool search_docs changed",
+    ),
     # Fail closed.
     Step("OPA killed, reader GET /api/docs/handbook", 503, "error", stop_opa_then_get),
 ]
@@ -310,6 +358,11 @@ def observe(step: Step, response: requests.Response) -> Outcome:
 
 
 def _allowed_reason(body: dict[str, Any]) -> str:
+    result = body.get("result")
+    if isinstance(result, dict) and isinstance(result.get("tools"), list):
+        return "tools/list shows " + ", ".join(str(t.get("name")) for t in result["tools"])
+    if isinstance(result, dict) and isinstance(result.get("structuredContent"), dict):
+        return "tool output: " + " ".join(str(c.get("text")) for c in result.get("content", []))
     if "token" in body:
         chain = f", delegated by {', '.join(body['delegation_chain'])}" if body.get("delegation_chain") else ""
         return f"task {body['id'][:8]}… for {body['agent']}: {' '.join(body['scopes'])}{chain}"

@@ -56,6 +56,7 @@ REGENERATE = "./taskw envoy-configs"
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 HCM = "envoy.filters.network.http_connection_manager"
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
+EXT_PROC = "envoy.filters.http.ext_proc"
 ROUTER = "envoy.filters.http.router"
 DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 
@@ -243,8 +244,10 @@ def load_template(path: Path) -> dict[str, Any]:
 
 
 def check_clusters(config: Mapping[str, Any]) -> set[str]:
-    """The clusters the template's ext_authz filters ask (the sidecar's)."""
-    filters = [f["typed_config"] for f in _walk_dicts(config) if f.get("name") == EXT_AUTHZ and "typed_config" in f]
+    """The clusters the template's ext_authz and ext_proc filters ask (the sidecar's)."""
+    filters = [
+        f["typed_config"] for f in _walk_dicts(config) if f.get("name") in (EXT_AUTHZ, EXT_PROC) and "typed_config" in f
+    ]
     return set(_cluster_references(filters))
 
 
@@ -274,7 +277,8 @@ def fill(config: Any, values: Mapping[str, object], name: str = "template") -> A
 # -- splicing ---------------------------------------------------------------------------------
 def _route_tools(name: str, listener: dict[str, Any], routing: Mapping[str, Any], checks: set[str]) -> None:
     """One virtual host per tool: the template's forwarding virtual host (its refusal routes and
-    final route) with only the name, domains and the final route's cluster changed."""
+    forwarding routes: the MCP endpoint's and the final one) with only the name, domains and the
+    forwarding routes' cluster changed."""
     if set(routing) - {"tools", "otherwise"}:
         raise VariantError(f"{name}: routing.{listener['name']} may set only tools and otherwise")
     managers = [f["typed_config"] for chain in listener["filter_chains"] for f in chain["filters"] if f["name"] == HCM]
@@ -282,7 +286,7 @@ def _route_tools(name: str, listener: dict[str, Any], routing: Mapping[str, Any]
         raise VariantError(f"template listener {listener['name']}: one connection manager expected")
     route_config = managers[0]["route_config"]
     forwarding = [v for v in route_config["virtual_hosts"] if any("route" in r for r in v["routes"])]
-    if len(forwarding) != 1 or not all("direct_response" in r for r in forwarding[0]["routes"][:-1]):
+    if len(forwarding) != 1 or "route" not in forwarding[0]["routes"][-1]:
         raise VariantError(f"template listener {listener['name']}: one forwarding virtual host, forwarding last")
     template_vhost = forwarding[0]
     hosts = []
@@ -293,7 +297,9 @@ def _route_tools(name: str, listener: dict[str, Any], routing: Mapping[str, Any]
             raise VariantError(f"{name}: tool {tool['name']} routes to the check cluster {tool['cluster']}")
         vhost = copy.deepcopy(template_vhost)
         vhost.update(name=tool["name"], domains=list(tool["domains"]))
-        vhost["routes"][-1]["route"]["cluster"] = tool["cluster"]
+        for route in vhost["routes"]:  # the MCP endpoint's route and the final one
+            if "route" in route:
+                route["route"]["cluster"] = tool["cluster"]
         hosts.append(vhost)
     for vhost in routing.get("otherwise") or []:
         hosts.append(_answering_vhost(name, vhost))

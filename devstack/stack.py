@@ -109,11 +109,15 @@ class Stack:
         shadow: Path | None = None,
         otlp_address: str | None = None,
         profile: str = "agent",
+        response_path: bool = True,
     ) -> None:
         self.workdir = workdir.resolve()
         # profile: the sidecar's (config `profile`); opa-envoy-plugin also gets the shipped
         # decision-log mask beside the bundle, since credentials reach that policy verbatim.
         self.profile = profile
+        # response_path=False: Envoy without its ext_proc filter and the sidecar without the MCP
+        # response path (the request path alone: bench/mcp_response.py's baseline).
+        self.response_path = response_path
         self.ports = ports or Ports()
         self.bundle = bundle.resolve()
         self.decision_path = decision_path
@@ -187,6 +191,11 @@ class Stack:
     @property
     def grpc_socket(self) -> Path:
         return self.run_dir / "sidecar-grpc.sock"
+
+    @property
+    def ext_proc_socket(self) -> Path:
+        """The MCP response path (Envoy's ext_proc filter asks the sidecar here)."""
+        return self.run_dir / "ext_proc.sock"
 
     @property
     def opa_socket(self) -> Path:
@@ -396,6 +405,7 @@ class Stack:
         config["listen"] = {"host": "127.0.0.1", "port": api, "path_prefix": CHECK_PATH_PREFIX, "socket": str(socket)}
         config["admin"] = {"host": "127.0.0.1", "port": admin}
         config.pop("grpc", None)
+        config.pop("mcp_responses", None)  # one ext_proc server per stack: the main sidecar's
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         env = {**os.environ, **self.sidecar_env, "AUTHZ_CONFIG": str(path)}
@@ -453,6 +463,7 @@ class Stack:
             "admin": {"host": "127.0.0.1", "port": self.ports.sidecar_admin},
             "profile": self.profile,
             "grpc": {"enabled": self.mode == "grpc", "socket": str(self.grpc_socket)},
+            "mcp_responses": {"enabled": self.response_path, "socket": str(self.ext_proc_socket)},
             "opa": {"url": self.opa_url, "decision_path": self.decision_path},
             # The one number rendered into Envoy's with_request_body.max_request_bytes too.
             "request_body": {
@@ -573,6 +584,8 @@ class Stack:
             },
             GRPC_TEMPLATE if self.mode == "grpc" else TEMPLATE,
         )
+        if not self.response_path:
+            rendered = without_response_path(rendered)
         if self.workload_api_socket:
             self.start_svid_files()
             rendered = svid_files.use_sds_files(rendered, "ingress_mtls", self.envoy_sds_dir)
@@ -629,3 +642,17 @@ class Stack:
         if not path.exists():
             return "(no log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def without_response_path(rendered: str) -> str:
+    """The rendered Envoy config without its ext_proc filters (and their per-route settings)."""
+    config = yaml.safe_load(rendered)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network in chain["filters"]:
+                hcm = network["typed_config"]
+                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.ext_proc"]
+                for vhost in hcm["route_config"]["virtual_hosts"]:
+                    for route in vhost["routes"]:
+                        route.get("typed_per_filter_config", {}).pop("envoy.filters.http.ext_proc", None)
+    return str(yaml.safe_dump(config, sort_keys=False))

@@ -29,15 +29,9 @@ from typing import Any
 import jwt
 from aiohttp import web
 
+from devstack.mcp_tools import TOOL_SERVER, TOOLS, ToolServer, answer, rug_pull, tool_result
 from sidecar.logs import rfc3339, setup_logging
 
-TOOLS = {
-    "search_docs": "Search the handbook",
-    "get_record": "Read a customer record (restricted data)",
-    "create_ticket": "Open a support ticket",
-    "delete_record": "Delete a customer record",
-    "send_email": "Send an email",
-}
 WRITE_TOOLS = {"create_ticket", "delete_record", "send_email"}
 # Headers some frameworks read as "use this method instead": Envoy removes them (envoy.yaml), the
 # access line says whether one ever arrived.
@@ -246,14 +240,13 @@ async def mcp(request: web.Request) -> web.Response:
             "serverInfo": {"name": "demo-tools", "version": "0.1.0"},
         }
     elif method == "tools/list":
-        result = {"tools": [{"name": n, "description": d, "inputSchema": {"type": "object"}} for n, d in TOOLS.items()]}
+        result = {"tools": request.app[TOOL_SERVER].definitions()}
     elif tool in TOOLS:
-        text = f"{tool} done with {json.dumps(params.get('arguments', {}), sort_keys=True)}"
-        result = {"content": [{"type": "text", "text": text}], "isError": False}
+        result = tool_result(tool, params.get("arguments", {}))
     else:
         return _rpc_error(rpc_id, -32601, f"unknown method or tool: {method}")
     result["_meta"] = {"upstream_saw": saw}
-    return web.json_response({"jsonrpc": "2.0", "id": rpc_id, "result": result})
+    return answer(request, {"jsonrpc": "2.0", "id": rpc_id, "result": result})
 
 
 async def last_credential(request: web.Request) -> web.Response:
@@ -272,6 +265,7 @@ async def _ok(_: web.Request) -> web.Response:
 def build_upstream(jwks_url: str | None = None) -> web.Application:
     app = web.Application(middlewares=[access_log])
     app[CHECK] = CredentialCheck(jwks_url)
+    app[TOOL_SERVER] = ToolServer()
     app.router.add_get("/api/docs", docs)
     app.router.add_get("/api/docs/{name:.+}", docs)
     app.router.add_route("*", "/api/tickets", tickets)
@@ -280,6 +274,8 @@ def build_upstream(jwks_url: str | None = None) -> web.Application:
     app.router.add_post("/mcp", mcp)
     app.router.add_get("/healthz", _ok)
     app.router.add_get("/debug/last-credential", last_credential)
+    app.router.add_route("POST", "/debug/rug-pull", rug_pull)
+    app.router.add_route("DELETE", "/debug/rug-pull", rug_pull)
     return app
 
 

@@ -14,6 +14,7 @@ from sidecar.mcp import (
     looks_like_json,
     parse_mcp,
 )
+from sidecar.mcp_headers import check_headers
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,12 @@ def parse_body(body: bytes, headers: dict[str, str], truncated: bool) -> ParsedB
             raise
     else:
         return EMPTY
-    return ParsedBody(parsed_body=value if declared_json else None, mcp=parse_mcp(value, headers))
+    mcp = parse_mcp(value, headers)
+    if mcp is not None:
+        check_headers(
+            headers, method=mcp.method, name=mcp.name, arguments=mcp.arguments, meta=mcp.meta, request_id=mcp.id
+        )
+    return ParsedBody(parsed_body=value if declared_json else None, mcp=mcp)
 
 
 # Byte order marks, and the NUL bytes of UTF-16/32 text (how json.detect_encoding tells them apart).

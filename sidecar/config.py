@@ -358,6 +358,24 @@ class GrpcConfig(_Strict):
     socket: Path | None = None  # serve gRPC on this unix socket instead of host:port
 
 
+class McpResponsesConfig(_Strict):
+    """The MCP response path: an Envoy ext_proc server (sidecar/mcp_response/, docs/mcp.md)."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9194, ge=0, le=65535)
+    socket: Path | None = None  # serve ext_proc on this unix socket instead of host:port
+    decision_path: str = "agent/response/decision"  # which items stay visible, what output is redacted
+    pending_ttl_seconds: float = Field(60.0, gt=0, le=3600)  # how long an allowed call waits for its response
+    max_pending: int = Field(10_000, gt=0, le=1_000_000)
+    pin_ttl_seconds: int = Field(86_400, gt=0)  # how long a session's pinned tool definitions live
+
+    @field_validator("decision_path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        return _rule_path(value)
+
+
 class ShutdownConfig(_Strict):
     """What SIGTERM does: fail /readyz at once, keep answering for ``drain_delay_seconds`` (so load
     balancers and Envoy stop sending new checks), then close the listeners and give the checks in
@@ -471,6 +489,7 @@ class Config(_Strict):
     shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     authzen: AuthzenConfig = Field(default_factory=AuthzenConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
+    mcp_responses: McpResponsesConfig = Field(default_factory=McpResponsesConfig)
 
     @model_validator(mode="after")
     def _shadow_is_another_policy(self) -> Config:

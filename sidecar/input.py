@@ -239,6 +239,7 @@ def mcp_input(mcp: McpRequest) -> dict[str, Any]:
         "arguments": mcp.arguments,
         "id": mcp.id,
         "is_notification": mcp.is_notification,
+        "tool_pin": mcp.tool_pin,
     }
 
 

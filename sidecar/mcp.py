@@ -1,8 +1,8 @@
 """JSON-RPC 2.0 / MCP Streamable HTTP request parsing.
 
-Strict on purpose: duplicate keys, batches, deep nesting, bad UTF-8 and a body that
-disagrees with the ``Mcp-Method`` / ``Mcp-Name`` headers are errors (the request is
-denied), because an upstream parser might read such a body differently than we do.
+Strict on purpose: duplicate keys, batches, deep nesting and bad UTF-8 are errors (the request
+is denied), because an upstream parser might read such a body differently than we do. The MCP
+headers are checked against the body in :mod:`sidecar.mcp_headers`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ class McpRequest:
     is_notification: bool
     meta: dict[str, Any]
     params: dict[str, Any] = field(default_factory=dict)  # all of them, for the approver's view
+    tool_pin: str | None = None  # tools/call: "same" or "changed" once the agent's session listed the tool
 
 
 def is_json_content_type(content_type: str | None) -> bool:
@@ -93,10 +94,6 @@ def parse_mcp(parsed: Any, headers: dict[str, str]) -> McpRequest | None:
     meta = params.get("_meta", {})
     if not isinstance(meta, dict):
         raise BodyError("params._meta must be an object")
-    if header_method is not None and header_method != method:
-        raise BodyError("Mcp-Method header disagrees with the JSON-RPC body")
-    if header_name is not None and header_name != name:
-        raise BodyError("Mcp-Name header disagrees with the JSON-RPC body")
     return McpRequest(
         method=method,
         name=name,

@@ -33,6 +33,7 @@ class RpcContext:
     """Set when the request was JSON-RPC: refusals then answer with a JSON-RPC error."""
 
     request_id: str | int | None
+    code: int | None = None  # a protocol-defined code that replaces the verdict's (MCP HeaderMismatch)
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,11 @@ def _json_answer(
         document = {
             "jsonrpc": "2.0",
             "id": rpc.request_id,
-            "error": {"code": rpc_code, "message": "; ".join(summary["reasons"]), "data": summary},
+            "error": {
+                "code": rpc_code if rpc.code is None else rpc.code,
+                "message": "; ".join(summary["reasons"]),
+                "data": summary,
+            },
         }
     body = json.dumps(document, separators=(",", ":")).encode()
     reasons = tuple(summary["reasons"])

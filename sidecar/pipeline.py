@@ -29,6 +29,7 @@ from sidecar.config import Config
 from sidecar.credentials import CredentialMinter
 from sidecar.input import CREDENTIAL_HEADERS
 from sidecar.logs import DecisionRecord
+from sidecar.mcp_response.pending import PendingResponses
 from sidecar.opa import OpaClient
 from sidecar.phases import Phase
 from sidecar.phases.approval import RedeemApproval, RefuseApprovals, RequestApproval
@@ -37,6 +38,7 @@ from sidecar.phases.intent import ReadIntent
 from sidecar.phases.plugin import AnswerLikePlugin, AskPluginPolicy, OptionalIdentity, ReadPluginRequest
 from sidecar.phases.policy import AskPolicy, ReadVerdict, ShadowPolicy
 from sidecar.phases.request import ReadRequest
+from sidecar.phases.response import ExpectResponse, ReadToolPin
 from sidecar.phases.session import CommitSession, ReserveSession
 from sidecar.phases.task import GrantVerifier, RefuseTaskGrants, VerifyTaskGrant
 from sidecar.phases.verdict import Allow, Deny, MintCredential, RefuseCredentials, StepUp
@@ -44,6 +46,7 @@ from sidecar.refusals import RefusalReporter
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow
+from sidecar.state import Store
 from sidecar.tracing import annotate
 
 log = logging.getLogger(__name__)
@@ -99,6 +102,8 @@ class Services:
     minter: CredentialMinter | None = None
     shadow: Shadow | None = None
     refusals: RefusalReporter | None = None
+    responses: PendingResponses | None = None  # the MCP response path is on: allowed MCP calls wait here
+    store: Store | None = None  # pinned tool definitions (with ``responses``)
 
 
 def build_phases(config: Config, services: Services) -> list[Phase]:
@@ -119,6 +124,8 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
     ]
     if sessions is not None:
         phases.append(ReserveSession(sessions))
+    if services.responses is not None and services.store is not None:
+        phases.append(ReadToolPin(services.store))
     phases += [
         AskPolicy(
             services.opa,
@@ -139,6 +146,8 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
     ]
     if sessions is not None:
         phases.append(CommitSession())
+    if services.responses is not None and services.store is not None:
+        phases.append(ExpectResponse(services.responses, services.store))
     phases.append(
         Allow(
             sidecar_headers=(task_header, approval_header),

@@ -32,6 +32,8 @@ from sidecar.identity.bundles import (
 )
 from sidecar.identity.jwt_svid import JwtSvidVerifier
 from sidecar.keys import KeySet
+from sidecar.mcp_response.pending import PendingResponses
+from sidecar.mcp_response.serve import make_pending, start_response_path
 from sidecar.opa import HttpOpaClient, OpaClient
 from sidecar.pipeline import Pipeline, Services, build_pipeline
 from sidecar.refusals import RefusalReporter
@@ -147,6 +149,7 @@ class Components:
     shadow: Shadow | None = None
     refusals: RefusalReporter | None = None
     tracing: Tracing = field(default_factory=lambda: Tracing(TracingConfig()))
+    responses: PendingResponses | None = None  # the MCP response path's waiting calls (mcp_responses.enabled)
 
     async def close(self) -> None:
         if self.shadow is not None:
@@ -201,6 +204,7 @@ async def build_components(config: Config) -> Components:
     refusals = make_refusal_reporter(config)
     if refusals is not None:
         await refusals.start()
+    responses = make_pending(config.mcp_responses)
     services = Services(
         resolver,
         opa,
@@ -210,10 +214,24 @@ async def build_components(config: Config) -> Components:
         minter=CredentialMinter(keys, config.tasks.issuer, config.credentials.max_ttl_seconds),
         shadow=shadow,
         refusals=refusals,
+        responses=responses,
+        store=store,
     )
     pipeline = build_pipeline(config, services)
     return Components(
-        opa, bundles, store, keys, tasks, approvals, approvers, pipeline, api_resolver, shadow, refusals, tracing
+        opa,
+        bundles,
+        store,
+        keys,
+        tasks,
+        approvals,
+        approvers,
+        pipeline,
+        api_resolver,
+        shadow,
+        refusals,
+        tracing,
+        responses,
     )
 
 
@@ -353,6 +371,7 @@ async def serve(config: Config) -> None:
         )
         if config.grpc.socket is not None:
             restrict_socket(config.grpc.socket)
+    ext_proc = await start_response_path(config.mcp_responses, parts.opa, parts.store, parts.responses)
     log.info(
         "authz-sidecar listening",
         extra={
@@ -379,6 +398,8 @@ async def serve(config: Config) -> None:
         stops: list[Awaitable[None]] = [runner.cleanup() for runner in serving]
         if grpc_server is not None:
             stops.append(grpc_server.stop(grace=drain))
+        if ext_proc is not None:  # responses in flight finish like checks in flight
+            stops.append(ext_proc.stop(grace=drain))
         await asyncio.gather(*stops)
         await runners[1].cleanup()
         await parts.close()

@@ -8,6 +8,7 @@ from sidecar.body import parse_body
 from sidecar.call import Call
 from sidecar.errors import Kind, SidecarError
 from sidecar.mcp import BodyError
+from sidecar.mcp_headers import HEADER_MISMATCH, HeaderMismatch
 from sidecar.outcome import Decision, RpcContext
 from sidecar.request import request_line_problem
 
@@ -32,6 +33,9 @@ class ReadRequest:
             return call.refused(SidecarError("the request has more than one Host header", kind=Kind.INVALID))
         try:
             call.body = parse_body(request.body, request.headers, request.body_truncated)
+        except HeaderMismatch as exc:  # the spec's JSON-RPC error, with the request's id
+            call.rpc = RpcContext(exc.request_id, code=HEADER_MISMATCH)
+            return call.refused(exc)
         except BodyError as exc:
             return call.refused(exc, f"request body rejected: {exc}")
         if call.body.mcp is not None:

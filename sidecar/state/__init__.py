@@ -174,6 +174,9 @@ class TooManyApprovals(SidecarError):
         self.pending = pending
 
 
+PinState = Literal["new", "same", "changed"]
+
+
 class Store(Protocol):
     """What the governance features need from a state backend."""
 
@@ -245,6 +248,21 @@ class Store(Protocol):
 
     async def restore_approval(self, approval_id: str) -> None:
         """consumed → approved: the call it was consumed for did not go through."""
+
+    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
+        """Pin each tool's definition hash the first time ``scope`` (an agent's session) lists it.
+
+        Per tool: ``new`` (pinned now), ``same`` (matches its pin) or ``changed`` (differs: the
+        pin stays, the new hash is held until :meth:`repin_tool`). ``ttl`` renews the scope."""
+        ...
+
+    async def tool_pin(self, scope: str, name: str) -> PinState | None:
+        """``same`` or ``changed`` for a tool ``scope`` has listed; None when it never did."""
+        ...
+
+    async def repin_tool(self, scope: str, name: str) -> bool:
+        """Accept a changed tool's held definition as its pin (after a human re-approved it)."""
+        ...
 
     async def ping(self) -> bool: ...
 

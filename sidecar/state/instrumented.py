@@ -18,6 +18,7 @@ from sidecar.state import (
     AgentLimits,
     ApprovalRecord,
     ApprovalStatus,
+    PinState,
     SessionLimits,
     SessionView,
     Store,
@@ -114,6 +115,15 @@ class InstrumentedStore:
 
     async def restore_approval(self, approval_id: str) -> None:
         await _measured("restore_approval", self.inner.restore_approval(approval_id))
+
+    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
+        return await _measured("pin_tools", self.inner.pin_tools(scope, hashes, ttl))
+
+    async def tool_pin(self, scope: str, name: str) -> PinState | None:
+        return await _measured("tool_pin", self.inner.tool_pin(scope, name))
+
+    async def repin_tool(self, scope: str, name: str) -> bool:
+        return await _measured("repin_tool", self.inner.repin_tool(scope, name))
 
     async def ping(self) -> bool:
         return await _measured("ping", self.inner.ping())

@@ -17,6 +17,7 @@ from sidecar.state import (
     ApprovalRecord,
     ApprovalStatus,
     ParentEnded,
+    PinState,
     SessionLimits,
     SessionView,
     TaskRecord,
@@ -63,6 +64,7 @@ class MemoryStore:
         self._pending_by_agent: dict[str, set[str]] = {}  # agent → ids of its pending approvals
         self._same_request: dict[str, str] = {}  # ApprovalRecord.same_request_key → the latest id
         self._writes = 0
+        self._pins: dict[str, tuple[float, dict[str, list[str | None]]]] = {}  # scope → (expiry, name → [pin, held])
 
     async def create_task(self, task: TaskRecord, slot: str | None = None) -> None:
         async with self._lock:
@@ -279,6 +281,47 @@ class MemoryStore:
             approval = self._approvals.get(approval_id)
             if approval is not None and approval.status == "consumed":
                 approval.status = "approved"
+
+    # -- pinned tool definitions ---------------------------------------------------------------
+    def _live_pins(self, scope: str) -> dict[str, list[str | None]] | None:
+        entry = self._pins.get(scope)
+        if entry is None or entry[0] <= time.time():
+            self._pins.pop(scope, None)
+            return None
+        return entry[1]
+
+    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
+        async with self._lock:
+            pins = self._live_pins(scope) or {}
+            states: dict[str, PinState] = {}
+            for name, digest in hashes.items():
+                pin = pins.get(name)
+                if pin is None:
+                    pins[name] = [digest, None]
+                    states[name] = "new"
+                elif pin[0] == digest:
+                    pin[1] = None  # back to the approved definition
+                    states[name] = "same"
+                else:
+                    pin[1] = digest
+                    states[name] = "changed"
+            self._pins[scope] = (time.time() + ttl, pins)
+            return states
+
+    async def tool_pin(self, scope: str, name: str) -> PinState | None:
+        async with self._lock:
+            pin = (self._live_pins(scope) or {}).get(name)
+            if pin is None:
+                return None
+            return "changed" if pin[1] is not None else "same"
+
+    async def repin_tool(self, scope: str, name: str) -> bool:
+        async with self._lock:
+            pin = (self._live_pins(scope) or {}).get(name)
+            if pin is None or pin[1] is None:
+                return False
+            pin[0], pin[1] = pin[1], None
+            return True
 
     async def ping(self) -> bool:
         return True

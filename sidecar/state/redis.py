@@ -57,6 +57,7 @@ from sidecar.state import (
     ApprovalRecord,
     ApprovalStatus,
     ParentEnded,
+    PinState,
     SessionLimits,
     SessionView,
     StoreError,
@@ -286,6 +287,39 @@ return h[3]
 """
 
 
+# -- pinned tool definitions ({p:SCOPE}) ------------------------------------------------------
+
+# KEYS: the scope's pins (hash: "p:"name → pin, "h:"name → held changed hash). ARGV: ttl, name, hash, ...
+PIN_TOOLS = """
+local out = {}
+for i = 2, #ARGV, 2 do
+  local name, digest = ARGV[i], ARGV[i + 1]
+  local pin = redis.call('HGET', KEYS[1], 'p:' .. name)
+  if not pin then
+    redis.call('HSET', KEYS[1], 'p:' .. name, digest)
+    out[#out + 1] = 'new'
+  elseif pin == digest then
+    redis.call('HDEL', KEYS[1], 'h:' .. name)
+    out[#out + 1] = 'same'
+  else
+    redis.call('HSET', KEYS[1], 'h:' .. name, digest)
+    out[#out + 1] = 'changed'
+  end
+end
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return out
+"""
+
+# KEYS: the scope's pins. ARGV: name
+REPIN_TOOL = """
+local held = redis.call('HGET', KEYS[1], 'h:' .. ARGV[1])
+if not held then return 0 end
+redis.call('HSET', KEYS[1], 'p:' .. ARGV[1], held)
+redis.call('HDEL', KEYS[1], 'h:' .. ARGV[1])
+return 1
+"""
+
+
 def hash_tag(kind: str, name: str) -> str:
     """The hash tag of one tree (``t``, its root id), agent (``a``), session (``s``) or approval
     (``ap``): every key of it carries this, so a Cluster keeps them in one slot (the slot of
@@ -386,6 +420,8 @@ class RedisStore:
         self._store_approval = client.register_script(STORE_APPROVAL)
         self._admit = client.register_script(ADMIT_APPROVAL)
         self._transition = client.register_script(TRANSITION_APPROVAL)
+        self._pin_tools = client.register_script(PIN_TOOLS)
+        self._repin_tool = client.register_script(REPIN_TOOL)
 
     @classmethod
     def from_url(cls, url: str, prefix: str, timeout_ms: int) -> RedisStore:
@@ -831,6 +867,29 @@ class RedisStore:
         self._check_acked(replicas, f"the use of approval {approval_id}")
         return str(agent)
 
+    # -- pinned tool definitions ---------------------------------------------------------------
+    def _pins(self, scope: str) -> str:
+        return f"{self._prefix}{hash_tag('p', scope)}:pins"
+
+    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
+        if not hashes:
+            return {}
+        args: Args = [ttl, *(part for item in hashes.items() for part in item)]
+        async with self._io():
+            states = await self._pin_tools(keys=[self._pins(scope)], args=args)
+        return {name: _pin_state(state) for name, state in zip(hashes, states, strict=True)}
+
+    async def tool_pin(self, scope: str, name: str) -> PinState | None:
+        async with self._io():
+            pin, held = await self._redis.hmget(self._pins(scope), ["p:" + name, "h:" + name])
+        if pin is None:
+            return None
+        return "changed" if held is not None else "same"
+
+    async def repin_tool(self, scope: str, name: str) -> bool:
+        async with self._io():
+            return bool(await self._repin_tool(keys=[self._pins(scope)], args=[name]))
+
     async def ping(self) -> bool:
         try:
             if isinstance(self._redis, RedisCluster):
@@ -857,6 +916,13 @@ def _subtree(task_id: str, members: dict[str, list[str]]) -> list[str]:
                 seen.add(child)
                 queue.append(child)
     return order
+
+
+def _pin_state(raw: bytes | str) -> PinState:
+    state = raw.decode() if isinstance(raw, bytes) else raw
+    if state not in ("new", "same", "changed"):
+        raise StoreError(f"unexpected pin state {state!r}")
+    return state  # type: ignore[return-value]
 
 
 def _approval_record(fields: dict[str, str]) -> ApprovalRecord | None:

@@ -549,15 +549,25 @@ def test_each_egress_tool_is_the_prototype_with_its_own_address() -> None:
     assert set(vhosts) == {"tickets", "wiki", "not-allowed"} and vhosts["not-allowed"] == want_vhosts["not-allowed"]
     clusters = {c["name"]: c for c in config["static_resources"]["clusters"]}
     want_clusters = {c["name"]: c for c in prototype["static_resources"]["clusters"]}
-    assert set(clusters) == {"authz_sidecar", "spire_agent", "otel_collector", "tool_tickets", "tool_wiki"}
-    for name in ("authz_sidecar", "spire_agent", "otel_collector"):
+    assert set(clusters) == {
+        "authz_sidecar",
+        "authz_ext_proc",
+        "spire_agent",
+        "otel_collector",
+        "tool_tickets",
+        "tool_wiki",
+    }
+    for name in ("authz_sidecar", "authz_ext_proc", "spire_agent", "otel_collector"):
         assert clusters[name] == want_clusters[name]
     for tool in TOOLS:
         vhost = vhosts[tool["name"]]
         assert vhost["domains"] == [tool["host"], f"{tool['host']}:*"]
-        assert vhost["routes"][-1]["route"]["cluster"] == f"tool_{tool['name']}"
-        vhost["routes"][-1]["route"]["cluster"] = "tool_tickets"
-        assert vhost["routes"] == want_vhosts["tickets"]["routes"], "the refusal routes and the final route"
+        forwarding = [route for route in vhost["routes"] if "route" in route]  # the MCP route and the final one
+        assert len(forwarding) == 2
+        for route in forwarding:
+            assert route["route"]["cluster"] == f"tool_{tool['name']}"
+            route["route"]["cluster"] = "tool_tickets"
+        assert vhost["routes"] == want_vhosts["tickets"]["routes"], "the refusal routes and the forwarding ones"
         cluster = clusters[f"tool_{tool['name']}"]
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
         assert endpoint["socket_address"] == {"address": tool["host"], "port_value": tool["port"]}

@@ -186,10 +186,14 @@ def test_everything_else_is_the_templates(name: str) -> None:
         for host in got_hosts:
             if not any("route" in r for r in host["routes"]):
                 continue  # answers every request itself (not-allowed)
-            assert host["routes"][:-1] == template_host["routes"][:-1], f"{host['name']}: the refusal routes"
-            last, template_last = copy.deepcopy(host["routes"][-1]), template_host["routes"][-1]
-            last["route"]["cluster"] = template_last["route"]["cluster"]
-            assert last == template_last, f"{host['name']}: only the final route's cluster may differ"
+            # The refusal routes as they are; the forwarding ones (the MCP endpoint's, the final
+            # one) differ only in their cluster.
+            assert len(host["routes"]) == len(template_host["routes"]), f"{host['name']}: the routes"
+            for route, template_route in zip(host["routes"], template_host["routes"], strict=True):
+                route = copy.deepcopy(route)
+                if "route" in route:
+                    route["route"]["cluster"] = template_route["route"]["cluster"]
+                assert route == template_route, f"{host['name']}: only the forwarding routes' cluster may differ"
     checks = check_clusters(template)
     want_checks = [fill(c, values) for c in template["static_resources"]["clusters"] if c["name"] in checks]
     assert [c for c in config["static_resources"]["clusters"] if c["name"] in checks] == want_checks
@@ -294,6 +298,8 @@ def problems(config: dict[str, Any], sidecar: Config) -> list[str]:
     for cluster in config["static_resources"]["clusters"]:
         if cluster["name"] in checks:
             socket = sidecar.grpc.socket if "grpc" in cluster["name"] else sidecar.listen.socket
+            if cluster["name"] == "authz_ext_proc":
+                socket = sidecar.mcp_responses.socket
             if _pipes(cluster) != [str(socket)]:
                 found.append(f"check cluster {cluster['name']}: {_pipes(cluster)}, the sidecar listens on {socket}")
     for listener in config["static_resources"]["listeners"]:
@@ -328,6 +334,7 @@ def problems(config: dict[str, Any], sidecar: Config) -> list[str]:
                 found.append(
                     f"{where}: Envoy buffers {body} bytes, the sidecar expects {expected.envoy_max_request_bytes}"
                 )
+            found += _response_path_problems(where, listener, hcm, sidecar)
             removed = set(hcm["route_config"].get("request_headers_to_remove", []))
             missing = sorted({*METHOD_OVERRIDE_HEADERS, *TARGET_OVERRIDE_HEADERS} - removed)
             if missing:
@@ -335,6 +342,33 @@ def problems(config: dict[str, Any], sidecar: Config) -> list[str]:
             logs = [json.dumps(log) for log in hcm.get("access_log", [])]
             if not any("%REQ(X-REQUEST-ID)%" in log and DECISION_ID[mode] in log for log in logs):
                 found.append(f"{where}: no access log with the request id and {DECISION_ID[mode]}")
+    return found
+
+
+def _response_path_problems(where: str, listener: dict[str, Any], hcm: dict[str, Any], sidecar: Config) -> list[str]:
+    """ext_proc sees MCP responses only, never fails open, and buffers a bounded amount."""
+    found = []
+    procs = [f["typed_config"] for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc"]
+    if not procs:
+        return [f"{where}: no MCP response path (ext_proc)"]
+    proc = procs[0]
+    if proc.get("failure_mode_allow", False) is not False:
+        found.append(f"{where}: ext_proc failure_mode_allow")
+    if proc.get("processing_mode", {}).get("response_body_mode") != "BUFFERED":
+        found.append(f"{where}: ext_proc does not see whole response bodies")
+    if not isinstance(listener.get("per_connection_buffer_limit_bytes"), int):
+        found.append(f"{where}: no bound on what the response path buffers")
+    if not sidecar.mcp_responses.enabled:
+        found.append(f"{where}: ext_proc, but the sidecar serves no response path")
+    if not next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc").get("disabled"):
+        found.append(f"{where}: ext_proc is on by default (Envoy's own replies would wait for it)")
+    for vhost in hcm["route_config"]["virtual_hosts"]:
+        for route in vhost["routes"]:
+            on = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_proc")
+            if "route" in route and (route["match"] == {"path": "/mcp"}) != (on is not None):
+                found.append(f"{where}: ext_proc is not on for exactly the MCP route ({route['match']})")
+            if on is not None and on.get("overrides", {}).get("failure_mode_allow") is not False:
+                found.append(f"{where}: the MCP route's ext_proc may fail open")
     return found
 
 

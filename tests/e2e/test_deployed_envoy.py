@@ -55,9 +55,11 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def deployed(stack: Stack, envoy_bin: str) -> Iterator[DeployedEnvoy]:
-    # The pod's /run/authz: the sidecar's check socket (the stack's) and Envoy's own admin socket.
+    # The pod's /run/authz: the sidecar's check and response-path sockets (the stack's) and Envoy's
+    # own admin socket.
     run_dir = Path(tempfile.mkdtemp(prefix="authz-run-"))  # short: unix socket paths have ~107 bytes
     (run_dir / "sidecar.sock").symlink_to(stack.check_socket)
+    (run_dir / "ext_proc.sock").symlink_to(stack.ext_proc_socket)
     egress, health = free_port(), free_port()
     values = {"RUN_DIR": run_dir, "EGRESS_PORT": egress, "HEALTH_PORT": health, "UPSTREAM_PORT": stack.ports.upstream}
     path = run_dir / "envoy.yaml"
@@ -124,6 +126,7 @@ def test_it_is_the_committed_file_with_only_addresses_changed(deployed: Deployed
     assert [c["name"] for c in ran["static_resources"]["clusters"]] == [
         "authz_sidecar",
         "otel_collector",
+        "authz_ext_proc",
         "tool_tickets",
     ]
 
@@ -145,6 +148,14 @@ def test_allow_reaches_the_tool_and_is_logged_with_its_decision(
     assert line["status"] == 200 and line["method"] == "GET"
     assert line["request_id"] not in ("", "-", None)
     assert line["request_id"] in (stack.logs / "sidecar.log").read_text(), "the request id finds the sidecar's line"
+
+
+def test_mcp_responses_pass_the_response_path(deployed: DeployedEnvoy, client: AgentClient) -> None:
+    """The deployed config's ext_proc reaches the sidecar's response path: the reader's list is filtered."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {}}
+    response = through(deployed, client, "POST", f"{TOOL}/mcp", READER, json=body, headers={"mcp-method": "tools/list"})
+    assert response.status_code == 200, response.text
+    assert {t["name"] for t in response.json()["result"]["tools"]} == {"search_docs", "get_record"}
 
 
 def test_deny_is_403_json_and_logged(deployed: DeployedEnvoy, client: AgentClient) -> None:

@@ -22,6 +22,7 @@ def test_tools_call() -> None:
         "arguments": {"q": "vpn"},
         "id": 7,
         "is_notification": False,
+        "tool_pin": None,
     }
     assert parsed.parsed_body["params"]["name"] == "search_docs"
 

@@ -487,3 +487,38 @@ async def test_more_parallel_calls_than_connections_wait_for_a_turn(request: pyt
         assert await store.reserve_task_slot(agent, "s", now) == 20
     finally:
         await store.close()
+
+
+# -- pinned tool definitions ------------------------------------------------------------------
+async def test_tool_pins_hold_the_first_definition_until_re_approved(store: Store) -> None:
+    scope = f"spiffe://demo.local/agent/reader|{uuid.uuid4()}"
+    assert await store.tool_pin(scope, "search_docs") is None
+    assert await store.pin_tools(scope, {"search_docs": "h1", "get_record": "g1"}, 60) == {
+        "search_docs": "new",
+        "get_record": "new",
+    }
+    assert await store.pin_tools(scope, {"search_docs": "h1"}, 60) == {"search_docs": "same"}
+    assert await store.tool_pin(scope, "search_docs") == "same"
+    # the server changes the definition: the pin stays, the change is held
+    assert await store.pin_tools(scope, {"search_docs": "h2"}, 60) == {"search_docs": "changed"}
+    assert await store.tool_pin(scope, "search_docs") == "changed"
+    assert await store.pin_tools(scope, {"search_docs": "h2"}, 60) == {"search_docs": "changed"}
+    assert await store.repin_tool(scope, "get_record") is False  # nothing held to accept
+    assert await store.repin_tool(scope, "search_docs") is True
+    assert await store.tool_pin(scope, "search_docs") == "same"
+    assert await store.pin_tools(scope, {"search_docs": "h2"}, 60) == {"search_docs": "same"}
+    assert await store.pin_tools(scope, {"search_docs": "h1"}, 60) == {"search_docs": "changed"}
+    # a definition that reverts to its pin is no longer changed
+    assert await store.pin_tools(scope, {"search_docs": "h2"}, 60) == {"search_docs": "same"}
+    assert await store.pin_tools(scope, {}, 60) == {}
+
+
+async def test_tool_pins_are_per_scope_and_expire(store: Store) -> None:
+    one, two = f"a|{uuid.uuid4()}", f"b|{uuid.uuid4()}"
+    await store.pin_tools(one, {"t": "h1"}, 1)
+    assert await store.pin_tools(two, {"t": "h2"}, 60) == {"t": "new"}
+    assert await store.pin_tools(one, {"p:t": "x", "h:t": "y"}, 1) == {"p:t": "new", "h:t": "new"}
+    assert await store.tool_pin(one, "t") == "same"  # names that look like the backend's own fields
+    await asyncio.sleep(2.1)
+    assert await store.tool_pin(one, "t") is None
+    assert await store.tool_pin(two, "t") == "same"

@@ -131,7 +131,12 @@ Every check, header, route and reply setting stays the template's. */}}
 {{- $copy := deepCopy $vhost -}}
 {{- $_ := set $copy "name" $tool.name -}}
 {{- $_ := set $copy "domains" (list $tool.host (printf "%s:*" $tool.host)) -}}
-{{- $_ := set (last $copy.routes).route "cluster" (printf "tool_%s" $tool.name) -}}
+{{- /* every forwarding route: the MCP endpoint's and the final one */ -}}
+{{- range $route := $copy.routes -}}
+{{- if hasKey $route "route" -}}
+{{- $_ := set $route.route "cluster" (printf "tool_%s" $tool.name) -}}
+{{- end -}}
+{{- end -}}
 {{- $vhosts = append $vhosts $copy -}}
 {{- end -}}
 {{- else -}}

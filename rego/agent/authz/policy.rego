@@ -12,6 +12,7 @@
 #   step_up.rego  human approval, stronger authentication, the external-send ratchet
 #   task.rego     task grants (scopes), delegation depth, just-in-time credentials
 #   session.rego  what the agent already did in this session: write and rate limits
+#   challenge.rego the MCP scope challenge (403 insufficient_scope) of a deny
 #
 # Who is calling comes from package agent.identity (rego/agent/identity), which
 # the task API's decision (agent.tasks) shares. Who may approve a step-up is
@@ -54,11 +55,14 @@ default verdict_document := {
 }
 
 # One answer, tried in order: deny, else step-up, else allow.
-verdict_document := {
-	"verdict": "deny",
-	"reasons": sort(deny_reasons),
-	"remember": [],
-} if {
+verdict_document := object.union(
+	{
+		"verdict": "deny",
+		"reasons": sort(deny_reasons),
+		"remember": [],
+	},
+	scope_challenge,
+) if {
 	count(deny_reasons) > 0
 } else := {
 	"verdict": "step_up",

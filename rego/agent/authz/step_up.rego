@@ -294,3 +294,20 @@ redacted_cut(cut) if {
 within(cut, pointer) if cut == pointer
 
 within(cut, pointer) if startswith(cut, concat("", [pointer, "/"]))
+
+# A tool whose definition changed since the agent's session first listed it (the MCP
+# response path pins definitions; input.mcp.tool_pin): a human approves the call, and
+# with it the new definition, before the agent may use it (the "rug pull" defence).
+approval_needs contains need if {
+	tool
+	rpc.tool_pin == "changed"
+	need := {
+		"kind": "approval",
+		"reason": sprintf(
+			"the definition of tool %s changed since agent %s's session first listed it; a human must approve it",
+			[rpc.name, agent_name],
+		),
+		"ttl_seconds": default_ttl,
+		"data_class": object.get(tool, "data_class", "restricted"),
+	}
+}

@@ -30,6 +30,18 @@ mask contains pointer if {
 	maskable(pointer)
 }
 
+# The MCP response path's queries (agent.response) carry the check's input under
+# input.request: the same pointers are erased there too.
+mask contains sprintf("/input/request/attributes/request/http/headers/%s", [header]) if {
+	some header in secret_headers
+}
+
+mask contains concat("", ["/input/request", trim_prefix(pointer, "/input")]) if {
+	some pointer in data.agent.config.log_mask
+	is_string(pointer)
+	startswith(pointer, "/input/")
+}
+
 maskable(pointer) if startswith(pointer, "/input/")
 
 maskable(pointer) if startswith(pointer, "/result/")

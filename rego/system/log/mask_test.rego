@@ -18,7 +18,7 @@ test_approval_id_and_xfcc_are_kept if {
 # The shipped data also erases raw bodies and the JSON-RPC arguments duplicated in parsed_body;
 # reviewers see input.mcp.arguments once, minus the fields a policy author marks secret.
 test_shipped_mask_is_the_secret_headers_and_raw_bodies if {
-	count(log.mask) == 8
+	count(log.mask) == 16
 	"/input/attributes/request/http/body" in log.mask
 	"/input/attributes/request/http/rawBody" in log.mask
 	"/input/parsed_body/params/arguments" in log.mask
@@ -29,15 +29,23 @@ test_data_adds_pointers if {
 	m := log.mask with data.agent.config.log_mask as extra
 	"/input/parsed_body/password" in m
 	"/result/headers/x-secret" in m
-	count(m) == 7
+	"/input/request/parsed_body/password" in m
+	count(m) == 13
 }
 
 test_data_pointers_outside_the_event_are_ignored if {
 	m := log.mask with data.agent.config.log_mask as ["/labels/id", "input/parsed_body", 42, ""]
-	count(m) == 5
+	count(m) == 10
 }
 
 test_mask_without_data if {
 	m := log.mask with data.agent.config as {}
-	count(m) == 5
+	count(m) == 10
+}
+
+# The MCP response path's queries carry the check input under input.request.
+test_the_response_paths_copy_of_the_check_input_is_masked_the_same if {
+	"/input/request/attributes/request/http/headers/authorization" in log.mask
+	"/input/request/parsed_body/params/arguments" in log.mask
+	"/input/request/attributes/request/http/body" in log.mask
 }

@@ -1,0 +1,40 @@
+"""Start the response path beside the check listener: same process, same OPA, same store."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from sidecar.config import McpResponsesConfig
+from sidecar.mcp_response.ext_proc import start_ext_proc_server
+from sidecar.mcp_response.judge import ResponseJudge
+from sidecar.mcp_response.pending import PendingResponses
+from sidecar.opa import OpaClient
+from sidecar.state import Store
+
+log = logging.getLogger(__name__)
+
+
+def make_pending(settings: McpResponsesConfig) -> PendingResponses | None:
+    if not settings.enabled:
+        return None
+    return PendingResponses(settings.max_pending, settings.pending_ttl_seconds)
+
+
+def address_of(settings: McpResponsesConfig) -> str:
+    return f"unix:{settings.socket}" if settings.socket else f"{settings.host}:{settings.port}"
+
+
+async def start_response_path(
+    settings: McpResponsesConfig, opa: OpaClient, store: Store, pending: PendingResponses | None
+) -> grpc.aio.Server | None:
+    """The ext_proc server, when the response path is on."""
+    if pending is None:
+        return None
+    judge = ResponseJudge(opa, store, settings.decision_path, settings.pin_ttl_seconds)
+    server = await start_ext_proc_server(pending, judge, address_of(settings))
+    if settings.socket is not None:
+        settings.socket.chmod(0o660)  # as the check socket: owner and Envoy's shared group only
+    log.info("MCP response path listening", extra={"ext_proc": address_of(settings)})
+    return server

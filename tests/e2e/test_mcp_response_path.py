@@ -1,0 +1,178 @@
+"""The MCP response path through real Envoy: lists filtered per agent, tool output redacted (JSON
+and SSE), 2026-07-28 header/body mismatches, a changed tool definition, ext_proc down, an
+oversized response."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+import requests
+
+from devstack.agent_client import AgentClient, approval_id
+from devstack.mcp_tools import OWNER, RUG_PULL
+from devstack.stack import Ports, Stack
+from sidecar.mcp_headers import HEADER_MISMATCH
+from tests.e2e.conftest import READER, WRITER
+
+WRITE_TOOLS = {"create_ticket", "delete_record", "send_email"}
+
+
+def session() -> dict[str, str]:
+    """A fresh MCP session: its own pinned tool definitions."""
+    return {"mcp-session-id": str(uuid.uuid4())}
+
+
+def tool_names(response: requests.Response) -> set[str]:
+    assert response.status_code == 200, response.text
+    return {t["name"] for t in response.json()["result"]["tools"]}
+
+
+def response_events(stack: Stack, decision_id: str) -> list[dict[str, Any]]:
+    lines = (stack.logs / "sidecar.log").read_text().splitlines()
+    events = [json.loads(line) for line in lines if '"event": "response"' in line]
+    return [e for e in events if e.get("decision_id") == decision_id]
+
+
+def test_tools_list_is_filtered_per_agent(client: AgentClient, stack: Stack) -> None:
+    reader = client.mcp(READER, "tools/list", headers=session())
+    assert tool_names(reader) == {"search_docs", "get_record"}
+    assert int(reader.headers["content-length"]) == len(reader.content)
+    decision_id = reader.headers["x-authz-decision-id"]
+    [event] = response_events(stack, decision_id)
+    assert set(event["hidden"]) == WRITE_TOOLS and event["verdict"] == "allow"
+    task = client.task_token(WRITER, "triage", ["docs:read", "records:read", "tickets:write"])
+    writer = client.mcp(WRITER, "tools/list", task=task)
+    assert tool_names(writer) == {"search_docs", "get_record", "create_ticket"}
+
+
+def test_tool_output_is_redacted_for_agents_without_the_data_class(client: AgentClient, stack: Stack) -> None:
+    reader = client.mcp(READER, "tools/call", "get_record", {"id": "42"})
+    assert reader.status_code == 200, reader.text
+    result = reader.json()["result"]
+    assert OWNER not in reader.text
+    assert result["structuredContent"]["owner_email"] == "[redacted:pii]"
+    assert result["content"][0]["text"] == "record 42: owner [redacted:pii], status active"
+    [event] = response_events(stack, reader.headers["x-authz-decision-id"])
+    assert event["redactions"] == {"pii": 2} and event["tool"] == "get_record"
+    writer = client.mcp(WRITER, "tools/call", "get_record", {"id": "42"})
+    assert writer.status_code == 200 and writer.json()["result"]["structuredContent"]["owner_email"] == OWNER
+
+
+def test_tool_output_in_an_sse_stream_is_redacted(client: AgentClient) -> None:
+    response = client.mcp(READER, "tools/call", "get_record", {"id": "7"}, headers={"x-demo-stream": "sse"})
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert OWNER not in response.text and "[redacted:pii]" in response.text
+    assert "notifications/progress" in response.text
+    data = [line[len("data: ") :] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert json.loads(data[-1])["result"]["structuredContent"]["owner_email"] == "[redacted:pii]"
+
+
+def test_a_list_in_an_sse_stream_is_filtered(client: AgentClient) -> None:
+    response = client.mcp(READER, "tools/list", headers={"x-demo-stream": "sse", **session()})
+    assert response.status_code == 200 and "search_docs" in response.text
+    assert not any(tool in response.text for tool in WRITE_TOOLS)
+
+
+def test_header_body_mismatch_is_the_specs_error_with_the_request_id(client: AgentClient) -> None:
+    body = {"jsonrpc": "2.0", "id": "req-9", "method": "tools/call", "params": {"name": "search_docs", "arguments": {}}}
+    headers = {"mcp-method": "tools/call", "mcp-name": "delete_record", "content-type": "application/json"}
+    response = client.request("POST", "/mcp", READER, headers=headers, data=json.dumps(body))
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["id"] == "req-9" and answer["error"]["code"] == HEADER_MISMATCH
+    param = client.request(
+        "POST",
+        "/mcp",
+        READER,
+        headers={**headers, "mcp-name": "search_docs", "mcp-param-q": "vpn"},
+        data=json.dumps({**body, "params": {"name": "search_docs", "arguments": {"q": "payroll"}}}),
+    )
+    assert param.status_code == 400 and param.json()["error"]["code"] == HEADER_MISMATCH
+    old_client = client.request("POST", "/mcp", READER, headers={"content-type": "application/json"}, json=body)
+    assert old_client.status_code == 200  # a 2025-06-18 client sends no Mcp-* headers
+
+
+@contextmanager
+def rug_pulled(stack: Stack) -> Iterator[None]:
+    url = f"http://127.0.0.1:{stack.ports.upstream}/debug/rug-pull"
+    requests.post(url, timeout=5).raise_for_status()
+    try:
+        yield
+    finally:
+        requests.delete(url, timeout=5).raise_for_status()
+
+
+def test_a_changed_tool_definition_is_hidden_and_stepped_up_until_re_approved(
+    client: AgentClient, stack: Stack
+) -> None:
+    mine = session()
+    assert "search_docs" in tool_names(client.mcp(READER, "tools/list", headers=mine))  # pinned now
+    with rug_pulled(stack):
+        assert "search_docs" not in tool_names(client.mcp(READER, "tools/list", headers=mine))
+        assert "search_docs" in tool_names(client.mcp(READER, "tools/list", headers=session()))  # another session
+        call = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn"}, headers=mine)
+        assert call.status_code == 401, call.text
+        assert "changed since" in call.text
+        approval = approval_id(call)
+        assert approval is not None
+        assert client.decide_approval(approval).status_code == 200
+        retry = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn"}, headers=mine, approval=approval)
+        assert retry.status_code == 200, retry.text
+        relisted = client.mcp(READER, "tools/list", headers=mine)  # the approved definition is the pin now
+        assert "search_docs" in tool_names(relisted)
+        assert RUG_PULL in relisted.text
+
+
+@pytest.fixture(scope="module")
+def no_response_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AgentClient]:
+    """A stack whose sidecar serves the check but no ext_proc: Envoy's response path is down."""
+    env = {"AUTHZ_MCP_RESPONSES__ENABLED": "false"}
+    with Stack(tmp_path_factory.mktemp("no-ext-proc"), Ports.free(), sidecar_env=env) as down:
+        yield AgentClient(down)
+
+
+def test_the_response_path_down_fails_closed_on_the_mcp_route_only(no_response_path: AgentClient) -> None:
+    client = no_response_path
+    response = client.mcp(READER, "tools/call", "get_record", {"id": "42"})
+    assert response.status_code == 503
+    assert OWNER not in response.text and "record 42" not in response.text
+    assert "search_docs" not in client.mcp(READER, "tools/list").text
+    assert client.request("GET", "/api/docs/handbook", READER).status_code == 200  # not on the MCP route
+
+
+def test_an_oversized_response_is_refused_not_passed(client: AgentClient) -> None:
+    response = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn", "pad": 2 * 1024 * 1024})
+    assert response.status_code >= 500
+    assert "xxxxxxxx" not in response.text
+    small = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn", "pad": 1000})
+    assert small.status_code == 200 and "x" * 1000 in small.text
+
+
+def test_an_agent_cannot_name_the_decision_its_response_is_judged_under(client: AgentClient) -> None:
+    """The decision id is the sidecar's own: an agent naming another cannot fetch an unjudged answer."""
+    forged = client.mcp(READER, "tools/call", "get_record", {"id": "1"}, headers={"x-authz-decision-id": "forged"})
+    assert forged.status_code == 200 and OWNER not in forged.text  # the check overwrote it: judged as usual
+    assert forged.headers["x-authz-decision-id"] != "forged"
+
+
+def test_protected_resource_metadata_behind_the_ingress_listener(client: AgentClient, stack: Stack) -> None:
+    metadata = client.ingress(WRITER, "GET", "/.well-known/oauth-protected-resource/mcp")
+    assert metadata.status_code == 200 and metadata.headers["content-type"].startswith("application/json")
+    assert metadata.json()["resource"] == stack.ingress_url + "/mcp"
+    assert metadata.json()["bearer_methods_supported"] == ["header"]
+
+
+def test_a_tool_call_short_of_a_scope_is_a_scope_challenge(client: AgentClient) -> None:
+    task = client.task_token(WRITER, "triage", ["docs:read"])
+    response = client.mcp(WRITER, "tools/call", "create_ticket", {"title": "x"}, task=task, rpc_id=5)
+    assert response.status_code == 403
+    challenge = response.headers["www-authenticate"]
+    assert challenge.startswith('Bearer error="insufficient_scope", scope="tickets:write", resource_metadata="')
+    assert "/.well-known/oauth-protected-resource/mcp" in challenge
+    assert response.json()["id"] == 5
