@@ -27,8 +27,12 @@ ARG SOURCE_DATE_EPOCH=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH}
 WORKDIR /src
 COPY requirements/runtime.lock requirements/build.lock requirements/sbom.lock ./requirements/
+# xds-protos carries an old copy of OpenTelemetry's protos in the files opentelemetry-proto installs:
+# those are written again, last, from the same hash-pinned lock (the OTLP exporter needs them).
 RUN python -m venv /opt/authz-sidecar \
- && /opt/authz-sidecar/bin/pip install --require-hashes --no-deps -r requirements/runtime.lock -r requirements/build.lock
+ && /opt/authz-sidecar/bin/pip install --require-hashes --no-deps -r requirements/runtime.lock -r requirements/build.lock \
+ && grep -A2 '^opentelemetry-proto==' requirements/runtime.lock > /tmp/otel-proto.lock \
+ && /opt/authz-sidecar/bin/pip install --require-hashes --no-deps --force-reinstall -r /tmp/otel-proto.lock
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 # The package itself: its dependencies are already in (pinned above), its build tools leave after.
