@@ -31,8 +31,8 @@ COPY requirements/runtime.lock requirements/build.lock requirements/sbom.lock ./
 # those are written again, last, from the same hash-pinned lock (the OTLP exporter needs them).
 RUN python -m venv /opt/authz-sidecar \
  && /opt/authz-sidecar/bin/pip install --require-hashes --no-deps -r requirements/runtime.lock -r requirements/build.lock \
- && grep -A2 '^opentelemetry-proto==' requirements/runtime.lock > /tmp/otel-proto.lock \
- && /opt/authz-sidecar/bin/pip install --require-hashes --no-deps --force-reinstall -r /tmp/otel-proto.lock
+ && grep -A2 '^opentelemetry-proto==' requirements/runtime.lock > requirements/otel-proto.lock \
+ && /opt/authz-sidecar/bin/pip install --require-hashes --no-deps --force-reinstall -r requirements/otel-proto.lock
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 # The package itself: its dependencies are already in (pinned above), its build tools leave after.
