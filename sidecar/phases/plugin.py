@@ -18,6 +18,7 @@ from sidecar.input import agent_input
 from sidecar.opa import OpaClient, OpaError
 from sidecar.outcome import Decision, PluginEffect
 from sidecar.phases.identity import Resolver
+from sidecar.phases.policy import ask_opa
 from sidecar.plugin_input import RequestParseError, plugin_input
 from sidecar.request import PARTIAL_BODY_HEADER
 
@@ -93,17 +94,7 @@ class AskPluginPolicy:
     async def run(self, call: Call) -> Decision | None:
         if call.input_doc is None:
             return call.unavailable("no input document to ask the policy about")
-        try:
-            answer = await self._opa.decide(call.input_doc)
-        except OpaError as exc:
-            metrics.OPA_ERRORS.labels(exc.code).inc()
-            return call.refused(exc)
-        metrics.OPA_SECONDS.observe(answer.seconds)
-        call.opa_seconds = answer.seconds
-        if answer.decision_id:
-            call.decision_id = answer.decision_id
-        call.policy_answer = answer.result
-        return None
+        return await ask_opa(self._opa, call, call.input_doc)
 
 
 class AnswerLikePlugin:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sidecar import metrics
 from sidecar.approvals import approval_view
 from sidecar.call import Call
@@ -44,17 +46,22 @@ class AskPolicy:
             hidden_headers=self._hidden_headers,
             credential_headers=self._credential_headers,
         )
-        try:
-            answer = await self._opa.decide(call.input_doc)
-        except OpaError as exc:
-            metrics.OPA_ERRORS.labels(exc.code).inc()
-            return call.refused(exc)
-        metrics.OPA_SECONDS.observe(answer.seconds)
-        call.opa_seconds = answer.seconds
-        if answer.decision_id:
-            call.decision_id = answer.decision_id
-        call.policy_answer = answer.result
-        return None
+        return await ask_opa(self._opa, call, call.input_doc)
+
+
+async def ask_opa(opa: OpaClient, call: Call, input_doc: dict[str, Any]) -> Decision | None:
+    """Ask OPA about ``input_doc``: its answer, time and decision id go on the call; a failure is a 503."""
+    try:
+        answer = await opa.decide(input_doc)
+    except OpaError as exc:
+        metrics.OPA_ERRORS.labels(exc.code).inc()
+        return call.refused(exc)
+    metrics.OPA_SECONDS.observe(answer.seconds)
+    call.opa_seconds = answer.seconds
+    if answer.decision_id:
+        call.decision_id = answer.decision_id  # OPA's id: the same in its decision log and ours
+    call.policy_answer = answer.result
+    return None
 
 
 class ReadVerdict:
