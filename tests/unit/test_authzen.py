@@ -28,6 +28,7 @@ from sidecar.identity import Identity, IdentityError, IdentityResolver
 from sidecar.input import authzen_policy_input
 from sidecar.opa import HttpOpaClient, OpaAnswer, OpaClient, OpaError
 from sidecar.wire_status import HTTP_STATUS
+from tests.opa_server import opa_server
 
 PEP = "spiffe://demo.local/pep/gateway"
 SUBJECT = {"type": "user", "id": "alice"}
@@ -458,19 +459,15 @@ async def test_evaluations_are_not_traced_twice(caplog: pytest.LogCaptureFixture
     async def data_api(_: web.Request) -> web.Response:
         return web.json_response({"result": True, "decision_id": "opa-7"})
 
-    app = web.Application()
-    app.router.add_post("/v1/data/{path:.*}", data_api)
-    server = TestServer(app)
-    await server.start_server()
-    opa = HttpOpaClient(f"http://{server.host}:{server.port}", "agent/authz/decision", 1000, 4)
-    await opa.start()
-    try:
-        with caplog.at_level(logging.INFO, logger="authz.opa"):
-            outcome = await Evaluator(opa, "authzen/decision", None, 4).one(evaluation("allow"))
-            assert outcome.decision_id == "opa-7" and outcome.decision is True
-            assert not [r for r in caplog.records if r.name == "authz.opa"]
-            await opa.decide({}, "agent/tasks/decision")  # other queries still are
-            assert [r.__dict__["decision_id"] for r in caplog.records if r.name == "authz.opa"] == ["opa-7"]
-    finally:
-        await opa.close()
-        await server.close()
+    async with opa_server(data_api) as url:
+        opa = HttpOpaClient(url, "agent/authz/decision", 1000, 4)
+        await opa.start()
+        try:
+            with caplog.at_level(logging.INFO, logger="authz.opa"):
+                outcome = await Evaluator(opa, "authzen/decision", None, 4).one(evaluation("allow"))
+                assert outcome.decision_id == "opa-7" and outcome.decision is True
+                assert not [r for r in caplog.records if r.name == "authz.opa"]
+                await opa.decide({}, "agent/tasks/decision")  # other queries still are
+                assert [r.__dict__["decision_id"] for r in caplog.records if r.name == "authz.opa"] == ["opa-7"]
+        finally:
+            await opa.close()

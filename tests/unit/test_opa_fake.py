@@ -23,6 +23,7 @@ from sidecar.opa_fake import (
     undefined,
     unreachable,
 )
+from tests.opa_server import opa_server
 
 
 async def test_records_each_query_at_its_resolved_path_as_opa_would_receive_it() -> None:
@@ -102,15 +103,9 @@ class _Server:
 @pytest.fixture
 async def server() -> AsyncIterator[_Server]:
     fake = _Server()
-    app = web.Application()
-    app.router.add_post("/v1/data/{path:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield fake
-    await runner.cleanup()
+    async with opa_server(fake.handle) as url:
+        fake.url = url
+        yield fake
 
 
 async def _real_failure(url: str) -> OpaError:

@@ -21,6 +21,7 @@ from sidecar.opa_fake import FakeOpa, always
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.shadow import Shadow, make_shadow
+from tests.opa_server import opa_server
 from tests.pipelines import make_pipeline
 
 LIVE_ID = "live-decision-1"
@@ -50,15 +51,9 @@ class _Candidate:
 @pytest.fixture
 async def candidate() -> AsyncIterator[_Candidate]:
     fake = _Candidate()
-    app = web.Application()
-    app.router.add_post("/v1/data/{path:.*}", fake.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    fake.url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    yield fake
-    await runner.cleanup()
+    async with opa_server(fake.handle) as url:
+        fake.url = url
+        yield fake
 
 
 def _pipeline(live: FakeOpa, shadow: Shadow) -> Pipeline:

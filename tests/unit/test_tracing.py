@@ -16,6 +16,7 @@ from sidecar.config import TracingConfig, validate_config
 from sidecar.events import DECISION_LOGGER
 from sidecar.server import build_apps, build_components
 from sidecar.tracing import Tracing, current_trace_id
+from tests.opa_server import opa_server
 
 WRITER = "spiffe://demo.local/agent/writer"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -49,12 +50,8 @@ class _Opa:
 @pytest.fixture
 async def opa() -> AsyncIterator[tuple[_Opa, str]]:
     fake = _Opa()
-    app = web.Application()
-    app.router.add_post("/v1/data/{path:.*}", fake.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    yield fake, str(server.make_url("")).rstrip("/")
-    await server.close()
+    async with opa_server(fake.handle) as url:
+        yield fake, url
 
 
 async def _check(opa_url: str, headers: dict[str, str], tracing: dict[str, Any] | None = None) -> int:
