@@ -89,6 +89,10 @@ class OpaConfig(_Strict):
     # that OPA's decision log lists every refused call (sidecar/refusals.py); null: not reported.
     refusals_path: str | None = "agent/refusals/decision"
     refusals_max_in_flight: int = Field(16, gt=0, le=1024)
+    # Agent profile: each request body in the input once, in its most specific form (input.mcp,
+    # parsed_body or the text), or "all": the text, parsed_body and input.mcp, as the plugin
+    # sends the first two. OPA parses the whole input on every query.
+    input_body: Literal["once", "all"] = "once"
 
     @field_validator("url")
     @classmethod

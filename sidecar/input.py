@@ -51,8 +51,14 @@ def build_input(
     approval_view: dict[str, Any] | None = None,
     hidden_headers: frozenset[str] = frozenset(),
     credential_headers: frozenset[str] = CREDENTIAL_HEADERS,
+    body_once: bool = True,
 ) -> dict[str, Any]:
-    """The whole input document for one check."""
+    """The whole input document for one check.
+
+    ``body_once`` (``opa.input_body: once``): the body appears once, in its most specific form: a
+    JSON-RPC request as ``input.mcp`` (``parsed_body`` null), other JSON as ``parsed_body``, and
+    only a body with neither as text in ``attributes.request.http.body``. OPA parses every byte of
+    the input on every query, so a body sent three times cost three times (``input_body: all``)."""
     path, query = split_target(request.path)
     parsed_path = unquote(path).lstrip("/").split("/")
     headers = {
@@ -69,13 +75,18 @@ def build_input(
         "scheme": headers.get("x-forwarded-proto", "http"),
         "protocol": "HTTP/1.1",
         "headers": headers,
-        "body": "",
         "size": len(request.body),  # a number, as the plugin sends it (Rego compares "5" > 1 as true)
     }
-    try:
-        http["body"] = request.body.decode("utf-8")
-    except UnicodeDecodeError:
-        http["rawBody"] = base64.b64encode(request.body).decode("ascii")
+    parsed_body = body.parsed_body
+    if body_once and body.mcp is not None:
+        parsed_body = None  # the JSON-RPC request is input.mcp
+    # Withheld text has no "body" key at all, so `http.body == ""` cannot read as an empty body.
+    if not (body_once and (body.mcp is not None or parsed_body is not None)):
+        try:
+            http["body"] = request.body.decode("utf-8")
+        except UnicodeDecodeError:
+            http["body"] = ""
+            http["rawBody"] = base64.b64encode(request.body).decode("ascii")
     principal = str(identity.spiffe_id) if identity and identity.source == "xfcc" else ""
     return {
         "attributes": {
@@ -87,7 +98,7 @@ def build_input(
         },
         "parsed_path": parsed_path,
         "parsed_query": parse_qs(query, keep_blank_values=True),
-        "parsed_body": body.parsed_body,
+        "parsed_body": parsed_body,
         "truncated_body": request.body_truncated,
         "version": VERSION,
         "action": {

@@ -132,6 +132,7 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
             hidden_headers=frozenset({config.identity.xfcc.secret_header}),
             credential_headers=CREDENTIAL_HEADERS | {task_header},
             approval_view=approvals is not None,
+            body_once=config.opa.input_body == "once",
         ),
         ReadVerdict(),
     ]

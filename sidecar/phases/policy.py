@@ -24,11 +24,13 @@ class AskPolicy:
         hidden_headers: frozenset[str],
         credential_headers: frozenset[str],
         approval_view: bool,
+        body_once: bool = True,
     ) -> None:
         self._opa = opa
         self._hidden_headers = hidden_headers
         self._credential_headers = credential_headers
         self._approval_view = approval_view  # approvals are on: tell the policy what approvers would not see
+        self._body_once = body_once
 
     async def run(self, call: Call) -> Decision | None:
         reservation = call.reservation
@@ -45,6 +47,7 @@ class AskPolicy:
             approval_view=approval_view(call.summary) if self._approval_view and call.identity else None,
             hidden_headers=self._hidden_headers,
             credential_headers=self._credential_headers,
+            body_once=self._body_once,
         )
         return await ask_opa(self._opa, call, call.input_doc)
 

@@ -131,7 +131,7 @@ def test_decision_logs_are_masked_complete_and_correlated(logged_stack: Stack) -
         assert line["agent"] == event["input"]["agent"]["spiffe_id"]
     mcp_event = by_id[seen[3]]
     assert "arguments" not in mcp_event["input"]["mcp"]
-    assert "arguments" not in mcp_event["input"]["parsed_body"]["params"]
+    assert mcp_event["input"]["parsed_body"] is None  # opa.input_body: once, the call is input.mcp
     assert mcp_event["input"]["mcp"]["name"] == "search_docs"
 
 

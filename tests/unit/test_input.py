@@ -127,6 +127,70 @@ def test_truncated_flag() -> None:
     assert doc["truncated_body"] is True and doc["parsed_body"] is None
 
 
+MCP_CALL = json.dumps(
+    {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "arguments": {"q": "x" * 300}}}
+).encode()
+
+
+def body_forms(body: bytes, content_type: str, *, once: bool, truncated: bool = False) -> dict[str, object]:
+    """Where the body is in the input: the text, parsed_body and input.mcp's arguments."""
+    headers = {"content-type": content_type, **({"x-envoy-auth-partial-body": "true"} if truncated else {})}
+    req = request("POST", "/mcp", body, **headers)
+    doc = build_input(req, identity=None, body=parse_body(body, req.headers, truncated), intent=None, body_once=once)
+    VALIDATOR.validate(doc)
+    http = doc["attributes"]["request"]["http"]
+    assert http["size"] == len(body)
+    return {
+        "text": http.get("body"),
+        "raw": http.get("rawBody"),
+        "parsed_body": doc["parsed_body"],
+        "arguments": doc["mcp"]["arguments"] if doc["mcp"] else None,
+    }
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain"])
+def test_a_json_rpc_body_reaches_the_policy_once_as_input_mcp(content_type: str) -> None:
+    assert body_forms(MCP_CALL, content_type, once=True) == {
+        "text": None,  # absent, not "": an equality test for an empty body cannot pass
+        "raw": None,
+        "parsed_body": None,
+        "arguments": {"q": "x" * 300},
+    }
+
+
+def test_other_json_reaches_the_policy_once_as_parsed_body() -> None:
+    assert body_forms(b'{"a": [1, 2]}', "application/json", once=True) == {
+        "text": None,
+        "raw": None,
+        "parsed_body": {"a": [1, 2]},
+        "arguments": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "truncated", "text", "raw"),
+    [
+        (b"name=a&b=c", "application/x-www-form-urlencoded", False, "name=a&b=c", None),
+        (b'{"a": 1', "application/json", True, '{"a": 1', None),  # cut at the buffer limit: never parsed
+        (b"\xff\x00", "application/octet-stream", False, "", "/wA="),
+    ],
+)
+def test_a_body_with_no_parsed_form_reaches_the_policy_as_it_came(
+    body: bytes, content_type: str, truncated: bool, text: str, raw: str | None
+) -> None:
+    for once in (True, False):
+        forms = body_forms(body, content_type, once=once, truncated=truncated)
+        assert (forms["text"], forms["raw"], forms["parsed_body"]) == (text, raw, None)
+
+
+def test_input_body_all_sends_every_form() -> None:
+    """``opa.input_body: all``: the text and parsed_body as opa-envoy-plugin sends them, and input.mcp."""
+    forms = body_forms(MCP_CALL, "application/json", once=False)
+    assert forms["text"] == MCP_CALL.decode()
+    assert forms["parsed_body"] == json.loads(MCP_CALL)
+    assert forms["arguments"] == {"q": "x" * 300}
+
+
 @pytest.mark.parametrize(
     ("host", "expected"),
     [

@@ -66,6 +66,25 @@ async def test_the_check_input_validates() -> None:
     validator("input").validate(opa.inputs[-1])
 
 
+async def test_opa_input_body_decides_how_often_the_body_is_sent() -> None:
+    """``opa.input_body``: ``once`` (default) sends an MCP call's body as input.mcp only; ``all``
+    also as the text and parsed_body, as opa-envoy-plugin does."""
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","arguments":{"a":1}}}'
+    headers = {"host": "tools.demo.local", "content-type": "application/json"}
+    identity = IdentityConfig.model_validate({"sources": ["pod"], "pod": {"spiffe_id": WRITER}})
+    sent = {}
+    for setting in ("once", "all"):
+        opa = _Opa(True)
+        settings = {**QUIET, "opa": {"input_body": setting}}
+        pipeline = make_pipeline(IdentityResolver(identity, None, None), opa, settings)
+        assert (await pipeline.check(CheckRequest("POST", "/mcp", headers, body))).allowed
+        validator("input").validate(opa.inputs[-1])
+        doc = opa.inputs[-1]
+        sent[setting] = (doc["attributes"]["request"]["http"].get("body"), doc["parsed_body"], doc["mcp"]["arguments"])
+    assert sent["once"] == (None, None, {"a": 1})
+    assert sent["all"] == (body.decode(), json.loads(body), {"a": 1})
+
+
 async def test_the_task_policy_inputs_validate() -> None:
     opa = _Opa({"verdict": "allow", "reasons": ["ok"], "scopes": ["docs:read"], "ttl_seconds": 30})
     tasks = TaskService(DEFAULTS.tasks, MemoryStore(), KeySet(None, "ES256", 10), opa, ["demo.local"])

@@ -83,7 +83,7 @@ def log(tmp_path_factory: pytest.TempPathFactory, opa_bin: str) -> Path:
     write = example("rest-write-under-task-jwt")
     mcp = example("mcp-tools-call-xfcc")
     erased_mcp = copy.deepcopy(mcp)
-    del erased_mcp["parsed_body"]["params"]["arguments"]
+    del erased_mcp["mcp"]["arguments"]
     read_erased = copy.deepcopy(read)
     del read_erased["attributes"]["request"]["http"]["headers"]["authorization"]
     lines = [
@@ -102,7 +102,7 @@ def log(tmp_path_factory: pytest.TempPathFactory, opa_bin: str) -> Path:
                 "d-mcp",
                 erased_mcp,
                 decide(opa_bin, mcp),
-                erased=["/input/parsed_body/params/arguments"],
+                erased=["/input/mcp/arguments"],
             )
         ),
         json.dumps(event("d-read", read_erased, {"verdict": "deny"})),  # the receiver's copy: read once
@@ -172,10 +172,10 @@ def test_masked_inputs_are_listed_not_compared(log: Path, capsys: pytest.Capture
     assert code == 0, "a masked decision is no change"
     [masked] = report["masked"]
     assert masked["decision_id"] == "d-mcp"
-    read_at = masked["masked_read"]["/input/parsed_body/params/arguments"]
+    read_at = masked["masked_read"]["/input/mcp/arguments"]
     # Each location is a line of the shipped policy that reads what was erased (not a pinned number).
     lines = [policy_line(where) for where in read_at]
-    assert lines and all("input.parsed_body" in line for line in lines), read_at
+    assert lines and all("input.mcp" in line for line in lines), read_at
     assert report["counts"]["masked"] == 1 and report["compared"] == 2
 
 
