@@ -80,6 +80,7 @@ class SidecarSetup(Setup):
             max_body_bytes=MAX_BODY_BYTES,
             mode="grpc" if self.mode == "grpc" else "http",
             sidecar_env=self.env,
+            response_path=False,
         )
 
     def restart_policy(self, bundle: Path) -> None:
@@ -145,7 +146,7 @@ class DirectSetup(Setup):
     authz = False
 
     def _make_stack(self) -> Stack:
-        return _DirectStack(self.workdir, Ports.free(), max_body_bytes=MAX_BODY_BYTES)
+        return _DirectStack(self.workdir, Ports.free(), max_body_bytes=MAX_BODY_BYTES, response_path=False)
 
 
 class _PluginStack(_BareStack):
@@ -206,7 +207,14 @@ class PluginSetup(Setup):
     name = "opa-envoy-plugin"
 
     def _make_stack(self) -> Stack:
-        return _PluginStack(self.workdir, Ports.free(), bundle=self.bundle, max_body_bytes=MAX_BODY_BYTES, mode="grpc")
+        return _PluginStack(
+            self.workdir,
+            Ports.free(),
+            bundle=self.bundle,
+            max_body_bytes=MAX_BODY_BYTES,
+            mode="grpc",
+            response_path=False,
+        )
 
     def configure(self, jwks: dict[str, Any], tasks: dict[str, dict[str, Any]], issuer: str) -> None:
         stack = self.stack
