@@ -25,7 +25,7 @@ import requests
 
 from bench.traffic import MIX, WRITER, BaselineError, Traffic, traffic_bundle
 from devstack.agent_client import AgentClient, AgentClientError
-from devstack.stack import Ports, Stack
+from devstack.stack import Mode, Ports, Stack
 
 RESULTS = Path(__file__).parent / "results"
 FLAT_GROWTH = 0.05  # RSS grew by less than 5 % over the second half: flat
@@ -37,6 +37,7 @@ class Point:
     requests: int
     rps: float
     rss_mb: float
+    anon_mb: float  # of rss_mb, the anonymous part (heap, stacks); the rest is mapped files (code)
     fds: int
     errors: int  # answers other than the kind's normal status
     wrongly_allowed: int
@@ -45,6 +46,13 @@ class Point:
 def proc_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024, 2)
+    return 0.0
+
+
+def proc_anon_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Anonymous:"):
             return round(int(line.split()[1]) / 1024, 2)
     return 0.0
 
@@ -81,11 +89,19 @@ class TaskLifecycle(threading.Thread):
         client.complete(WRITER, task["id"])
 
 
-def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:
+def soak(
+    seconds: float, sample_s: float, rate: float, out: Path, mode: Mode = "http", response_path: bool = True
+) -> int:
     points: list[Point] = []
     with (
         tempfile.TemporaryDirectory(prefix="authz-soak-") as tmp,
-        Stack(Path(tmp), Ports.free(), bundle=traffic_bundle(Path(tmp) / "bundle")) as stack,
+        Stack(
+            Path(tmp),
+            Ports.free(),
+            bundle=traffic_bundle(Path(tmp) / "bundle"),
+            mode=mode,
+            response_path=response_path,
+        ) as stack,
     ):
         pid = stack.processes["sidecar"].pid
         traffic = Traffic(stack, rate=rate, deadline_s=seconds + 30)
@@ -115,6 +131,7 @@ def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:
                         len(samples),
                         round(rps, 1),
                         proc_rss_mb(pid),
+                        proc_anon_mb(pid),
                         proc_fds(pid),
                         errors,
                         wrong,
@@ -123,7 +140,8 @@ def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:
                 last_n, last_t = len(samples), now
                 p = points[-1]
                 print(
-                    f"{p.at_s:>8.1f}s {p.requests:>9} req {p.rps:>7.1f}/s  RSS {p.rss_mb:>8.2f} MB  fds {p.fds:>4}  "
+                    f"{p.at_s:>8.1f}s {p.requests:>9} req {p.rps:>7.1f}/s  RSS {p.rss_mb:>8.2f} MB "
+                    f"(anon {p.anon_mb:>6.2f})  fds {p.fds:>4}  "
                     f"errors {p.errors}  wrongly allowed {p.wrongly_allowed}",
                     flush=True,
                 )
@@ -139,6 +157,8 @@ def soak(seconds: float, sample_s: float, rate: float, out: Path) -> int:
             {
                 "seconds": seconds,
                 "rate_per_s": rate,
+                "mode": mode,
+                "response_path": response_path,
                 "mix": [k.name for k in MIX],
                 **verdict,
                 "points": [asdict(p) for p in points],
@@ -156,6 +176,7 @@ class Verdict(TypedDict, total=False):
     rss_start_mb: float
     rss_half_mb: float
     rss_end_mb: float
+    anon_end_mb: float
     rss_growth_second_half: float
     rss_flat: Required[bool | None]
     fds_min: int
@@ -177,6 +198,7 @@ def _verdict(points: list[Point], cycles: int, failures: int) -> Verdict:
         "rss_start_mb": points[0].rss_mb,
         "rss_half_mb": half.rss_mb,
         "rss_end_mb": last.rss_mb,
+        "anon_end_mb": last.anon_mb,
         "rss_growth_second_half": round(growth, 4),
         "rss_flat": growth < FLAT_GROWTH,
         "fds_min": min(p.fds for p in points),
@@ -212,9 +234,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample-seconds", type=float, default=None, help="default: seconds / 60, at least 2")
     parser.add_argument("--rate", type=float, default=60.0, help="requests per second of the mix (default 60)")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
+    parser.add_argument("--mode", choices=("http", "grpc"), default="http", help="how Envoy asks the sidecar")
+    parser.add_argument(
+        "--no-response-path",
+        dest="response_path",
+        action="store_false",
+        help="without the MCP response path (Envoy's ext_proc filter and the sidecar's ext_proc server)",
+    )
     args = parser.parse_args(argv)
     sample = args.sample_seconds or max(2.0, args.seconds / 60)
-    return soak(args.seconds, sample, args.rate, args.out)
+    mode: Mode = "grpc" if args.mode == "grpc" else "http"
+    return soak(args.seconds, sample, args.rate, args.out, mode, args.response_path)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from spiffe import SpiffeId, TrustDomain
 
 from sidecar.errors import Kind, SidecarError
+from sidecar.spiffe_types import SpiffeId, TrustDomain
 
 ENV_PREFIX = "AUTHZ_"
 ENV_CONFIG_FILE = "AUTHZ_CONFIG"

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from spiffe import SpiffeId
 
 from sidecar import metrics
 from sidecar.config import TasksConfig
@@ -31,6 +30,7 @@ from sidecar.identity import Identity
 from sidecar.input import task_input, task_policy_input
 from sidecar.keys import KeySet
 from sidecar.opa import OpaClient, OpaError
+from sidecar.spiffe_types import SpiffeId
 from sidecar.state import ParentEnded, Store, StoreError, TaskRecord
 from sidecar.tokens import TASK_TYP, TokenError, act_claim, sign, verify
 

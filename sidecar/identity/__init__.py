@@ -11,14 +11,13 @@ import hmac
 from dataclasses import dataclass, field
 from typing import Any
 
-from spiffe import SpiffeId
-
 from sidecar import metrics
 from sidecar.config import IdentityConfig, IdentitySource
 from sidecar.errors import Kind, SidecarError
 from sidecar.identity.chain import DelegationError, actor_chain
 from sidecar.identity.jwt_svid import JwtSvidError, JwtSvidVerifier
 from sidecar.identity.xfcc import XfccError, peer_spiffe_id
+from sidecar.spiffe_types import SpiffeId
 
 Source = IdentitySource
 XFCC_HEADER = "x-forwarded-client-cert"

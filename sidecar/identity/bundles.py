@@ -6,9 +6,12 @@ import logging
 import os
 import threading
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from spiffe import JwtBundle, JwtSource, TrustDomain
+from sidecar.spiffe_types import JwtBundle, TrustDomain
+
+if TYPE_CHECKING:
+    from spiffe.workloadapi.jwt_source import JwtSource
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +76,10 @@ class WorkloadApiBundleSource:
     """
 
     def __init__(self, socket: str | None, timeout_s: float = 10.0, retry_s: float = 1.0) -> None:
+        # The Workload API client (grpc, protobuf): imported with this source only, at start-up.
+        from spiffe.workloadapi.jwt_source import JwtSource
+
+        self._jwt_source = JwtSource
         self._socket = socket
         self._timeout_s = timeout_s
         self._retry_s = retry_s
@@ -118,7 +125,7 @@ class WorkloadApiBundleSource:
     def _connect(self) -> None:
         try:
             # Blocks until the first bundle set arrives (or the timeout): only this thread waits.
-            source = JwtSource(socket_path=self._socket, timeout_in_seconds=self._timeout_s)
+            source = self._jwt_source(socket_path=self._socket, timeout_in_seconds=self._timeout_s)
         except Exception as exc:
             with self._lock:
                 self._source = None

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
-from spiffe import JwtSvid, SpiffeId, TrustDomain
 
 from sidecar.errors import Kind, SidecarError
 from sidecar.identity.bundles import BundleSource
+from sidecar.spiffe_types import JwtSvid, SpiffeId, TrustDomain
 
 IAT_LEEWAY_SECONDS = 60
 

@@ -7,9 +7,8 @@ which holds exactly one element: the verified peer of this connection.
 
 from __future__ import annotations
 
-from spiffe import SpiffeId
-
 from sidecar.errors import Kind, SidecarError
+from sidecar.spiffe_types import SpiffeId
 
 MAX_XFCC_BYTES = 16_384
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-
-import grpc
+from typing import TYPE_CHECKING
 
 from sidecar.config import McpResponsesConfig
-from sidecar.mcp_response.ext_proc import start_ext_proc_server
 from sidecar.mcp_response.judge import ResponseJudge
 from sidecar.mcp_response.pending import PendingResponses
 from sidecar.opa import OpaClient
 from sidecar.state import Store
+
+if TYPE_CHECKING:
+    import grpc
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,9 @@ async def start_response_path(
     """The ext_proc server, when the response path is on."""
     if pending is None:
         return None
+    # grpc and Envoy's ext_proc protos (~13 MB RSS): imported here, once, only with the response path on.
+    from sidecar.mcp_response.ext_proc import start_ext_proc_server
+
     judge = ResponseJudge(opa, store, settings.decision_path, settings.pin_ttl_seconds)
     server = await start_ext_proc_server(pending, judge, address_of(settings))
     if settings.socket is not None:
