@@ -62,9 +62,13 @@ class RedactingJsonFormatter(JsonFormatter):
     def _scrub(self, value: Any, depth: int) -> Any:
         if isinstance(value, str):
             return scrub_text(value)
+        if value is None or isinstance(value, int | float):  # bool is an int: every line has many
+            return value
         if depth >= _MAX_DEPTH:
-            return value if isinstance(value, int | float | bool | None) else REDACTED
+            return REDACTED
         if isinstance(value, dict):
+            if not self.redact_fields:  # the default: only strings can hold a credential
+                return {key: self._scrub(item, depth + 1) for key, item in value.items()}
             return {
                 key: REDACTED if str(key).lower() in self.redact_fields else self._scrub(item, depth + 1)
                 for key, item in value.items()
