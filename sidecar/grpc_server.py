@@ -35,12 +35,19 @@ def to_check_request(
 ) -> CheckRequest:
     """An Envoy ``CheckRequest`` (and the call's metadata) → the pipeline's :class:`CheckRequest`;
     ``attributes``: keep all of them as opa-envoy-plugin maps them (that profile's input)."""
-    http = message.attributes.request.http
-    headers: dict[str, str] = {}
-    if http.headers:
-        for name, value in http.headers.items():
-            _add(headers, name.lower(), value)
+    attrs = message.attributes
+    http = attrs.request.http
+    header_map = http.headers
+    if header_map:
+        # Envoy sends lower-case names, one entry each: one pass; mixed case that collides after
+        # lower-casing (only another client could send it) is joined as repeated headers are.
+        headers = {name.lower(): value for name, value in header_map.items()}
+        if len(headers) != len(header_map):
+            headers = {}
+            for name, value in header_map.items():
+                _add(headers, name.lower(), value)
     else:  # Envoy's encode_raw_headers: repeated values as separate entries
+        headers = {}
         for entry in http.header_map.headers:
             value = entry.raw_value.decode("utf-8", errors="replace") if entry.raw_value else entry.value
             _add(headers, entry.key.lower(), value)
@@ -50,14 +57,14 @@ def to_check_request(
             headers[secret_header] = value
     if "host" not in headers and http.host:
         headers["host"] = http.host
-    body = bytes(http.raw_body) if http.raw_body else http.body.encode("utf-8")
+    raw_body = http.raw_body
     return CheckRequest(
         method=http.method,
         path=http.path or "/",
         headers=headers,
-        body=body,
-        peer_principal=message.attributes.source.principal or None,
-        attributes=protomap(message.attributes) if attributes else None,
+        body=raw_body if raw_body else http.body.encode("utf-8"),
+        peer_principal=attrs.source.principal or None,
+        attributes=protomap(attrs) if attributes else None,
     )
 
 

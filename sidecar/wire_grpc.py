@@ -18,12 +18,11 @@ always ``PERMISSION_DENIED``, and a plain boolean answer only a status.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2
-from envoy.type.v3 import http_status_pb2
-from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 
 from sidecar.errors import SidecarError
@@ -31,6 +30,7 @@ from sidecar.outcome import DECISION_ID_HEADER, Decision, PluginEffect
 from sidecar.wire_status import grpc_deny_code
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+DENY_CODES: dict[int, int] = {}  # HTTP status of a refusal → its google.rpc.Code number, filled as met
 
 
 class Unavailable(SidecarError):
@@ -40,37 +40,53 @@ class Unavailable(SidecarError):
 
 
 def to_check_response(decision: Decision) -> Any:
-    """The ``CheckResponse`` for one decision; raises :class:`Unavailable` when it failed."""
+    """The ``CheckResponse`` for one decision; raises :class:`Unavailable` when it failed.
+
+    Filled in place (``add()`` on the repeated fields, fields set on the parent's sub-messages):
+    about a third of the CPU of building each sub-message and copying it into its parent, for the
+    same message byte for byte (tests/unit/test_grpc.py)."""
     if decision.failed:
         raise Unavailable("; ".join(decision.reasons) or f"authorization sidecar answered {decision.status}")
     if decision.plugin is not None:
         return _plugin_response(decision, decision.plugin)
-    metadata = struct_pb2.Struct()
+    response = external_auth_pb2.CheckResponse()
+    metadata = response.dynamic_metadata
+    metadata.SetInParent()  # present, if empty, as before
     if decision.decision_id:
-        metadata.update({"decision_id": decision.decision_id})
+        metadata.fields["decision_id"].string_value = decision.decision_id
     if decision.allowed:
+        response.status.SetInParent()  # code OK (0)
+        ok = response.ok_response
+        ok.SetInParent()
+        _set_headers(ok.headers, decision.upstream_headers)
+        ok.headers_to_remove.extend(decision.remove_headers)
         # The policy's response headers go to the client, where opa-envoy-plugin sends them.
-        to_client = list(decision.client_headers)
+        to_client = ok.response_headers_to_add
+        _set_headers(to_client, decision.client_headers)
         if decision.decision_id:
-            to_client.append((DECISION_ID_HEADER, decision.decision_id))
-        ok = external_auth_pb2.OkHttpResponse(
-            headers=[_header(name, value) for name, value in decision.upstream_headers],
-            headers_to_remove=list(decision.remove_headers),
-            response_headers_to_add=[_header(name, value) for name, value in to_client],
-        )
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.OK), ok_response=ok, dynamic_metadata=metadata
-        )
-    denied = external_auth_pb2.DeniedHttpResponse(
-        status=http_status_pb2.HttpStatus(code=decision.status),
-        headers=[_header(name, value) for name, value in decision.client_headers],
-        body=decision.body.decode("utf-8", errors="replace"),
-    )
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=code_pb2.Code.Value(grpc_deny_code(decision.status))),
-        denied_response=denied,
-        dynamic_metadata=metadata,
-    )
+            _set_headers(to_client, ((DECISION_ID_HEADER, decision.decision_id),))
+        return response
+    response.status.code = DENY_CODES.get(decision.status) or _deny_code(decision.status)
+    denied = response.denied_response
+    denied.status.code = decision.status
+    _set_headers(denied.headers, decision.client_headers)
+    denied.body = decision.body.decode("utf-8", errors="replace")
+    return response
+
+
+def _set_headers(options: Any, headers: Iterable[tuple[str, str]]) -> None:
+    """Append one overwriting ``HeaderValueOption`` per header to the repeated field ``options``."""
+    for name, value in headers:
+        option = options.add(append_action=OVERWRITE)
+        header = option.header
+        header.key = name
+        header.value = value
+
+
+def _deny_code(status: int) -> int:
+    code: int = code_pb2.Code.Value(grpc_deny_code(status))
+    DENY_CODES[status] = code
+    return code
 
 
 def _plugin_response(decision: Decision, effect: PluginEffect) -> Any:
@@ -103,7 +119,3 @@ def _plugin_response(decision: Decision, effect: PluginEffect) -> Any:
 def _appended(headers: tuple[tuple[str, str], ...]) -> list[Any]:
     """Header options as the plugin writes them: no append action (Envoy's default, append)."""
     return [base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v)) for k, v in headers]
-
-
-def _header(name: str, value: str) -> Any:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=OVERWRITE)

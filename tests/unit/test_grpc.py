@@ -7,7 +7,9 @@ import json
 import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from google.rpc import code_pb2
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
+from google.rpc import code_pb2, status_pb2
 from spiffe import SpiffeId
 
 from sidecar.config import IdentityConfig
@@ -17,6 +19,7 @@ from sidecar.identity import Identity, IdentityError, IdentityResolver
 from sidecar.outcome import Decision, RpcContext, allow, deny, step_up, unavailable
 from sidecar.wire_grpc import Unavailable, to_check_response
 from sidecar.wire_http import HEADERS_TO_REMOVE
+from sidecar.wire_status import grpc_deny_code
 
 SECRET = "s" * 32
 SECRET_HEADER = "x-authz-xfcc-secret"
@@ -172,3 +175,54 @@ def test_errors_fail_the_rpc() -> None:
         to_check_response(unavailable("policy engine timed out", decision_id="d-4", rpc=None))
     with pytest.raises(Unavailable, match="answered 503"):
         to_check_response(Decision("error", 503, "d-5", ()))
+
+
+def test_response_is_the_message_built_field_by_field() -> None:
+    """The response is filled in place for speed: it must be exactly the message built the plain
+    way (sub-messages constructed and nested), byte for byte, presence of empty fields included."""
+    overwrite = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+    def option(name: str, value: str) -> base_pb2.HeaderValueOption:
+        return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=name, value=value), append_action=overwrite)
+
+    verdict = Verdict("allow", ("ok",), upstream_headers={"x-authz-rule": "r"}, response_headers={"x-c": "1"})
+    answer = allow(verdict, decision_id="d-1", identity=None, request_headers={"authorization": "Basic x"})
+    expected = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(
+            headers=[option("x-authz-rule", "r"), option("x-authz-decision-id", "d-1")],
+            headers_to_remove=["authorization"],
+            response_headers_to_add=[option("x-c", "1"), option("x-authz-decision-id", "d-1")],
+        ),
+        dynamic_metadata=struct_pb2.Struct(fields={"decision_id": struct_pb2.Value(string_value="d-1")}),
+    )
+    assert to_check_response(answer).SerializeToString(deterministic=True) == expected.SerializeToString(
+        deterministic=True
+    )
+    bare = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=code_pb2.OK),
+        ok_response=external_auth_pb2.OkHttpResponse(),
+        dynamic_metadata=struct_pb2.Struct(),
+    )
+    response = to_check_response(Decision("allow", 200, "", ()))
+    assert response.SerializeToString(deterministic=True) == bare.SerializeToString(deterministic=True)
+    assert response.HasField("ok_response") and response.HasField("dynamic_metadata")
+
+    denied = to_check_response(deny(Verdict("deny", ("no",), status=418, body="tea"), decision_id="d-2", rpc=None))
+    expected = external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(code=denied.status.code),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=418),
+            headers=[option("x-authz-decision-id", "d-2")],
+            body="tea",
+        ),
+        dynamic_metadata=struct_pb2.Struct(fields={"decision_id": struct_pb2.Value(string_value="d-2")}),
+    )
+    assert denied.status.code == code_pb2.Code.Value(grpc_deny_code(418))
+    assert denied.SerializeToString(deterministic=True) == expected.SerializeToString(deterministic=True)
+
+
+def test_mixed_case_headers_that_collide_are_joined() -> None:
+    message = envoy_request(headers={"X-Agent-Purpose": "a", "x-agent-purpose": "b"})
+    joined = to_check_request(message, (), SECRET_HEADER).headers["x-agent-purpose"]
+    assert sorted(joined.split(",")) == ["a", "b"]
