@@ -32,7 +32,7 @@ from sidecar.keys import KeySet
 from sidecar.opa import OpaClient, OpaError
 from sidecar.spiffe_types import SpiffeId
 from sidecar.state import ParentEnded, Store, StoreError, TaskRecord
-from sidecar.tokens import TASK_TYP, TokenError, act_claim, sign, verify
+from sidecar.tokens import TASK_TYP, TokenError, VerifiedTokens, act_claim, sign
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +111,7 @@ class TaskService:
         self._config = config
         self._store = store
         self._keys = keys
+        self._presented = VerifiedTokens(keys, typ=TASK_TYP, issuer=config.issuer, audience=config.issuer)
         self._opa = opa
         self._trust_domains = frozenset(trust_domains)
 
@@ -197,7 +198,7 @@ class TaskService:
     async def verify_presented(self, token: str, caller: Identity | None) -> TaskRecord:
         """The active task a presented token grants to ``caller``, or :class:`TaskError`."""
         try:
-            claims = verify(self._keys, token, typ=TASK_TYP, issuer=self._config.issuer, audience=self._config.issuer)
+            claims = self._presented.verify(token)
         except TokenError as exc:
             if exc.expired:
                 raise TaskError(Kind.FORBIDDEN, "task grant has expired") from exc

@@ -5,12 +5,16 @@ Each kind has an explicit ``typ`` (RFC 8725 §3.11) so one can never be passed o
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from sidecar.errors import Kind, SidecarError
-from sidecar.keys import KeySet
+from sidecar.keys import KeySet, SigningKey
 
 TASK_TYP = "task+jwt"
 CREDENTIAL_TYP = "at+jwt"  # RFC 9068 access token
@@ -63,6 +67,47 @@ def verify(keys: KeySet, token: str, *, typ: str, issuer: str, audience: str, ma
     except jwt.PyJWTError as exc:
         raise TokenError(f"token is invalid ({type(exc).__name__})") from exc
     return claims
+
+
+@dataclass(frozen=True)
+class _Verified:
+    claims: dict[str, Any]
+    kid: str
+    key: SigningKey  # the very key object that verified it: a reloaded or removed key ends the entry
+    expires: float
+
+
+class VerifiedTokens:
+    """:func:`verify` for one kind of token (``typ``, ``issuer``, ``audience``), remembering the
+    claims of recent successes by the token's SHA-256 until their ``exp``.
+
+    An agent presents the same task token on every call of its task, and an ES256 verification is
+    the costliest step of those calls' checks. Only the signature and claims checks are remembered;
+    whatever can change (the task's state, revocation, its binding to the caller) is looked up on
+    every call by the caller. A rejected token is verified again each time."""
+
+    def __init__(self, keys: KeySet, *, typ: str, issuer: str, audience: str, max_entries: int = 4096) -> None:
+        self._keys = keys
+        self._typ, self._issuer, self._audience = typ, issuer, audience
+        self._max = max_entries
+        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+
+    def verify(self, token: str) -> dict[str, Any]:
+        digest = hashlib.sha256(token.encode()).digest()
+        entry = self._entries.get(digest)
+        if entry is not None:
+            if entry.expires > time.time() and self._keys.by_kid(entry.kid) is entry.key:
+                self._entries.move_to_end(digest)
+                return dict(entry.claims)
+            del self._entries[digest]
+        claims = verify(self._keys, token, typ=self._typ, issuer=self._issuer, audience=self._audience)
+        kid = str(jwt.get_unverified_header(token).get("kid", ""))
+        key = self._keys.by_kid(kid)
+        if key is not None and self._max > 0 and isinstance(claims.get("exp"), int | float):
+            self._entries[digest] = _Verified(dict(claims), kid, key, float(claims["exp"]))
+            while len(self._entries) > self._max:
+                self._entries.popitem(last=False)
+        return claims
 
 
 def act_claim(chain: list[str] | tuple[str, ...]) -> dict[str, Any] | None:

@@ -1,12 +1,14 @@
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
 
+from sidecar import tokens
 from sidecar.keys import KeySet, generate_key, write_key
-from sidecar.tokens import CREDENTIAL_TYP, TASK_TYP, TokenError, act_claim, sign, verify
+from sidecar.tokens import CREDENTIAL_TYP, TASK_TYP, TokenError, VerifiedTokens, act_claim, sign, verify
 
 
 def claims(**extra: object) -> dict[str, object]:
@@ -105,3 +107,54 @@ def test_missing_claims_tampering_and_foreign_keys(keys: KeySet) -> None:
 def test_act_claim_nesting() -> None:
     assert act_claim([]) is None
     assert act_claim(["a", "b"]) == {"sub": "a", "act": {"sub": "b"}}
+
+
+# -- VerifiedTokens: a task token verified once per key and lifetime -------------------------------
+def remembered(keys: KeySet) -> VerifiedTokens:
+    return VerifiedTokens(keys, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+
+
+def test_a_verified_token_is_not_verified_again(keys: KeySet, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    real = tokens.verify
+
+    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append("v")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tokens, "verify", counted)
+    cache, token = remembered(keys), sign(keys, claims(), TASK_TYP)
+    first, second = cache.verify(token), cache.verify(token)
+    assert first == second and first["jti"] == "t1" and calls == ["v"]
+    second["sub"] = "changed by a caller"
+    assert cache.verify(token)["sub"] == "spiffe://d/a", "callers get a copy"
+
+
+def test_rejected_tokens_are_checked_every_time(keys: KeySet) -> None:
+    cache = remembered(keys)
+    for token in (sign(keys, claims(), CREDENTIAL_TYP), sign(keys, claims(aud="elsewhere"), TASK_TYP), "x.y.z"):
+        for _ in range(2):
+            with pytest.raises(TokenError):
+                cache.verify(token)
+
+
+def test_a_remembered_token_still_expires(keys: KeySet) -> None:
+    expires = int(time.time()) + 1
+    cache, token = remembered(keys), sign(keys, claims(exp=expires), TASK_TYP)
+    cache.verify(token)
+    time.sleep(max(0.0, expires - time.time()) + 1.05)  # JWT exp is whole seconds; PyJWT expires after it
+    with pytest.raises(TokenError, match="expired"):
+        cache.verify(token)
+
+
+def test_a_remembered_token_of_a_removed_key_is_refused(tmp_path: Path) -> None:
+    write_key(tmp_path / "old.pem", generate_key("ES256"))
+    os.utime(tmp_path / "old.pem", (time.time() - 100, time.time() - 100))
+    keys = KeySet(tmp_path, "ES256", reload_seconds=0.01)
+    cache, token = remembered(keys), sign(keys, claims(), TASK_TYP)
+    cache.verify(token)
+    write_key(tmp_path / "new.pem", generate_key("ES256"))
+    (tmp_path / "old.pem").unlink()
+    time.sleep(0.02)
+    with pytest.raises(TokenError, match="not signed by a key of this sidecar"):
+        cache.verify(token)
