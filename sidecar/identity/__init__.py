@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from sidecar import metrics
@@ -96,19 +97,21 @@ class IdentityResolver:
         if not self._xfcc_secret or not hmac.compare_digest(presented.encode(), self._xfcc_secret.encode()):
             what = "x-forwarded-client-cert" if value is not None else "source.principal"
             raise IdentityError(f"{what} is not trusted on this listener")
-        ids: set[str] = set()
+        peers: dict[str, SpiffeId] = {}
         try:
             if value is not None:
-                ids.add(str(peer_spiffe_id(value)))
+                from_xfcc = peer_spiffe_id(value)
+                peers[str(from_xfcc)] = from_xfcc
             if peer_principal:
-                ids.add(str(SpiffeId(peer_principal)))
+                from_principal = principal_spiffe_id(peer_principal)
+                peers[str(from_principal)] = from_principal
         except XfccError as exc:
             raise IdentityError(f"peer certificate identity is unusable: {exc}") from exc
         except Exception as exc:  # the spiffe package raises several error types
             raise IdentityError("peer certificate identity is unusable: source.principal is not a SPIFFE ID") from exc
-        if len(ids) != 1:
+        if len(peers) != 1:
             raise IdentityError("x-forwarded-client-cert and source.principal name different SPIFFE IDs")
-        return Identity(self._trusted(SpiffeId(ids.pop())), "xfcc")
+        return Identity(self._trusted(peers.popitem()[1]), "xfcc")
 
     def _from_jwt(self, headers: dict[str, str]) -> Identity | None:
         token = bearer_token(headers.get("authorization"))
@@ -142,3 +145,9 @@ def bearer_token(authorization: str | None) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip() or None
+
+
+@lru_cache(maxsize=4096)
+def principal_spiffe_id(principal: str) -> SpiffeId:
+    """gRPC mode's ``source.principal`` as a SPIFFE ID (the same on every call of a peer; kept)."""
+    return SpiffeId(principal)

@@ -7,6 +7,8 @@ which holds exactly one element: the verified peer of this connection.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from sidecar.errors import Kind, SidecarError
 from sidecar.spiffe_types import SpiffeId
 
@@ -67,6 +69,9 @@ def parse_xfcc(header: str) -> list[dict[str, list[str]]]:
     return elements
 
 
+# Envoy sends the same XFCC value on every call of a connection's peer: parsing is a pure
+# function of the header, so its result is kept (bounded; failures are never kept).
+@lru_cache(maxsize=4096)
 def peer_spiffe_id(header: str) -> SpiffeId:
     """The one verified peer's SPIFFE ID from an XFCC header set by Envoy (SANITIZE_SET)."""
     elements = parse_xfcc(header)
