@@ -1,0 +1,180 @@
+# The fast path: the common allow, decided in (nearly) one rule body.
+#
+# decision (policy.rego) is fast_allow when it is defined, else the full policy. fast_allow is
+# defined only for a call the full policy allows, with the same document: a registered agent
+# (exact ID), a request that passes request_denies' quick checks, a REST route or MCP tool with
+# ordinary rule data (no hosts, no acr step-up, not external, a scope), every access check
+# passing, and no step-up or an approved approval step-up. Any other call (every deny and
+# step-up, an unusual input or rule) is decided by the full policy, which names the reasons.
+# Each check here implies the full policy's; one that fails only means the full policy decides
+# (tests/rego and fast_test.rego compare the two). OPA enters a rule body for about 13
+# allocations, a function call about 10, `every` about 15: this is one body of builtins.
+package agent.authz
+
+fast_allow := object.union(
+	{
+		"verdict": "allow",
+		"reasons": reasons,
+		"headers": {"x-authz-rule": f.name},
+		"remember": fast_remember(object.get(r, "remember", [])),
+		"write": class != "read",
+	},
+	credential,
+) if {
+	c := data.agent.config
+
+	# identity (identity.denies' quick checks)
+	id := input.agent.spiffe_id
+	is_string(id)
+	startswith(id, "spiffe://")
+	td := split(id, "/")[2]
+	td != ""
+	input.agent.trust_domain == td
+	td in c.trust_domains
+	roles := c.agents[id].roles
+	is_array(roles)
+
+	# request (request_denies' quick checks); no approval view to check
+	input.truncated_body == false
+	is_array(input.parsed_path)
+	input.action.path == concat("/", array.concat([""], input.parsed_path))
+	not regex.match(`//|/\.{0,2}$|/\.{1,2}/|[\\;]`, input.action.path)
+	upper(input.action.method) == input.action.method
+	input.delegation == {"chain": [], "depth": 0}
+	readable_session_input
+	readable_agent_history_input
+	object.get(input, "approval_view", null) == null
+
+	# the limits of session.rego, with whole numbers in data; a delegation depth >= 0
+	limits := c.session
+	object.get(input, ["session", "calls_last_minute"], -1) < limits.max_calls_per_minute
+	limits.max_calls_per_minute == floor(limits.max_calls_per_minute)
+	object.get(input, ["agent_history", "calls_last_minute"], -1) < limits.agent_max_calls_per_minute
+	limits.agent_max_calls_per_minute == floor(limits.agent_max_calls_per_minute)
+	c.tasks.max_delegation_depth >= 0
+
+	# the rule and the checks of checks.rego and task.rego
+	f := fast_rule
+	r := f.rule
+	rule_roles := object.get(r, "roles", [])
+	is_array(rule_roles)
+	every role in rule_roles {
+		is_string(role)
+		role in roles
+	}
+	class := object.get(r, "class", "write")
+	data_class := object.get(r, "data_class", "unclassified")
+	is_string(data_class)
+	data_class != ""
+	redact := object.get(r, "redact", [])
+	is_array(redact)
+	every field in redact {
+		is_string(field)
+		field != ""
+	}
+	object.get(r, "external", false) != true
+	scope := r.scope
+	is_string(scope)
+	scope != ""
+	credential := fast_credential(object.get(r, "credential", null), scope)
+	reasons := fast_reasons(r, f.reason)
+	fast_task_ok(scope)
+	fast_write_ok(class, roles, limits.max_writes)
+}
+
+# The REST route or MCP tool of the call, its name and the first reason of its allow.
+fast_rule := {"rule": r, "name": name, "reason": sprintf("route %q allows agent %s to %v %v", [name, id, method, path])} if {
+	method := input.action.method
+	path := input.action.path
+	not path in data.agent.config.mcp.paths
+	routes := data.agent.config.routes[method]
+
+	# route_path_matches (rest.rego) inline, "path" and "paths"
+	i := min({j |
+		some j, candidate in routes
+		is_string(candidate.path)
+		glob.match(candidate.path, ["/"], path)
+	} | {j |
+		some j, candidate in routes
+		some pattern in candidate.paths
+		is_string(pattern)
+		glob.match(pattern, ["/"], path)
+	})
+	r := routes[i]
+	not "hosts" in object.keys(r) # a route with hosts: the full policy
+	name := r.name
+	is_string(name)
+	id := input.agent.spiffe_id
+} else := {
+	"rule": r,
+	"name": concat("", ["mcp tool ", rpc.name]),
+	"reason": concat("", ["agent ", input.agent.spiffe_id, " may call tool ", rpc.name]),
+} if {
+	input.action.method == "POST"
+	input.action.path in data.agent.config.mcp.paths
+	rpc := input.mcp
+	rpc.method == "tools/call"
+	is_string(rpc.name)
+	r := data.agent.config.mcp.tools[rpc.name]
+	is_object(r)
+	object.get(rpc, "tool_pin", null) != "changed"
+}
+
+# No step-up and no approval, or an approval step-up that is approved.
+fast_reasons(rule, reason) := [reason] if {
+	object.get(rule, "step_up", null) == null
+	object.get(input, "approval", null) == null
+}
+
+fast_reasons(rule, reason) := [reason, "a human approved this request"] if {
+	step_up := rule.step_up
+	step_up.kind == "approval"
+	input.approval.status == "approved"
+	valid_step_up(step_up)
+}
+
+# No task, or a task that grants the scope and is active.
+fast_task_ok(_) if input.task == null
+
+fast_task_ok(scope) if {
+	is_array(input.task.scopes)
+	scope in input.task.scopes
+	is_number(input.task.expires_at)
+	now_seconds < input.task.expires_at
+}
+
+# A read, or a write every write check allows: a role that can write, the declared
+# intent's confidence, a task when writes need one, the session's write limit.
+fast_write_ok("read", _, _)
+
+fast_write_ok(class, roles, max_writes) if {
+	class != "read"
+	c := data.agent.config
+	object.get(input, ["intent", "confidence"], c.intent.min_confidence_for_writes) >= c.intent.min_confidence_for_writes
+	c.intent.require_for_writes == false
+	fast_task_for_write(c.tasks.require_for_writes)
+	object.get(input, ["session", "writes"], -1) < max_writes
+	max_writes == floor(max_writes)
+	some role in roles
+	c.roles[role].can_write == true
+}
+
+fast_task_for_write(false)
+
+fast_task_for_write(true) if is_object(input.task)
+
+fast_remember([]) := []
+
+fast_remember(labels) := sort({label | some label in labels; is_string(label)}) if labels != []
+
+fast_credential(null, _) := {}
+
+fast_credential(credential, scope) := {"credential": {
+	"audience": credential.audience,
+	"scopes": [scope],
+	"ttl_seconds": credential.ttl_seconds,
+}} if {
+	is_string(credential.audience)
+	credential.audience != ""
+	whole_positive(credential.ttl_seconds)
+}
