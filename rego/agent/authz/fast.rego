@@ -15,13 +15,25 @@ fast_allow := object.union(
 	{
 		"verdict": "allow",
 		"reasons": reasons,
-		"headers": {"x-authz-rule": f.name},
+		"headers": {"x-authz-rule": fast_rule.name},
 		"remember": fast_remember(object.get(r, "remember", [])),
 		"write": class != "read",
 	},
 	credential,
 ) if {
+	# the rule first: a deny or step-up (write without a task, external send) stops early
+	r := fast_rule.rule
+	object.get(r, "external", false) != true
+	class := object.get(r, "class", "write")
+	scope := r.scope
+	is_string(scope)
+	scope != ""
+	fast_task_ok(input.task, scope)
 	c := data.agent.config
+	roles := c.agents[input.agent.spiffe_id].roles
+	is_array(roles)
+	limits := c.session
+	fast_write_ok(class, roles, limits.max_writes)
 
 	# identity (identity.denies' quick checks)
 	id := input.agent.spiffe_id
@@ -31,8 +43,6 @@ fast_allow := object.union(
 	td != ""
 	input.agent.trust_domain == td
 	td in c.trust_domains
-	roles := c.agents[id].roles
-	is_array(roles)
 
 	# request (request_denies' quick checks); no approval view to check
 	input.truncated_body == false
@@ -46,23 +56,18 @@ fast_allow := object.union(
 	object.get(input, "approval_view", null) == null
 
 	# the limits of session.rego, with whole numbers in data; a delegation depth >= 0
-	limits := c.session
 	object.get(input, ["session", "calls_last_minute"], -1) < limits.max_calls_per_minute
 	limits.max_calls_per_minute == floor(limits.max_calls_per_minute)
 	object.get(input, ["agent_history", "calls_last_minute"], -1) < limits.agent_max_calls_per_minute
 	limits.agent_max_calls_per_minute == floor(limits.agent_max_calls_per_minute)
 	c.tasks.max_delegation_depth >= 0
 
-	# the rule and the checks of checks.rego and task.rego
-	f := fast_rule
-	r := f.rule
 	rule_roles := object.get(r, "roles", [])
 	is_array(rule_roles)
 	every role in rule_roles {
 		is_string(role)
 		role in roles
 	}
-	class := object.get(r, "class", "write")
 	data_class := object.get(r, "data_class", "unclassified")
 	is_string(data_class)
 	data_class != ""
@@ -72,18 +77,12 @@ fast_allow := object.union(
 		is_string(field)
 		field != ""
 	}
-	object.get(r, "external", false) != true
-	scope := r.scope
-	is_string(scope)
-	scope != ""
+	reasons := fast_reasons(r, fast_allow_reason(fast_rule.route, fast_rule.name, input))
 	credential := fast_credential(object.get(r, "credential", null), scope)
-	reasons := fast_reasons(r, f.reason)
-	fast_task_ok(scope)
-	fast_write_ok(class, roles, limits.max_writes)
 }
 
-# The REST route or MCP tool of the call, its name and the first reason of its allow.
-fast_rule := {"rule": r, "name": name, "reason": sprintf("route %q allows agent %s to %v %v", [name, id, method, path])} if {
+# The REST route or MCP tool of the call and its name.
+fast_rule := {"rule": r, "name": name, "route": true} if {
 	method := input.action.method
 	path := input.action.path
 	not path in data.agent.config.mcp.paths
@@ -104,11 +103,10 @@ fast_rule := {"rule": r, "name": name, "reason": sprintf("route %q allows agent 
 	not "hosts" in object.keys(r) # a route with hosts: the full policy
 	name := r.name
 	is_string(name)
-	id := input.agent.spiffe_id
 } else := {
 	"rule": r,
 	"name": concat("", ["mcp tool ", rpc.name]),
-	"reason": concat("", ["agent ", input.agent.spiffe_id, " may call tool ", rpc.name]),
+	"route": false,
 } if {
 	input.action.method == "POST"
 	input.action.path in data.agent.config.mcp.paths
@@ -119,6 +117,14 @@ fast_rule := {"rule": r, "name": name, "reason": sprintf("route %q allows agent 
 	is_object(r)
 	object.get(rpc, "tool_pin", null) != "changed"
 }
+
+# The first reason of the allow (allow_reason, policy.rego), built once every check passed.
+fast_allow_reason(true, name, inp) := sprintf(
+	"route %q allows agent %s to %v %v",
+	[name, inp.agent.spiffe_id, inp.action.method, inp.action.path],
+)
+
+fast_allow_reason(false, _, inp) := concat("", ["agent ", inp.agent.spiffe_id, " may call tool ", inp.mcp.name])
 
 # No step-up and no approval, or an approval step-up that is approved.
 fast_reasons(rule, reason) := [reason] if {
@@ -134,13 +140,13 @@ fast_reasons(rule, reason) := [reason, "a human approved this request"] if {
 }
 
 # No task, or a task that grants the scope and is active.
-fast_task_ok(_) if input.task == null
+fast_task_ok(null, _)
 
-fast_task_ok(scope) if {
-	is_array(input.task.scopes)
-	scope in input.task.scopes
-	is_number(input.task.expires_at)
-	now_seconds < input.task.expires_at
+fast_task_ok(task, scope) if {
+	is_array(task.scopes)
+	scope in task.scopes
+	is_number(task.expires_at)
+	now_seconds < task.expires_at # regal ignore:external-reference
 }
 
 # A read, or a write every write check allows: a role that can write, the declared
