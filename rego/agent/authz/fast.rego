@@ -77,54 +77,22 @@ fast_allow := object.union(
 		is_string(field)
 		field != ""
 	}
-	reasons := fast_reasons(r, fast_allow_reason(fast_rule.route, fast_rule.name, input))
+	reason := fast_allow_reason(fast_rule, input.agent.spiffe_id, input.action.method, input.action.path)
+	reasons := fast_reasons(r, reason)
 	credential := fast_credential(object.get(r, "credential", null), scope)
 }
 
-# The REST route or MCP tool of the call and its name.
-fast_rule := {"rule": r, "name": name, "route": true} if {
-	method := input.action.method
-	path := input.action.path
-	not path in data.agent.config.mcp.paths
-	routes := data.agent.config.routes[method]
-
-	# route_path_matches (rest.rego) inline, "path" and "paths"
-	i := min({j |
-		some j, candidate in routes
-		is_string(candidate.path)
-		glob.match(candidate.path, ["/"], path)
-	} | {j |
-		some j, candidate in routes
-		some pattern in candidate.paths
-		is_string(pattern)
-		glob.match(pattern, ["/"], path)
-	})
-	r := routes[i]
-	not "hosts" in object.keys(r) # a route with hosts: the full policy
-	name := r.name
-	is_string(name)
-} else := {
-	"rule": r,
-	"name": concat("", ["mcp tool ", rpc.name]),
-	"route": false,
-} if {
-	input.action.method == "POST"
-	input.action.path in data.agent.config.mcp.paths
-	rpc := input.mcp
-	rpc.method == "tools/call"
-	is_string(rpc.name)
-	r := data.agent.config.mcp.tools[rpc.name]
-	is_object(r)
-	object.get(rpc, "tool_pin", null) != "changed"
-}
+# The REST route (fast_route, rest.rego) or MCP tool (fast_tool, mcp.rego) of the call.
+fast_rule := fast_route if {
+	fast_route
+} else := fast_tool
 
 # The first reason of the allow (allow_reason, policy.rego), built once every check passed.
-fast_allow_reason(true, name, inp) := sprintf(
-	"route %q allows agent %s to %v %v",
-	[name, inp.agent.spiffe_id, inp.action.method, inp.action.path],
-)
-
-fast_allow_reason(false, _, inp) := concat("", ["agent ", inp.agent.spiffe_id, " may call tool ", inp.mcp.name])
+# Only input fields are passed, never input itself: `policy replay` (sidecar/policy/replay.py)
+# treats a reference to the whole input as reading every field the decision log masked.
+fast_allow_reason(rule, id, method, path) := sprintf("route %q allows agent %s to %v %v", [rule.name, id, method, path]) if {
+	rule.route
+} else := concat("", ["agent ", id, " may call tool ", rule.tool])
 
 # No step-up and no approval, or an approval step-up that is approved.
 fast_reasons(rule, reason) := [reason] if {
