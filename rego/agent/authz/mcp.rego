@@ -108,3 +108,20 @@ mcp_denies contains msg if {
 	not rpc.method in cfg.mcp.open_methods
 	msg := sprintf("MCP method %v is not allowed", [rpc.method])
 }
+
+# For fast_allow (fast.rego): the tool of a tools/call without a changed tool pin.
+fast_tool := {
+	"rule": r,
+	"name": concat("", ["mcp tool ", rpc.name]),
+	"route": false,
+	"tool": rpc.name,
+} if {
+	input.action.method == "POST"
+	input.action.path in data.agent.config.mcp.paths
+	rpc := input.mcp
+	rpc.method == "tools/call"
+	is_string(rpc.name)
+	r := data.agent.config.mcp.tools[rpc.name]
+	is_object(r)
+	object.get(rpc, "tool_pin", null) != "changed"
+}
