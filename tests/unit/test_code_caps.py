@@ -9,8 +9,6 @@ sidecar/tasks.py stand between it and an over-long credential or an over-wide ta
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Any
 
 import jwt
 import pytest
-import requests
 from spiffe import SpiffeId
 
 from devstack.trust_domain import DevTrustDomain
@@ -29,6 +26,7 @@ from sidecar.request import CheckRequest
 from sidecar.server import Components, build_components
 from sidecar.tasks import TaskError
 from sidecar.wire_status import HTTP_STATUS
+from tests.real_opa import serve_bundle
 
 BUNDLE = Path(__file__).resolve().parents[1] / "fixtures" / "permissive-bundle"
 WRITER = "spiffe://demo.local/agent/writer"
@@ -41,32 +39,8 @@ ASKED_CREDENTIAL_TTL = 1_000_000  # what the permissive policy asks for (tests/f
 @pytest.fixture(scope="module")
 def permissive_opa(opa_bin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real OPA serving the permissive bundle on a free loopback port; its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    url = f"http://127.0.0.1:{port}"
-    log = (tmp_path_factory.mktemp("permissive-opa") / "opa.log").open("wb")
-    process = subprocess.Popen(
-        [opa_bin, "run", "--server", "--addr", f"127.0.0.1:{port}", "--bundle", str(BUNDLE)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(f"{url}/health?bundles", timeout=1).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"OPA with the permissive bundle did not start (see {log.name})")
-            time.sleep(0.05)
+    with serve_bundle(opa_bin, BUNDLE, tmp_path_factory.mktemp("permissive-opa")) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture
