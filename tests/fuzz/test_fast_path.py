@@ -55,7 +55,16 @@ MUTATIONS: list[tuple[tuple[str, ...], list[Any]]] = [
     (("task", "scopes"), [[], ["tickets:write"], ["docs:read"], "tickets:write", None]),
     (("task", "expires_at"), [0, FUTURE, "x", None]),
     (("approval",), [None, {"id": "a", "status": "approved"}, {"id": "a", "status": "rejected"}]),
-    (("approval_view",), [None, {}, {"hidden": ["password"]}]),
+    (
+        ("approval_view",),
+        [
+            None,
+            {},
+            {"hidden": ["password"]},
+            {"cut": ["/arguments/query"], "cut_count": 1, "max_items": 20, "max_string": 1024},
+            {"cut": [], "cut_count": 3, "max_items": 20, "max_string": 1024},
+        ],
+    ),
     (("intent",), [None, {"purpose": "triage", "confidence": 0.1, "asserted": True}]),
     (("intent", "confidence"), [0, 0.1, 1, 1.5, "1", None]),
     (("mcp",), [None, ABSENT]),

@@ -44,7 +44,7 @@ fast_allow := object.union(
 	input.agent.trust_domain == td
 	td in c.trust_domains
 
-	# request (request_denies' quick checks); no approval view to check
+	# request (request_denies' quick checks)
 	input.truncated_body == false
 	is_array(input.parsed_path)
 	input.action.path == concat("/", array.concat([""], input.parsed_path))
@@ -53,7 +53,6 @@ fast_allow := object.union(
 	input.delegation == {"chain": [], "depth": 0}
 	readable_session_input
 	readable_agent_history_input
-	object.get(input, "approval_view", null) == null
 
 	# the limits of session.rego, with whole numbers in data; a delegation depth >= 0
 	object.get(input, ["session", "calls_last_minute"], -1) < limits.max_calls_per_minute
@@ -94,7 +93,9 @@ fast_allow_reason(rule, id, method, path) := sprintf("route %q allows agent %s t
 	rule.route
 } else := concat("", ["agent ", id, " may call tool ", rule.tool])
 
-# No step-up and no approval, or an approval step-up that is approved.
+# No step-up and no approval, or an approval step-up that is approved. What the approver's view
+# would cut (input.approval_view) matters only where an approval is needed (step_up.rego), so a
+# call that needs none takes this path whatever its size.
 fast_reasons(rule, reason) := [reason] if {
 	object.get(rule, "step_up", null) == null
 	object.get(input, "approval", null) == null
@@ -105,6 +106,7 @@ fast_reasons(rule, reason) := [reason, "a human approved this request"] if {
 	step_up.kind == "approval"
 	input.approval.status == "approved"
 	valid_step_up(step_up)
+	object.get(input, "approval_view", null) == null
 }
 
 # No task, or a task that grants the scope and is active.

@@ -89,3 +89,20 @@ fast_agrees(inp) if {
 	f := authz.fast_allow with input as inp
 	f == authz.full_decision with input as inp
 }
+
+# What the approver's view would cut matters only where an approval is needed: a large call that
+# needs none takes the fast path; an approved one with cuts is left to the full policy.
+cut_view := {"approval_view": {"cut": ["/arguments/q"], "cut_count": 1, "max_items": 20, "max_string": 1024}}
+
+test_fast_allow_of_a_call_needing_no_approval_ignores_the_approvers_view if {
+	inp := object.union(tool_call(reader, "search_docs", {"q": "vpn"}), cut_view)
+	authz.fast_allow with input as inp
+	fast_agrees(inp)
+}
+
+test_fast_allow_of_an_approved_call_with_cuts_leaves_it_to_the_full_policy if {
+	approved := object.union(under(request(writer, "DELETE", "/api/records/7"), ["records:delete"]), approval("approved"))
+	inp := object.union(approved, cut_view)
+	not authz.fast_allow with input as inp
+	fast_agrees(inp)
+}
