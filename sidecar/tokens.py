@@ -5,16 +5,13 @@ Each kind has an explicit ``typ`` (RFC 8725 §3.11) so one can never be passed o
 
 from __future__ import annotations
 
-import hashlib
-import time
-from collections import OrderedDict
-from dataclasses import dataclass
 from typing import Any
 
 import jwt
 
 from sidecar.errors import Kind, SidecarError
 from sidecar.keys import KeySet, SigningKey
+from sidecar.verified_cache import VerifiedCache
 
 TASK_TYP = "task+jwt"
 CREDENTIAL_TYP = "at+jwt"  # RFC 9068 access token
@@ -38,6 +35,13 @@ def sign(keys: KeySet, claims: dict[str, Any], typ: str) -> str:
 
 def verify(keys: KeySet, token: str, *, typ: str, issuer: str, audience: str, max_bytes: int = 8192) -> dict[str, Any]:
     """Signature (by ``kid`` among current keys, with that key's own algorithm), ``typ``, ``iss``, ``aud``, ``exp``."""
+    return _verify(keys, token, typ=typ, issuer=issuer, audience=audience, max_bytes=max_bytes)[0]
+
+
+def _verify(
+    keys: KeySet, token: str, *, typ: str, issuer: str, audience: str, max_bytes: int = 8192
+) -> tuple[dict[str, Any], SigningKey]:
+    """:func:`verify`, and the key that verified the token."""
     if len(token) > max_bytes:
         raise TokenError(f"token is larger than {max_bytes} bytes")
     if not token.isascii():  # base64url and dots only: other text would make the JWT library raise
@@ -66,47 +70,30 @@ def verify(keys: KeySet, token: str, *, typ: str, issuer: str, audience: str, ma
         raise TokenError("token signature does not verify") from exc
     except jwt.PyJWTError as exc:
         raise TokenError(f"token is invalid ({type(exc).__name__})") from exc
-    return claims
-
-
-@dataclass(frozen=True)
-class _Verified:
-    claims: dict[str, Any]
-    kid: str
-    key: SigningKey  # the very key object that verified it: a reloaded or removed key ends the entry
-    expires: float
+    return claims, key
 
 
 class VerifiedTokens:
     """:func:`verify` for one kind of token (``typ``, ``issuer``, ``audience``), remembering the
-    claims of recent successes by the token's SHA-256 until their ``exp``.
+    claims of recent successes until their ``exp`` (:class:`~sidecar.verified_cache.VerifiedCache`).
 
-    An agent presents the same task token on every call of its task, and an ES256 verification is
-    the costliest step of those calls' checks. Only the signature and claims checks are remembered;
-    whatever can change (the task's state, revocation, its binding to the caller) is looked up on
-    every call by the caller. A rejected token is verified again each time."""
+    An agent presents the same task token on every call of its task. Only the signature and claims
+    checks are remembered; whatever can change (the task's state, revocation, its binding to the
+    caller) is looked up on every call by the caller."""
 
     def __init__(self, keys: KeySet, *, typ: str, issuer: str, audience: str, max_entries: int = 4096) -> None:
         self._keys = keys
         self._typ, self._issuer, self._audience = typ, issuer, audience
-        self._max = max_entries
-        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._cache: VerifiedCache[dict[str, Any]] = VerifiedCache(max_entries)
 
     def verify(self, token: str) -> dict[str, Any]:
-        digest = hashlib.sha256(token.encode()).digest()
-        entry = self._entries.get(digest)
-        if entry is not None:
-            if entry.expires > time.time() and self._keys.by_kid(entry.kid) is entry.key:
-                self._entries.move_to_end(digest)
-                return dict(entry.claims)
-            del self._entries[digest]
-        claims = verify(self._keys, token, typ=self._typ, issuer=self._issuer, audience=self._audience)
-        kid = str(jwt.get_unverified_header(token).get("kid", ""))
-        key = self._keys.by_kid(kid)
-        if key is not None and self._max > 0 and isinstance(claims.get("exp"), int | float):
-            self._entries[digest] = _Verified(dict(claims), kid, key, float(claims["exp"]))
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
+        digest = self._cache.key(token)
+        cached = self._cache.get(digest, self._keys.by_kid)
+        if cached is not None:
+            return dict(cached)
+        claims, key = _verify(self._keys, token, typ=self._typ, issuer=self._issuer, audience=self._audience)
+        if isinstance(claims.get("exp"), int | float):
+            self._cache.put(digest, dict(claims), key, key.kid, float(claims["exp"]))
         return claims
 
 

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +11,7 @@ import jwt
 from sidecar.errors import Kind, SidecarError
 from sidecar.identity.bundles import BundleSource
 from sidecar.spiffe_types import JwtSvid, SpiffeId, TrustDomain
+from sidecar.verified_cache import VerifiedCache
 
 IAT_LEEWAY_SECONDS = 60
 
@@ -29,58 +27,6 @@ class JwtSvidError(SidecarError, ValueError):
 class VerifiedJwt:
     spiffe_id: SpiffeId
     claims: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class _Verified:
-    result: VerifiedJwt
-    bundle: object  # the JWT bundle that verified it: a rotated bundle invalidates the entry
-    trust_domain: TrustDomain
-    expires: float
-
-
-class VerifiedTokenCache:
-    """Recently verified JWT-SVIDs, keyed by the token's SHA-256, until their own ``exp``.
-
-    An agent reuses its JWT-SVID for every call until it expires, so most checks present a
-    token that was verified moments ago. Only successes are kept: a rejected token is checked
-    again each time (its reason may change, e.g. a bundle that was missing arrives). An entry is
-    used only while the trust domain's bundle is still the very object that verified it, so a
-    key rotation or removal takes effect on the next call.
-    """
-
-    def __init__(self, max_entries: int = 4096) -> None:
-        self._max = max_entries
-        self._entries: OrderedDict[bytes, _Verified] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(token: str) -> bytes:
-        return hashlib.sha256(token.encode()).digest()
-
-    def get(self, key: bytes, bundles: BundleSource) -> VerifiedJwt | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
-            if entry.expires <= time.time():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-        if bundles.bundle_for(entry.trust_domain) is not entry.bundle:
-            with self._lock:
-                self._entries.pop(key, None)
-            return None
-        return entry.result
-
-    def put(self, key: bytes, result: VerifiedJwt, bundle: object, trust_domain: TrustDomain, exp: float) -> None:
-        if self._max <= 0:
-            return
-        with self._lock:
-            self._entries[key] = _Verified(result, bundle, trust_domain, exp)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
 
 
 class JwtSvidVerifier:
@@ -100,7 +46,7 @@ class JwtSvidVerifier:
         self._algorithms = frozenset(algorithms)
         self._trust_domains = frozenset(trust_domains)
         self._max_bytes = max_token_bytes
-        self._cache = VerifiedTokenCache(cache_entries)
+        self._cache: VerifiedCache[VerifiedJwt] = VerifiedCache(cache_entries)
 
     def verify(self, token: str) -> VerifiedJwt:
         if len(token) > self._max_bytes:
@@ -108,7 +54,7 @@ class JwtSvidVerifier:
         if not token.isascii():  # a compact JWT is base64url and dots; anything else never reaches a parser
             raise JwtSvidError("token is not a well-formed JWT")
         key = self._cache.key(token)
-        cached = self._cache.get(key, self._bundles)
+        cached = self._cache.get(key, self._bundles.bundle_for)
         if cached is not None:
             return cached
         result, bundle, trust_domain = self._verify(token)

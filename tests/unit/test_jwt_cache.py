@@ -41,7 +41,7 @@ def test_entries_end_at_the_token_exp(trust_domain: DevTrustDomain, monkeypatch:
     first = verifier.verify(token)
     exp = first.claims["exp"]
     entry = verifier._cache._entries[verifier._cache.key(token)]
-    assert verifier._bundles.bundle_for(entry.trust_domain) is entry.bundle, "the bundle must not be what ends it"
+    assert verifier._bundles.bundle_for(entry.source_key) is entry.verifier, "the bundle must not be what ends it"
 
     set_clock(monkeypatch, exp - 1)
     assert verifier.verify(token) is first, "still cached one second before exp"
@@ -49,12 +49,13 @@ def test_entries_end_at_the_token_exp(trust_domain: DevTrustDomain, monkeypatch:
     set_clock(monkeypatch, exp + 1)
     with pytest.raises(JwtSvidError, match="expired"):
         verifier.verify(token)
-    assert verifier._bundles.bundle_for(entry.trust_domain) is entry.bundle
+    assert verifier._bundles.bundle_for(entry.source_key) is entry.verifier
     assert not verifier._cache._entries, "the expired entry is dropped, and the failure is not cached"
 
 
 def set_clock(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
-    """Move the clock for jwt_svid (time.time) and for PyJWT's exp check (datetime.now), which spiffe uses."""
+    """Move the clock for jwt_svid and its cache (time.time) and for PyJWT's exp check (datetime.now),
+    which spiffe uses."""
 
     class Clock(datetime):
         @classmethod
@@ -62,6 +63,7 @@ def set_clock(monkeypatch: pytest.MonkeyPatch, now: float) -> None:
             return cls.fromtimestamp(now, tz)
 
     monkeypatch.setattr("sidecar.identity.jwt_svid.time.time", lambda: now)
+    monkeypatch.setattr("sidecar.verified_cache.time.time", lambda: now)
     monkeypatch.setattr(jwt.api_jwt, "datetime", Clock)
 
 

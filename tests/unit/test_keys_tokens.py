@@ -7,7 +7,7 @@ import jwt
 import pytest
 
 from sidecar import tokens
-from sidecar.keys import KeySet, generate_key, write_key
+from sidecar.keys import KeySet, SigningKey, generate_key, write_key
 from sidecar.tokens import CREDENTIAL_TYP, TASK_TYP, TokenError, VerifiedTokens, act_claim, sign, verify
 
 
@@ -116,13 +116,13 @@ def remembered(keys: KeySet) -> VerifiedTokens:
 
 def test_a_verified_token_is_not_verified_again(keys: KeySet, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
-    real = tokens.verify
+    real = tokens._verify
 
-    def counted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+    def counted(*args: Any, **kwargs: Any) -> tuple[dict[str, Any], SigningKey]:
         calls.append("v")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tokens, "verify", counted)
+    monkeypatch.setattr(tokens, "_verify", counted)
     cache, token = remembered(keys), sign(keys, claims(), TASK_TYP)
     first, second = cache.verify(token), cache.verify(token)
     assert first == second and first["jti"] == "t1" and calls == ["v"]
