@@ -80,7 +80,8 @@ class RedactingJsonFormatter(JsonFormatter):
 
 def scrub_text(text: str) -> str:
     """``text`` with JWT- and bearer-shaped substrings replaced (cheap when there are none)."""
-    if "eyJ" not in text and "earer" not in text and "EARER" not in text:
+    # The guard must see every string the pattern can match: "bearer" in any case ("BeArEr").
+    if "eyJ" not in text and "bearer" not in text.lower():
         return text
     return _CREDENTIAL.sub(_replacement, text)
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import io
 import json
 import logging
+import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sidecar.body import EMPTY, parse_body, reads_as_json
 from sidecar.input import build_input, split_target
-from sidecar.logs import REDACTED, RedactingJsonFormatter, scrub_text
+from sidecar.logs import _CREDENTIAL, REDACTED, RedactingJsonFormatter, _replacement, scrub_text
 from sidecar.mcp import BodyError
 from sidecar.request import CheckRequest
 
@@ -90,6 +93,22 @@ def test_credentials_are_scrubbed_from_every_string() -> None:
     assert JWT not in json.dumps(line)
     assert line["message"] == "token [redacted jwt] rejected"
     assert line["reasons"] == [f"Bearer {REDACTED}", f"Bearer {REDACTED}"]
+
+
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER", "BeArEr", "bEARER", "beaRer"])
+def test_bearer_in_any_case_is_scrubbed(scheme: str) -> None:
+    assert scrub_text(f"header {scheme} abc123def456ghi789jkl0 sent") == f"header {scheme} {REDACTED} sent"
+
+
+_FRAGMENTS = st.sampled_from(["bearer", "eyJ", JWT, "abc123def456ghi789jkl0", " ", "\t", ".", "x", "é"])
+
+
+@given(st.lists(st.one_of(_FRAGMENTS, st.text(max_size=4)), max_size=12), st.randoms())
+def test_the_quick_guard_never_skips_what_the_pattern_would_replace(parts: list[str], rnd: random.Random) -> None:
+    text = "".join(parts)
+    mixed = "".join(c.upper() if rnd.random() < 0.5 else c for c in text)
+    for candidate in (text, mixed):
+        assert scrub_text(candidate) == _CREDENTIAL.sub(_replacement, candidate)
 
 
 def test_exception_text_is_scrubbed_too() -> None:
