@@ -3,6 +3,9 @@
 Accepted shapes: a boolean; the opa-envoy-plugin object (``allowed`` …); the agent object
 (``verdict`` …). Anything else, or any field of the wrong type, is a :class:`DecisionError`
 (a 503): a decision we cannot read is never an allow.
+
+:func:`unread_input` reads the agent object's ``unread_input``: input fields the policy says it
+never reads, which the sidecar may leave out of later inputs (:mod:`sidecar.phases.policy`).
 """
 
 from __future__ import annotations
@@ -228,3 +231,19 @@ def _optional_bool(doc: dict[str, Any], key: str) -> bool | None:
 
 def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+# Input fields the sidecar can leave out when the policy names them in ``unread_input``: the recent
+# window is over half of a typical input, and what OPA decodes and logs costs it CPU per byte.
+OMITTABLE_INPUT = frozenset({"session.recent"})
+
+
+def unread_input(result: Any) -> frozenset[str]:
+    """The omittable input fields an agent-object answer names in ``unread_input``. Anything else
+    (another shape, a malformed list, a field we cannot omit) names nothing: the full input is sent."""
+    if not isinstance(result, dict) or "verdict" not in result:
+        return frozenset()
+    value = result.get("unread_input")
+    if not isinstance(value, list):
+        return frozenset()
+    return frozenset(v for v in value if isinstance(v, str)) & OMITTABLE_INPUT

@@ -1,17 +1,26 @@
-"""Ask the policy: build the input document, query OPA, read its answer into a verdict."""
+"""Ask the policy: build the input document, query OPA, read its answer into a verdict.
+
+The input OPA gets leaves out what the policy's last answer named in ``unread_input``
+(:func:`sidecar.decision.unread_input`). An answer that does not name everything its input left
+out came from a policy that may read it (a new bundle, say): the call is asked again with the full
+input, and that answer decides.
+"""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from sidecar import metrics
 from sidecar.approvals import approval_view
 from sidecar.call import Call
-from sidecar.decision import DecisionError, to_verdict
-from sidecar.input import build_input
+from sidecar.decision import DecisionError, to_verdict, unread_input
+from sidecar.input import build_input, without_unread
 from sidecar.opa import OpaClient, OpaError
 from sidecar.outcome import Decision
 from sidecar.shadow import Shadow
+
+LOGGER = logging.getLogger("sidecar.policy")
 
 
 class AskPolicy:
@@ -31,6 +40,7 @@ class AskPolicy:
         self._credential_headers = credential_headers
         self._approval_view = approval_view  # approvals are on: tell the policy what approvers would not see
         self._body_once = body_once
+        self._unread: frozenset[str] = frozenset()  # what the last answer said the policy never reads
 
     async def run(self, call: Call) -> Decision | None:
         reservation = call.reservation
@@ -49,7 +59,21 @@ class AskPolicy:
             credential_headers=self._credential_headers,
             body_once=self._body_once,
         )
-        return await ask_opa(self._opa, call, call.input_doc)
+        left_out = self._unread
+        lean = without_unread(call.input_doc, left_out)
+        refused = await ask_opa(self._opa, call, lean)
+        if refused is not None:
+            return refused
+        named = unread_input(call.policy_answer)
+        self._unread = named
+        if lean is not call.input_doc and not left_out <= named:
+            LOGGER.info(
+                "the policy no longer names %s as unread: asked again with the full input",
+                ", ".join(sorted(left_out - named)),
+                extra={"decision_id": call.decision_id},
+            )
+            return await ask_opa(self._opa, call, call.input_doc)
+        return None
 
 
 async def ask_opa(opa: OpaClient, call: Call, input_doc: dict[str, Any]) -> Decision | None:

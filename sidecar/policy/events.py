@@ -39,6 +39,7 @@ class Event:
     other_nondeterministic: tuple[str, ...] = ()  # built-ins besides time.now_ns OPA recorded
     labels: dict[str, str] = field(default_factory=dict)
     revision: str | None = None
+    left_out: tuple[str, ...] = ()  # input fields the sidecar left out (decision ``unread_input``)
 
     @property
     def agent(self) -> str | None:
@@ -101,6 +102,9 @@ def _is_event(value: dict[str, Any]) -> bool:
 
 def _event(value: dict[str, Any]) -> Event:
     masked = [p for key in ("erased", "masked") for p in value.get(key) or [] if isinstance(p, str)]
+    session = value["input"].get("session") if isinstance(value.get("input"), dict) else None
+    # The sidecar leaves input.session.recent out once the live policy names it unread.
+    left_out = ("session.recent",) if isinstance(session, dict) and "recent" not in session else ()
     cache = value.get("nd_builtin_cache")
     cache = cache if isinstance(cache, dict) else {}
     at_ns, clock = _recorded_now(cache), "nd_builtin_cache"
@@ -119,6 +123,7 @@ def _event(value: dict[str, Any]) -> Event:
         result=value.get("result"),
         has_result="result" in value,
         masked=tuple(masked),
+        left_out=left_out,
         at_ns=at_ns,
         clock=clock,
         other_nondeterministic=tuple(sorted(str(name) for name in cache if name != "time.now_ns")),

@@ -13,7 +13,9 @@ saw. When no reference to ``input`` in the candidate's Rego can reach a masked f
 matching), the field cannot change its answer and the decision is compared, noting the field.
 Otherwise it is listed apart as *masked*, with the fields and the lines of the policy that may
 read them, and counted neither as compared nor as changed. A recorded result that was itself
-masked (a ``/result`` pointer) is never compared.
+masked (a ``/result`` pointer) is never compared. An input the sidecar left ``session.recent`` out
+of (the live policy named it in ``unread_input``) counts as masked there, unless the candidate's
+answer names it unread too: the sidecar would have left it out for the candidate as well.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sidecar.audit.render import printable
+from sidecar.decision import unread_input
 from sidecar.policy.engine import Bundle, InputRead, Outcome, PolicyEngine, decision_query
 from sidecar.policy.events import Event, EventLog, pointer_segments, rfc3339_ns
 
@@ -127,7 +130,7 @@ class Report:
 def replay(log: EventLog, bundle: Bundle, log_name: str, path: str | None = None) -> Report:
     events = [e for e in log.events if path is None or e.path == path.strip("/")]
     with PolicyEngine(bundle) as engine:  # first: it says best why a bundle does not load
-        reads = bundle.input_reads() if any(e.masked or not e.has_input for e in events) else []
+        reads = bundle.input_reads() if any(e.masked or e.left_out or not e.has_input for e in events) else []
         outcomes = engine.evaluate(
             [(decision_query(e.path, e.at_ns), e.input if isinstance(e.input, dict) else None) for e in events]
         )
@@ -161,6 +164,10 @@ def _compare(event: Event, outcome: Outcome, reads: list[InputRead]) -> Replayed
         new_doc = outcome.result if isinstance(outcome.result, dict) else {}
         replayed.differs = sorted(k for k in old_doc.keys() | new_doc.keys() if old_doc.get(k) != new_doc.get(k))
     pointers = list(event.masked) if event.has_input else ["/input", *event.masked]
+    # A field the sidecar left out is as good as masked, unless the candidate names it unread too:
+    # then the live sidecar would have left it out for the candidate as well.
+    named = unread_input(outcome.result) if outcome.defined else frozenset()
+    pointers += ["/input/" + field.replace(".", "/") for field in event.left_out if field not in named]
     for pointer in pointers:
         segments = pointer_segments(pointer)
         if segments[:1] == ["result"]:

@@ -37,6 +37,7 @@ test_reader_reads_a_handbook_page if {
 		"headers": {"x-authz-rule": "read docs"},
 		"remember": [],
 		"write": false,
+		"unread_input": ["session.recent"],
 	}
 }
 
@@ -46,6 +47,7 @@ test_mcp_write_without_a_task_is_denied if {
 		"reasons": [`writes need a task grant: open one with POST /v1/tasks (rule "mcp tool create_ticket")`],
 		"remember": [],
 		"write": true,
+		"unread_input": ["session.recent"],
 	}
 }
 
@@ -57,6 +59,7 @@ test_write_under_the_task_gets_a_credential if {
 		"remember": [],
 		"write": true,
 		"credential": {"audience": "demo-upstream", "scopes": ["tickets:write"], "ttl_seconds": 60},
+		"unread_input": ["session.recent"],
 	}
 }
 
@@ -102,6 +105,7 @@ test_approved_delete_is_allowed if {
 		"remember": [],
 		"write": true,
 		"credential": {"audience": "demo-upstream", "scopes": ["records:delete"], "ttl_seconds": 60},
+		"unread_input": ["session.recent"],
 	}
 }
 

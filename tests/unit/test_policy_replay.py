@@ -179,6 +179,29 @@ def test_masked_inputs_are_listed_not_compared(log: Path, capsys: pytest.Capture
     assert report["counts"]["masked"] == 1 and report["compared"] == 2
 
 
+def test_a_left_out_recent_window_is_compared_only_where_the_candidate_names_it_unread(
+    tmp_path: Path, opa_bin: str, candidate: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sidecar left input.session.recent out (the live policy named it unread). A candidate that
+    names it too would have got the same input: compared. One that does not (it may read it) is
+    listed as masked, with where it may read it."""
+    lean = example("rest-write-under-task-jwt")
+    assert isinstance(lean["session"], dict)
+    lean["session"].pop("recent", None)
+    path = tmp_path / "opa.log"
+    path.write_text(json.dumps(event("d-lean", lean, decide(opa_bin, lean))) + "\n")
+    code, report = replay_json(capsys, "--bundle", str(REPO / "rego"), "--log", str(path))
+    assert (code, report["compared"], report["masked"]) == (0, 1, [])
+
+    reads_it = tmp_path / "reads-recent"
+    shutil.copytree(candidate, reads_it)
+    unread = reads_it / "agent" / "authz" / "policy.rego"
+    unread.write_text(unread.read_text().replace('unread_input := ["session.recent"]', "unread_input := []"))
+    code, report = replay_json(capsys, "--bundle", str(reads_it), "--log", str(path))
+    [masked] = report["masked"]
+    assert report["compared"] == 0 and "/input/session/recent" in masked["masked_read"]
+
+
 def test_a_recorded_result_that_was_masked_is_never_compared(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

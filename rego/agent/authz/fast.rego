@@ -18,6 +18,7 @@ fast_allow := object.union(
 		"headers": {"x-authz-rule": fast_rule.name},
 		"remember": fast_remember(object.get(r, "remember", [])),
 		"write": class != "read",
+		"unread_input": unread_input,
 	},
 	credential,
 ) if {

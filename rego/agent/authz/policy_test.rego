@@ -67,8 +67,10 @@ rpc_request(id, method, name, arguments) := object.union(request(id, "POST", "/m
 
 tool_call(id, name, arguments) := rpc_request(id, "tools/call", name, arguments)
 
+# The decision document without unread_input, which every answer carries
+# (test_every_answer_names_the_input_it_never_reads).
 decide(inp) := d if {
-	d := authz.decision with input as inp
+	d := object.remove(authz.decision, ["unread_input"]) with input as inp
 }
 
 intent(confidence) := {"purpose": "triage", "confidence": confidence, "source": "header", "asserted": true}
@@ -950,4 +952,15 @@ test_odd_domain_data_still_asks_for_approval if {
 	d := decide(send("eve@evil.example")) with data.agent.config.internal_email_domains as ["demo.local", 7]
 	d.verdict == "step_up"
 	d.reasons == ["agent spiffe://demo.local/agent/writer wants to call tool send_email for recipients outside 7, demo.local (eve@evil.example); a human must approve"]
+}
+
+# Every answer names the input it never reads: the fast allow, the full policy's allow, a deny.
+test_every_answer_names_the_input_it_never_reads if {
+	read := request(reader, "GET", "/api/docs/handbook")
+	authz.fast_allow.unread_input == ["session.recent"] with input as read
+	authz.full_decision.unread_input == ["session.recent"] with input as read
+	denied := request(reader, "DELETE", "/api/records/42")
+	d := authz.decision with input as denied
+	d.verdict == "deny"
+	d.unread_input == ["session.recent"]
 }
