@@ -14,10 +14,11 @@ The decision line's fields are :class:`sidecar.events.DecisionEvent`'s, the one 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,13 +52,34 @@ class RedactingJsonFormatter(JsonFormatter):
     def __init__(self, *args: Any, redact: Iterable[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.redact_fields = frozenset(name.lower() for name in redact)
+        encoder: Callable[..., json.JSONEncoder] = self.json_encoder or json.JSONEncoder
+        self._encoder = encoder(default=self.json_default, indent=self.json_indent, ensure_ascii=self.json_ensure_ascii)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return rfc3339(record.created)
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
+        # A flat line (every event's) is scrubbed once serialized, when its text holds something
+        # credential-shaped (serialize_log_record): cheaper than visiting each value of every line.
+        if not self.redact_fields and _flat(log_data):
+            return log_data
         scrubbed: dict[str, Any] = self._scrub(log_data, 0)
         return scrubbed
+
+    def serialize_log_record(self, log_data: dict[str, Any]) -> str:
+        text = super().serialize_log_record(log_data)
+        if not _may_hold_credential(text):
+            return text
+        # Every string keeps its exact scrubbing (the pattern on each value); the pass over the
+        # text then also catches what no value walk sees: keys, objects written by json_default.
+        text = super().serialize_log_record(self._scrub(log_data, 0))
+        return _CREDENTIAL.sub(_replacement, text)
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        if self.json_serializer is not json.dumps:
+            return super().jsonify_log_record(log_data)
+        # json.dumps with these arguments, without building an encoder for every line.
+        return self._encoder.encode(log_data)
 
     def _scrub(self, value: Any, depth: int) -> Any:
         if isinstance(value, str):
@@ -80,10 +102,31 @@ class RedactingJsonFormatter(JsonFormatter):
 
 def scrub_text(text: str) -> str:
     """``text`` with JWT- and bearer-shaped substrings replaced (cheap when there are none)."""
-    # The guard must see every string the pattern can match: "bearer" in any case ("BeArEr").
-    if "eyJ" not in text and "bearer" not in text.lower():
+    if not _may_hold_credential(text):
         return text
     return _CREDENTIAL.sub(_replacement, text)
+
+
+def _may_hold_credential(text: str) -> bool:
+    """False only when the pattern cannot match ``text``, nor any string whose JSON ``text`` is
+    (JSON writes these letters as they are, so a string's match shows in its line)."""
+    # Must see every string the pattern can match: "bearer" in any case ("BeArEr").
+    return "eyJ" in text or "bearer" in text.lower()
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
+def _flat(log_data: dict[str, Any]) -> bool:
+    """Every value a scalar or a list of scalars: nothing for the depth limit to cut."""
+    for value in log_data.values():
+        kind = type(value)
+        if kind is list or kind is tuple:
+            if not all(type(item) in _SCALARS for item in value):
+                return False
+        elif kind not in _SCALARS:
+            return False
+    return True
 
 
 def _replacement(match: re.Match[str]) -> str:
@@ -112,6 +155,9 @@ def setup_logging(level: str, redact: Iterable[str] = ()) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # Our lines carry no source file or line: skip the caller's frame lookup on every line (the
+    # logging HOWTO, "Optimization").
+    logging._srcfile = None
 
 
 @dataclass

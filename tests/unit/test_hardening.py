@@ -111,6 +111,51 @@ def test_the_quick_guard_never_skips_what_the_pattern_would_replace(parts: list[
         assert scrub_text(candidate) == _CREDENTIAL.sub(_replacement, candidate)
 
 
+_VALUES = st.lists(
+    st.one_of(
+        _FRAGMENTS,
+        st.sampled_from(["BeArEr abc123def456ghi789jkl0", "bearer\tabc123def456ghi789jkl0"]),
+        st.text(max_size=4),
+    ),
+    max_size=8,
+).map("".join)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["reason", "path", "tool", "agent"]), st.one_of(_VALUES, st.lists(_VALUES)), max_size=4
+    ),
+    st.sampled_from([0, 1.5, None, True]),
+)
+def test_a_flat_line_is_scrubbed_as_if_every_string_were(extra: dict[str, str | list[str]], scalar: object) -> None:
+    """Flat lines skip the walk over their values unless their text may hold a credential: the line
+    must still read as if scrub_text had been applied to every string, and match the pattern nowhere."""
+    line = _formatted([], "decision", scalar=scalar, **extra)
+    for key, value in extra.items():
+        assert line[key] == ([scrub_text(v) for v in value] if isinstance(value, list) else scrub_text(value))
+    assert line["scalar"] == scalar
+    assert _CREDENTIAL.search(json.dumps(line)) is None
+
+
+def test_a_credential_in_a_key_or_an_object_is_scrubbed() -> None:
+    """What no walk over the values sees: a key, and an object the encoder writes with str()."""
+
+    class Opaque:
+        def __str__(self) -> str:
+            return f"opaque {JWT}"
+
+    line = _formatted([], "odd line", detail={JWT: 1}, thing=Opaque())
+    assert JWT not in json.dumps(line)
+    assert line["detail"] == {"[redacted jwt]": 1} and line["thing"] == "opaque [redacted jwt]"
+
+
+def test_deep_values_are_still_cut() -> None:
+    deep: object = "leaf"
+    for _ in range(12):
+        deep = {"d": deep}
+    assert REDACTED in json.dumps(_formatted([], "deep", detail=deep))
+
+
 def test_exception_text_is_scrubbed_too() -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
