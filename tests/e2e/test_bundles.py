@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,94 @@ def test_opa_without_a_valid_bundle_is_not_ready_and_answers_503(tmp_path: Path,
             requests.post(f"{stack.egress_url}/mcp", headers={**headers, "mcp-method": "tools/call"}, json=mcp),
         ]
         assert [a.status_code for a in answers] == [503, 503, 503], [a.text for a in answers]
+
+
+# A rule that reads the recent window: any earlier allowed call in the session denies the next.
+HISTORY_REGO = """package agent.authz
+
+history_denies contains msg if {
+	count(input.session.recent) > 0
+	msg := sprintf("agent %s already made a call in this session (%s)", [agent_name, session_key])
+}
+
+access_denies contains msg if some msg in history_denies
+"""
+
+
+def replace_once(path: Path, old: str, new: str) -> None:
+    """Edit a copied policy file; an anchor that is gone (the shipped policy changed) fails loudly."""
+    text = path.read_text()
+    assert text.count(old) == 1, f"{old!r} is not in {path} exactly once"
+    path.write_text(text.replace(old, new))
+
+
+def policy_reading_recent(tmp_path: Path) -> Path:
+    """A copy of the shipped policy that denies a session's second call by reading ``input.session.recent``,
+    so it no longer names the window in ``unread_input``."""
+    copy = tmp_path / "policy-reads-recent"
+    shutil.copytree(DEFAULT_BUNDLE, copy, ignore=shutil.ignore_patterns("*_test.rego"))
+    authz = copy / "agent" / "authz"
+    (authz / "history.rego").write_text(HISTORY_REGO)
+    replace_once(authz / "policy.rego", 'unread_input := ["session.recent"]', "unread_input := []")
+    # fast_allow answers only calls the full policy allows (fast.rego): it must yield to the new deny.
+    anchor = "\treadable_agent_history_input\n"
+    replace_once(authz / "fast.rego", anchor, f"{anchor}\tcount(history_denies) == 0\n")
+    return copy
+
+
+def session_decisions(stack: Stack, session_key: str) -> list[dict[str, Any]]:
+    """OPA's decision-log events of ``data.agent.authz.decision`` for one session, oldest first."""
+    events: list[dict[str, Any]] = []
+    for line in (stack.logs / "opa.log").read_text().splitlines():
+        if session_key not in line:
+            continue
+        event = json.loads(line)
+        if event.get("path") == "agent/authz/decision" and event["input"]["session"]["key"] == session_key:
+            events.append(event)
+    return events
+
+
+def test_a_new_bundle_that_reads_the_window_is_asked_again_with_it(signed_stack: Stack, tmp_path: Path) -> None:
+    """The shipped policy names ``session.recent`` unread, so the sidecar leaves it out; a new revision
+    that reads it answers the lean input without naming it, and the sidecar asks again with the window,
+    whose answer decides (a deny that the lean input could not reach)."""
+    stack = signed_stack
+    # This module's other test leaves another revision active: start from the shipped policy.
+    shipped = stack.publish_bundle(revision="unread-shipped")
+    wait_for("the shipped revision active", lambda: readyz(stack)[1]["bundles"] == {BUNDLE_NAME: shipped})
+    session_id = f"unread-{uuid.uuid4().hex}"
+    session_key = f"agent:{READER}:{session_id}"
+    headers = {"authorization": f"Bearer {stack.trust_domain.mint_jwt(READER)}", "mcp-session-id": session_id}
+
+    def read_docs() -> requests.Response:
+        return requests.get(f"{stack.egress_url}/api/docs/handbook", headers=headers, timeout=10)
+
+    for _ in range(3):
+        assert read_docs().status_code == 200
+    wait_for("three decisions logged", lambda: len(session_decisions(stack, session_key)) >= 3, timeout=5)
+    before = session_decisions(stack, session_key)
+    assert all(e["result"]["unread_input"] == ["session.recent"] for e in before)
+    # The first call may carry the window (nothing was named unread yet on a fresh stack); the
+    # answers named it unread, so the next calls leave it out.
+    assert ["recent" in e["input"]["session"] for e in before[1:]] == [False, False]
+
+    reads_recent = stack.publish_bundle(policy_reading_recent(tmp_path), revision="unread-reads-recent")
+    wait_for("the new revision active", lambda: readyz(stack)[1]["bundles"] == {BUNDLE_NAME: reads_recent})
+    denied = read_docs()
+    assert denied.status_code == 403, denied.text
+    assert any("already made a call in this session" in r for r in denied.json()["reasons"]), denied.text
+    again = read_docs()
+    assert again.status_code == 403, again.text
+
+    wait_for("the new revision's decisions logged", lambda: len(session_decisions(stack, session_key)) >= 6, timeout=5)
+    after = session_decisions(stack, session_key)[3:]
+    # The denied call was asked twice: without the window (the new rule cannot see it, so it
+    # allows, and the answer does not name the window unread), then with it, which decides. The
+    # new policy names nothing unread, so the next call is sent in full at once.
+    asked = [("recent" in e["input"]["session"], e["result"]["verdict"], e["result"]["unread_input"]) for e in after]
+    assert asked == [(False, "allow", []), (True, "deny", []), (True, "deny", [])], asked
+    assert {e["bundles"][BUNDLE_NAME]["revision"] for e in after} == {reads_recent}
+    assert [len(e["input"]["session"]["recent"]) for e in after[1:]] == [3, 3]
+    _, full, later = after
+    assert denied.headers["x-authz-decision-id"] == full["decision_id"]
+    assert again.headers["x-authz-decision-id"] == later["decision_id"]
