@@ -19,7 +19,7 @@ import requests
 import yaml
 
 from devstack.agent_client import AgentClient, AgentClientError
-from devstack.stack import OPA_RUN_FLAGS, Ports, Stack
+from devstack.stack import OPA_RUN_FLAGS, Ports, Stack, opa_env
 from devstack.tools import find_tool
 
 ADAPTER_BUNDLE = Path(__file__).resolve().parent / "plugin_bundle"
@@ -197,7 +197,7 @@ class _PluginStack(_BareStack):
             "--ignore",
             "*_test.rego",
         ]
-        self._spawn("opa-envoy-plugin", argv)
+        self._spawn("opa-envoy-plugin", argv, env=opa_env())  # the same Go runtime settings too
         self._wait_http("opa-envoy-plugin", f"{self.opa_url}/health?bundles")
 
 

@@ -41,9 +41,20 @@ AUTHZEN_PEP = "spiffe://demo.local/pep/gateway"
 # Every OPA that serves decisions keeps its data converted for the evaluator instead of converting
 # what each query reads: 7-10 % fewer allocations per decision with the shipped policy
 # (./taskw bench-policy -- --store both), for more memory per byte of data. The same flag is in
-# docker-compose.yml and kubernetes/components/trio/trio.yaml.
+# docker-compose.yml and the chart's OPA container (tests/deploy check both against this list).
 OPA_RUN_FLAGS = ["--optimize-store-for-read-speed"]
+# The Go runtime's settings for every OPA that serves decisions (README, Performance). A decision
+# allocates a lot and keeps little: collect garbage at 3x the live heap instead of 2x, and let the
+# goroutine that serves a kept-alive connection keep the stack the evaluator grew it to, instead of
+# the collector shrinking it between queries and the next query copying it back. Also in
+# docker-compose.yml and the chart (opa.goRuntime, with GOMEMLIMIT from the memory limit).
+OPA_ENV = {"GOGC": "200", "GODEBUG": "gcshrinkstackoff=1"}
 Mode = Literal["http", "grpc"]  # how Envoy asks the sidecar: ext_authz HTTP service or gRPC
+
+
+def opa_env() -> dict[str, str]:
+    """This process's environment with :data:`OPA_ENV` over it, for an OPA process."""
+    return {**os.environ, **OPA_ENV}
 
 
 class StackError(RuntimeError):
@@ -340,7 +351,7 @@ class Stack:
         if not self.bundle_service:
             bundle = with_log_mask(self.bundle, self.workdir) if self.profile == "opa-envoy-plugin" else self.bundle
             argv += ["--bundle", str(bundle), "--ignore", "*_test.rego"]
-        self._spawn("opa", argv)
+        self._spawn("opa", argv, env=opa_env())
         self._wait_http("opa", f"/health{'?bundles' if self.wait_ready else ''}", unix_socket=self.opa_socket)
 
     def start_shadow_opa(self) -> None:
@@ -349,7 +360,7 @@ class Stack:
         argv = [find_tool("opa"), "run", "--server", "--addr", f"unix://{self.shadow_socket}", "--log-format", "json"]
         argv += ["--unix-socket-perm", "660", *OPA_RUN_FLAGS, "--set", "decision_logs.console=true"]
         argv += decision_log_flags()
-        self._spawn("opa-shadow", [*argv, "--bundle", str(self.shadow), "--ignore", "*_test.rego"])
+        self._spawn("opa-shadow", [*argv, "--bundle", str(self.shadow), "--ignore", "*_test.rego"], env=opa_env())
         self._wait_http("opa-shadow", "/health?bundles", unix_socket=self.shadow_socket)
 
     def start_bundle_service(self, publish: bool = True) -> None:

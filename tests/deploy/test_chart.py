@@ -20,7 +20,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from devstack.stack import OPA_RUN_FLAGS
+from devstack.stack import OPA_ENV, OPA_RUN_FLAGS
 from sidecar.config import load_config
 from tests.deploy.chart import CHART, MODES, config_map, containers, helm, helm_args, helm_template, of_kind, render
 
@@ -330,6 +330,10 @@ def test_trio_probes_and_ports(rendered: tuple[str, list[dict[str, Any]]]) -> No
         assert "--addr=unix:///run/authz/opa.sock" in opa["args"], "OPA's API is a socket in the trio's volume"
         assert not any(a.startswith("--addr=") and "unix://" not in a for a in opa["args"]), "no TCP API"
         assert set(OPA_RUN_FLAGS) <= set(opa["args"]), "OPA runs with the local stack's flags"
+        env = {e["name"]: e for e in opa["env"]}
+        assert {name: env[name].get("value") for name in OPA_ENV} == OPA_ENV, "and its Go runtime settings"
+        # With GOGC raised, Go's collector must know the container's limit.
+        assert env["GOMEMLIMIT"]["valueFrom"] == {"resourceFieldRef": {"resource": "limits.memory"}}
         if "envoy" in named:
             assert named["envoy"]["readinessProbe"]["httpGet"]["path"] == "/ready"
 

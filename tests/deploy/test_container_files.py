@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from devstack.stack import OPA_ENV, OPA_RUN_FLAGS
 from sidecar.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,3 +158,10 @@ def test_compose_configs_validate(envoy_bin: str, tmp_path: Path) -> None:
     opa = yaml.safe_load((REPO / "compose" / "opa.yaml").read_text())
     assert opa["bundles"]["authz"]["signing"]["keyid"] in opa["keys"]
     assert opa["decision_logs"]["service"] in opa["services"]
+
+
+def test_compose_runs_opa_as_the_local_stack_does() -> None:
+    """The flags and Go runtime settings every OPA that serves decisions runs with (devstack.stack)."""
+    opa = compose()["services"]["opa"]
+    assert set(OPA_RUN_FLAGS) <= set(opa["command"])
+    assert {name: opa["environment"].get(name) for name in OPA_ENV} == OPA_ENV

@@ -43,7 +43,11 @@ def test_deployed_opa_labels_its_events_and_bounds_its_buffer(mode: str) -> None
     opas = [c for spec in pods for c in containers(spec) if c["name"] == "opa"]
     assert opas
     for opa in opas:
-        env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in opa.get("env", []) if "valueFrom" in e}
+        env = {
+            e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+            for e in opa.get("env", [])
+            if "fieldRef" in e.get("valueFrom", {})
+        }
         assert {name: env.get(name) for name in POD_ENV} == POD_ENV
 
 

@@ -6,13 +6,14 @@ import base64
 import json
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from devstack.agent_client import AgentClient
-from devstack.stack import Stack
+from devstack.stack import OPA_ENV, Stack
 from devstack.trust_domain import DevTrustDomain
 from tests.adversarial.conftest import Attacker
 from tests.e2e.conftest import READER, WRITER
@@ -35,6 +36,11 @@ def test_allowed_read_carries_identity_and_decision_id_upstream(client: AgentCli
     assert saw["authorization_present"] is False, "the JWT-SVID is for the sidecar, not the upstream"
     assert decision_id in (stack.logs / "opa.log").read_text(), "OPA's decision log must hold the same id"
     assert decision_id in (stack.logs / "sidecar.log").read_text()
+
+
+def test_opa_runs_with_the_shipped_go_runtime_settings(stack: Stack) -> None:
+    environ = set(Path(f"/proc/{stack.processes['opa'].pid}/environ").read_bytes().split(b"\0"))
+    assert {f"{k}={v}".encode() for k, v in OPA_ENV.items()} <= environ
 
 
 def test_reader_cannot_write(client: AgentClient) -> None:

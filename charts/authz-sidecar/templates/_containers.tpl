@@ -33,6 +33,16 @@ httpGet: {{ $get | toJson }}
     valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
   - name: POD_APP
     valueFrom: {fieldRef: {fieldPath: "metadata.labels['app.kubernetes.io/name']"}}
+  # Go's runtime (opa.goRuntime: README "Performance"), and a soft memory limit at the container's:
+  # with GOGC raised, the collector works harder near the limit instead of OPA being killed at it.
+  {{- range $name, $value := .Values.opa.goRuntime }}
+  - name: {{ $name }}
+    value: {{ $value | quote }}
+  {{- end }}
+  {{- if not (hasKey .Values.opa.goRuntime "GOMEMLIMIT") }}
+  - name: GOMEMLIMIT
+    valueFrom: {resourceFieldRef: {resource: limits.memory}}
+  {{- end }}
   ports:
   - {name: opa-diag, containerPort: 8282}
   # Started once it answers (the sidecar then starts); ready only with an activated, verified bundle.
