@@ -497,6 +497,9 @@ class Stack:
                 "oidc_jwks_file": str(self.oidc.jwks_file),
             },
             "authzen": {"callers": [AUTHZEN_PEP]},
+            # No load balancer sends to the local stack, so nothing needs the 5 s to notice /readyz
+            # failing: a stop waits only for the checks in flight (tests start and stop many stacks).
+            "shutdown": {"drain_delay_seconds": 0},
             **({"shadow": {"opa_url": f"unix://{self.shadow_socket}"}} if self.shadow is not None else {}),
             **({"tracing": {"endpoint": f"http://{self.otlp_address}/v1/traces"}} if self.otlp_address else {}),
         }
