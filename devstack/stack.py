@@ -6,12 +6,16 @@ a user runs.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -50,6 +54,10 @@ OPA_RUN_FLAGS = ["--optimize-store-for-read-speed"]
 # docker-compose.yml and the chart (opa.goRuntime, with GOMEMLIMIT from the memory limit).
 OPA_ENV = {"GOGC": "200", "GODEBUG": "gcshrinkstackoff=1"}
 Mode = Literal["http", "grpc"]  # how Envoy asks the sidecar: ext_authz HTTP service or gRPC
+
+
+_MAX_SOCKET_PATH = 100  # bytes: sun_path holds 108 with its NUL; Envoy and OPA add nothing
+_LONGEST_SOCKET_NAME = "sidecar-grpc.sock"
 
 
 def opa_env() -> dict[str, str]:
@@ -193,7 +201,14 @@ class Stack:
     # API, and nothing else of the trio.
     @property
     def run_dir(self) -> Path:
-        return self.workdir / "run"
+        """``workdir/run``; for a workdir too deep for unix socket paths (~107 bytes: pytest's
+        numbered temporary directories grow with every run), an owner-only directory in the system's
+        temporary directory named after the workdir, so the same stack finds it again."""
+        nested = self.workdir / "run"
+        if len(str(nested / _LONGEST_SOCKET_NAME)) <= _MAX_SOCKET_PATH:
+            return nested
+        digest = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"authz-run-{digest}"
 
     @property
     def check_socket(self) -> Path:
@@ -316,16 +331,18 @@ class Stack:
 
     def make_run_dir(self) -> None:
         """The trio's socket directory, owner only (a unix socket path has room for ~107 bytes)."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # In a shared temporary directory the name is predictable: use it only if it is ours.
+        found = self.run_dir.lstat()
+        if not stat.S_ISDIR(found.st_mode) or found.st_uid != os.getuid():
+            raise StackError(f"{self.run_dir} is not a directory of this user's")
         self.run_dir.chmod(0o700)
         if not self.service_token.exists():
             self.service_token.touch(mode=0o600)
             self.service_token.write_text(secrets.token_urlsafe(32))
         longest = max(len(str(path)) for path in (self.check_socket, self.grpc_socket, self.envoy_admin_socket))
-        if longest > 100:
-            raise StackError(
-                f"the stack's directory {self.workdir} is too deep for unix socket paths ({longest} bytes)"
-            )
+        if longest > _MAX_SOCKET_PATH:
+            raise StackError(f"the stack's run directory {self.run_dir} is too deep for unix socket paths")
 
     def start_opa(self) -> None:
         argv = [find_tool("opa"), "run", "--server", "--addr", f"unix://{self.opa_socket}", "--log-format", "json"]
@@ -432,6 +449,8 @@ class Stack:
             self._stop(name, signal.SIGTERM)
         if self.spire_deployment is not None:
             self.spire_deployment.stop()
+        if not self.run_dir.is_relative_to(self.workdir):  # the short one, outside the workdir
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def start_spire(self) -> None:
         try:
