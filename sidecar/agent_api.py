@@ -165,7 +165,10 @@ def _authenticated(handler: Handler) -> Callable[[web.Request], Awaitable[web.Re
 
 
 async def _json(request: web.Request) -> Any:
-    raw = await request.content.read(MAX_BODY + 1)
+    # read(n) returns what has arrived, up to n: a body sent in pieces is read to its end.
+    raw = b""
+    while len(raw) <= MAX_BODY and (piece := await request.content.read(MAX_BODY + 1 - len(raw))):
+        raw += piece
     if len(raw) > MAX_BODY:
         raise TaskError(Kind.TOO_LARGE, f"request body is larger than {MAX_BODY} bytes")
     try:
