@@ -73,6 +73,18 @@ async def test_a_policy_that_stops_naming_it_gets_the_call_again_with_the_window
     assert [_has_recent(q) for q in opa.queries] == [True, False, True, True]
 
 
+async def test_a_call_asked_twice_counts_both_queries_in_its_opa_time() -> None:
+    replies = [
+        OpaAnswer({"verdict": "allow", **NAMES}, "d-1", 0.004),
+        OpaAnswer({"verdict": "allow"}, "d-2", 0.002),  # a new policy: asked again
+        OpaAnswer({"verdict": "allow"}, "d-3", 0.003),
+    ]
+    pipeline = _pipeline(FakeOpa(lambda q: replies.pop(0)))
+    for expected_ms in (4.0, 5.0):
+        record = (await pipeline.check(_call())).record
+        assert record is not None and record.opa_ms == expected_ms
+
+
 async def test_a_failing_second_ask_is_a_503_never_the_lean_answer() -> None:
     replies: list[Any] = [{"verdict": "allow", **NAMES}, {"verdict": "allow"}]
 
