@@ -2,8 +2,11 @@
 
 Keys live as PEM files in ``credentials.keys_dir``; the newest file (by mtime) signs, every
 file present is published and accepted, so rotation is: add a new key, wait out the overlap
-window (longest token lifetime), remove the old one. The directory is re-read when it
-changes. Without a directory a key is generated at start (development only).
+window (longest token lifetime), remove the old one. Files with the same mtime are ordered by
+name and the last one signs: a Kubernetes Secret volume writes all its files at once on every
+change, so there the name decides (``key-2026-12.pem`` after ``key-2026-06.pem``), the same on
+every replica. The directory is re-read when it changes. Without a directory a key is generated
+at start (development only).
 """
 
 from __future__ import annotations
@@ -123,7 +126,7 @@ class KeySet:
         if self._dir is None:
             raise SigningKeyError("no keys directory to load signing keys from")
         self._checked = time.monotonic()
-        files = sorted(self._dir.glob("*.pem"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+        files = sorted(self._dir.glob("*.pem"), key=lambda p: (p.stat().st_mtime_ns, p.name), reverse=True)
         stamp = tuple((str(p), p.stat().st_mtime_ns) for p in files)
         if stamp == self._stamp:
             return

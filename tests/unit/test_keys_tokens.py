@@ -7,7 +7,7 @@ import jwt
 import pytest
 
 from sidecar import tokens
-from sidecar.keys import KeySet, SigningKey, generate_key, write_key
+from sidecar.keys import KeySet, SigningKey, generate_key, signing_key, write_key
 from sidecar.tokens import CREDENTIAL_TYP, TASK_TYP, TokenError, VerifiedTokens, act_claim, sign, verify
 
 
@@ -57,6 +57,24 @@ def test_rotation_with_overlap(tmp_path: Path) -> None:
     time.sleep(0.02)
     with pytest.raises(TokenError, match="not signed by a key of this sidecar"):
         verify(keys, old_token, typ=TASK_TYP, issuer="authz-sidecar", audience="authz-sidecar")
+
+
+@pytest.mark.parametrize("listed_first", ["key-2026-06.pem", "key-2026-12.pem"])
+def test_keys_with_the_same_mtime_sign_by_name(
+    tmp_path: Path, listed_first: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Kubernetes Secret volume writes every file at once: the same mtime for the old key and the
+    new. The last name signs, in whatever order the directory lists them, on every replica alike."""
+    kids = {}
+    stamp = time.time() - 10
+    for name in ("key-2026-06.pem", "key-2026-12.pem"):
+        key = generate_key("ES256")
+        write_key(tmp_path / name, key)
+        os.utime(tmp_path / name, (stamp, stamp))
+        kids[name] = signing_key(key).kid
+    listed = sorted(tmp_path.glob("*.pem"), key=lambda path: path.name != listed_first)
+    monkeypatch.setattr(Path, "glob", lambda self, pattern: iter(listed))  # the directory's own order
+    assert KeySet(tmp_path, "ES256", 10).active().kid == kids["key-2026-12.pem"]
 
 
 def test_empty_key_dir_is_an_error(tmp_path: Path) -> None:
