@@ -90,6 +90,13 @@ mcp_denies contains "MCP endpoint requires a JSON-RPC request body" if {
 	not rpc
 }
 
+# Any other method, a non-string one too, is "not allowed" (below); a request without one has no
+# method to name.
+mcp_denies contains "MCP JSON-RPC request names no method" if {
+	mcp_post
+	not "method" in object.keys(rpc)
+}
+
 mcp_denies contains "MCP tools/call request names no tool" if {
 	mcp_post
 	rpc.method == "tools/call"

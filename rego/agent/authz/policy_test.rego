@@ -705,6 +705,13 @@ test_unknown_tool if {
 	decide(tool_call(writer, "format_disk", {})).reasons == ["tool format_disk is not in the policy"]
 }
 
+test_mcp_request_without_a_method if {
+	inp := object.union(request(writer, "POST", "/mcp"), {"mcp": {"id": 7, "name": "get_record", "is_notification": false}})
+	d := decide(inp)
+	d.verdict == "deny"
+	d.reasons == ["MCP JSON-RPC request names no method"]
+}
+
 test_tool_call_without_name if {
 	decide(tool_call(writer, null, {})).reasons == ["MCP tools/call request names no tool"]
 }
