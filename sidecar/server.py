@@ -41,6 +41,7 @@ from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.shadow import Shadow, make_shadow
 from sidecar.signals import announce_drain, until_signalled
+from sidecar.sockets import restrict_socket
 from sidecar.state import Store
 from sidecar.state.instrumented import InstrumentedStore
 from sidecar.state.memory import MemoryStore
@@ -244,12 +245,6 @@ def make_refusal_reporter(config: Config) -> RefusalReporter | None:
         settings.url, settings.refusals_path, settings.timeout_ms, max_connections=settings.refusals_max_in_flight
     )
     return RefusalReporter(client, settings.refusals_path, settings.refusals_max_in_flight)
-
-
-def restrict_socket(path: Path) -> None:
-    """Owner and group only: Envoy reaches the socket through a shared group (an emptyDir with
-    fsGroup in Kubernetes); the directory's own permissions keep everyone else out."""
-    path.chmod(0o660)
 
 
 def make_webhook(config: Config) -> Webhook | None:

@@ -9,6 +9,7 @@ from sidecar.config import McpResponsesConfig
 from sidecar.mcp_response.judge import ResponseJudge
 from sidecar.mcp_response.pending import PendingResponses
 from sidecar.opa import OpaClient
+from sidecar.sockets import restrict_socket
 from sidecar.state import Store
 
 if TYPE_CHECKING:
@@ -39,6 +40,6 @@ async def start_response_path(
     judge = ResponseJudge(opa, store, settings.decision_path, settings.pin_ttl_seconds)
     server = await start_ext_proc_server(pending, judge, address_of(settings))
     if settings.socket is not None:
-        settings.socket.chmod(0o660)  # as the check socket: owner and Envoy's shared group only
+        restrict_socket(settings.socket)  # as the check socket
     log.info("MCP response path listening", extra={"ext_proc": address_of(settings)})
     return server
