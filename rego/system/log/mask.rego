@@ -6,20 +6,22 @@
 # and a certificate chain are not secrets, and reviewers need them.
 package system.log
 
-secret_headers := {
-	"authorization",
-	"proxy-authorization",
-	"cookie",
-	"x-agent-task-token",
-	"x-api-key",
-}
-
-# METADATA
-# description: What OPA erases from every decision-log event.
-# scope: document
-# entrypoint: true
-mask contains sprintf("/input/attributes/request/http/headers/%s", [header]) if {
-	some header in secret_headers
+# The secret headers, where the check's input has them and where the MCP response path's
+# queries (agent.response) carry that input (input.request). Written out: OPA evaluates this
+# for every event, and a literal costs it no string building.
+mask contains pointer if {
+	some pointer in {
+		"/input/attributes/request/http/headers/authorization",
+		"/input/attributes/request/http/headers/proxy-authorization",
+		"/input/attributes/request/http/headers/cookie",
+		"/input/attributes/request/http/headers/x-agent-task-token",
+		"/input/attributes/request/http/headers/x-api-key",
+		"/input/request/attributes/request/http/headers/authorization",
+		"/input/request/attributes/request/http/headers/proxy-authorization",
+		"/input/request/attributes/request/http/headers/cookie",
+		"/input/request/attributes/request/http/headers/x-agent-task-token",
+		"/input/request/attributes/request/http/headers/x-api-key",
+	}
 }
 
 # More pointers to erase, from data: data.agent.config.log_mask, e.g.
@@ -30,12 +32,7 @@ mask contains pointer if {
 	maskable(pointer)
 }
 
-# The MCP response path's queries (agent.response) carry the check's input under
-# input.request: the same pointers are erased there too.
-mask contains sprintf("/input/request/attributes/request/http/headers/%s", [header]) if {
-	some header in secret_headers
-}
-
+# The response path's copy of the check's input: the same pointers from data.
 mask contains concat("", ["/input/request", trim_prefix(pointer, "/input")]) if {
 	some pointer in data.agent.config.log_mask
 	is_string(pointer)

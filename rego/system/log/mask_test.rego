@@ -4,9 +4,18 @@ import data.system.log
 
 headers := "/input/attributes/request/http/headers"
 
+secret_headers := ["authorization", "proxy-authorization", "cookie", "x-agent-task-token", "x-api-key"]
+
 test_secret_headers_are_erased if {
-	every header in ["authorization", "proxy-authorization", "cookie", "x-agent-task-token", "x-api-key"] {
+	every header in secret_headers {
 		sprintf("%s/%s", [headers, header]) in log.mask
+	}
+}
+
+# The same headers where the MCP response path's queries carry the check's input (input.request).
+test_secret_headers_are_erased_in_the_response_paths_copy_too if {
+	every header in secret_headers {
+		sprintf("/input/request%s/%s", [trim_prefix(headers, "/input"), header]) in log.mask
 	}
 }
 
