@@ -56,7 +56,7 @@ OPA_ENV = {"GOGC": "200", "GODEBUG": "gcshrinkstackoff=1"}
 Mode = Literal["http", "grpc"]  # how Envoy asks the sidecar: ext_authz HTTP service or gRPC
 
 
-_MAX_SOCKET_PATH = 100  # bytes: sun_path holds 108 with its NUL; Envoy and OPA add nothing
+_MAX_SOCKET_PATH = 100  # bytes, with a margin: a unix socket path (sun_path) holds 107 and its NUL
 _LONGEST_SOCKET_NAME = "sidecar-grpc.sock"
 
 
