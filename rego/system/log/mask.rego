@@ -9,6 +9,11 @@ package system.log
 # The secret headers, where the check's input has them and where the MCP response path's
 # queries (agent.response) carry that input (input.request). Written out: OPA evaluates this
 # for every event, and a literal costs it no string building.
+
+# METADATA
+# description: What OPA erases from every decision-log event.
+# scope: document
+# entrypoint: true
 mask contains pointer if {
 	some pointer in {
 		"/input/attributes/request/http/headers/authorization",
