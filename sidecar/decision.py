@@ -17,6 +17,7 @@ from typing import Any, Literal
 from sidecar.credentials import CredentialSpec
 from sidecar.errors import Kind as ErrorKind
 from sidecar.errors import SidecarError
+from sidecar.unread import OMITTABLE_INPUT
 
 Kind = Literal["allow", "deny", "step_up"]
 HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
@@ -231,11 +232,6 @@ def _optional_bool(doc: dict[str, Any], key: str) -> bool | None:
 
 def _type(value: Any) -> str:
     return "null" if value is None else type(value).__name__
-
-
-# Input fields the sidecar can leave out when the policy names them in ``unread_input``: the recent
-# window is over half of a typical input, and what OPA decodes and logs costs it CPU per byte.
-OMITTABLE_INPUT = frozenset({"session.recent"})
 
 
 def unread_input(result: Any) -> frozenset[str]:

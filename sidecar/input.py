@@ -237,16 +237,6 @@ def session_input(session: SessionView) -> dict[str, Any]:
     }
 
 
-def without_unread(document: dict[str, Any], unread: frozenset[str]) -> dict[str, Any]:
-    """``document`` without the fields in ``unread`` (see :data:`sidecar.decision.OMITTABLE_INPUT`):
-    the key is left out, never emptied, so a policy that reads it finds it undefined rather than an
-    empty history. ``document`` itself is unchanged; it is returned as is when nothing is left out."""
-    session = document.get("session")
-    if "session.recent" not in unread or not isinstance(session, dict) or "recent" not in session:
-        return document
-    return {**document, "session": {k: v for k, v in session.items() if k != "recent"}}
-
-
 def agent_history_input(history: AgentHistory) -> dict[str, Any]:
     """``input.agent_history``: what this agent did across all its sessions and tasks."""
     return {"calls_last_minute": history.calls_last_minute, "labels": dict(history.labels)}

@@ -15,10 +15,11 @@ from sidecar import metrics
 from sidecar.approvals import approval_view
 from sidecar.call import Call
 from sidecar.decision import DecisionError, to_verdict, unread_input
-from sidecar.input import build_input, without_unread
+from sidecar.input import build_input
 from sidecar.opa import OpaClient, OpaError
 from sidecar.outcome import Decision
 from sidecar.shadow import Shadow
+from sidecar.unread import without_unread
 
 LOGGER = logging.getLogger("sidecar.policy")
 

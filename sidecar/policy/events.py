@@ -16,6 +16,7 @@ from typing import Any
 
 from sidecar.audit.sources import json_object, open_lines
 from sidecar.errors import Kind, SidecarError
+from sidecar.unread import left_out_of
 
 
 class LogError(SidecarError, ValueError):
@@ -102,9 +103,6 @@ def _is_event(value: dict[str, Any]) -> bool:
 
 def _event(value: dict[str, Any]) -> Event:
     masked = [p for key in ("erased", "masked") for p in value.get(key) or [] if isinstance(p, str)]
-    session = value["input"].get("session") if isinstance(value.get("input"), dict) else None
-    # The sidecar leaves input.session.recent out once the live policy names it unread.
-    left_out = ("session.recent",) if isinstance(session, dict) and "recent" not in session else ()
     cache = value.get("nd_builtin_cache")
     cache = cache if isinstance(cache, dict) else {}
     at_ns, clock = _recorded_now(cache), "nd_builtin_cache"
@@ -123,7 +121,7 @@ def _event(value: dict[str, Any]) -> Event:
         result=value.get("result"),
         has_result="result" in value,
         masked=tuple(masked),
-        left_out=left_out,
+        left_out=left_out_of(value.get("input")),  # once the live policy named them unread
         at_ns=at_ns,
         clock=clock,
         other_nondeterministic=tuple(sorted(str(name) for name in cache if name != "time.now_ns")),

@@ -16,13 +16,13 @@ import pytest
 from sidecar.config import IdentityConfig, load_config
 from sidecar.decision import unread_input
 from sidecar.identity import IdentityResolver
-from sidecar.input import without_unread
 from sidecar.opa import OpaAnswer
 from sidecar.opa_fake import FakeOpa, Query, unreachable
 from sidecar.pipeline import Pipeline
 from sidecar.request import CheckRequest
 from sidecar.sessions import SessionTracker
 from sidecar.state.memory import MemoryStore
+from sidecar.unread import left_out_of, without_unread
 from tests.pipelines import QUIET, make_pipeline
 
 WRITER = "spiffe://demo.local/agent/writer"
@@ -124,3 +124,10 @@ def test_only_the_window_goes_and_the_document_is_not_changed() -> None:
     assert doc["session"]["recent"] == [{"tool": "t"}]
     assert without_unread(doc, frozenset()) is doc
     assert without_unread({"session": None}, frozenset({"session.recent"})) == {"session": None}
+    assert without_unread(doc, frozenset({"session.calls", "agent"})) is doc, "only omittable fields go"
+
+
+def test_a_logged_input_shows_what_was_left_out() -> None:
+    assert left_out_of({"session": {"key": "k"}}) == ("session.recent",)
+    assert left_out_of({"session": {"key": "k", "recent": []}}) == ()
+    assert left_out_of({"session": None}) == () and left_out_of({}) == () and left_out_of(None) == ()
