@@ -202,6 +202,7 @@ def test_mtls_ingress_refuses_foreign_certificates(stack: Stack) -> None:
         (b"{not json", {"content-type": "application/json"}, 400),
         (b'[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs"}}]', {}, 400),
         (b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call"}', {}, 400),
+        (b'{"jsonrpc":"2.0","id":1,"params":{"name":"search_docs"}}', {}, 400),  # no method
         (
             b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"search_docs"}}',
             {"mcp-name": "delete_record"},
