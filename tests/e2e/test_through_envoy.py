@@ -43,6 +43,14 @@ def test_opa_runs_with_the_shipped_go_runtime_settings(stack: Stack) -> None:
     assert {f"{k}={v}".encode() for k, v in OPA_ENV.items()} <= environ
 
 
+def test_opa_logs_a_decision_as_one_line_without_access_lines(client: AgentClient, stack: Stack) -> None:
+    decision_id = client.request("GET", "/api/docs/handbook", READER).headers["x-authz-decision-id"]
+    lines = [json.loads(line) for line in (stack.logs / "opa.log").read_text().splitlines() if line.startswith("{")]
+    assert [line["msg"] for line in lines if line.get("decision_id") == decision_id] == ["Decision Log"]
+    access = [line for line in lines if line.get("msg") in {"Received request.", "Sent response."}]
+    assert access == [], "OPA's access log is at debug (OPA_RUN_FLAGS): the decision log has each query"
+
+
 def test_reader_cannot_write(client: AgentClient) -> None:
     response = client.request("POST", "/api/tickets", READER, json={"title": "x"})
     assert response.status_code == 403
