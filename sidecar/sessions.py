@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from sidecar.config import SessionsConfig
 from sidecar.identity import Identity
@@ -59,6 +59,7 @@ class Reservation:
         self.done = True
         now = time.time()
         await _both(
+            self.store,
             self.store.commit_call(self.key, self.id, write, labels, entry, now, self.ttl, self.limits),
             self.store.commit_agent_call(self.agent, self.id, labels, now, self.agent_limits),
         )
@@ -66,17 +67,29 @@ class Reservation:
     async def release(self) -> None:
         if not self.done:
             self.done = True
-            await _both(self.store.release_call(self.key, self.id), self.store.release_agent_call(self.agent, self.id))
+            store = self.store
+            await _both(store, store.release_call(self.key, self.id), store.release_agent_call(self.agent, self.id))
 
 
-async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
-    """Run two store updates together; both are attempted, and a failure of either is raised."""
-    one, two = await asyncio.gather(first, second, return_exceptions=True)
+async def _both(store: Store, first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Run two updates of ``store``: both are attempted, and a failure of either is raised (the
+    first's when both fail). Together when they wait on I/O; one after the other in process, where
+    neither ever waits (``Store.in_process``)."""
+    if store.in_process:
+        results: list[Any] = []
+        for update in (first, second):
+            try:
+                results.append(await update)
+            except Exception as exc:  # the other update is still attempted, as gather would
+                results.append(exc)
+        one, two = results
+    else:
+        one, two = await asyncio.gather(first, second, return_exceptions=True)
     if isinstance(one, BaseException):
         raise one
     if isinstance(two, BaseException):
         raise two
-    return one, two
+    return cast(A, one), cast(B, two)
 
 
 class SessionTracker:
@@ -109,6 +122,7 @@ class SessionTracker:
         reservation, agent = str(uuid.uuid4()), str(identity.spiffe_id)
         try:
             view, history = await _both(
+                self._store,
                 self._store.reserve_call(key, reservation, maybe_write, now, ttl, self._limits),
                 self._store.reserve_agent_call(agent, reservation, now, self._agent_limits),
             )

@@ -180,6 +180,11 @@ PinState = Literal["new", "same", "changed"]
 class Store(Protocol):
     """What the governance features need from a state backend."""
 
+    # True when every operation completes without waiting on I/O (the memory store): a call's two
+    # updates (its session, its agent's history) then run one after the other, since running them
+    # concurrently would only add two tasks and a gather to the event loop for each.
+    in_process: bool
+
     async def create_task(self, task: TaskRecord, slot: str | None = None) -> None:
         """Store a new task; for a delegated task, atomically require an active parent (else ParentEnded).
 

@@ -46,6 +46,7 @@ class InstrumentedStore:
 
     def __init__(self, store: Store) -> None:
         self.inner = store
+        self.in_process = store.in_process
 
     async def create_task(self, task: TaskRecord, slot: str | None = None) -> None:
         await _measured("create_task", self.inner.create_task(task, slot))

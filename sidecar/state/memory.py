@@ -52,6 +52,8 @@ class _Agent:
 
 
 class MemoryStore:
+    in_process = True  # nothing here waits: its lock is never held across an await
+
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self._tasks: dict[str, TaskRecord] = {}

@@ -392,6 +392,8 @@ def connect(state: StateConfig) -> aioredis.Redis | RedisCluster:
 
 
 class RedisStore:
+    in_process = False  # every operation is a round trip: a call's two updates go concurrently
+
     def __init__(
         self,
         client: aioredis.Redis | RedisCluster,

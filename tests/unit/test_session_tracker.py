@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Collection
 
 from spiffe import SpiffeId
 
 from sidecar.config import SessionsConfig
 from sidecar.identity import Identity
 from sidecar.sessions import MAX_SESSION_ID, SessionTracker
-from sidecar.state import GRACE_SECONDS, TaskRecord
+from sidecar.state import GRACE_SECONDS, StoreError, TaskRecord
 from sidecar.state.memory import MemoryStore
 
 AGENT = Identity(SpiffeId("spiffe://demo.local/agent/writer"), "jwt_svid")
@@ -69,3 +70,53 @@ async def test_recent_calls_and_labels_stay_within_their_limits() -> None:
     assert view.calls == 6
     assert [entry["n"] for entry in view.recent] == [5, 4, 3], "newest first"
     assert len(view.labels) == 2
+
+
+class _Recording(MemoryStore):
+    """The memory store, noting which task ran each agent-history update; ``in_process`` as given."""
+
+    def __init__(self, in_process: bool, fail: Collection[str] = ()) -> None:
+        super().__init__()
+        self.in_process = in_process
+        self.fail = fail
+        self.tasks: list[asyncio.Task[object] | None] = []
+        self.attempted: list[str] = []
+
+    async def release_call(self, key: str, reservation: str) -> None:
+        self.attempted.append("session")
+        if "session" in self.fail:
+            raise StoreError("session update failed")
+        await super().release_call(key, reservation)
+
+    async def release_agent_call(self, agent: str, reservation: str) -> None:
+        self.tasks.append(asyncio.current_task())
+        self.attempted.append("agent")
+        if "agent" in self.fail:
+            raise StoreError("agent update failed")
+        await super().release_agent_call(agent, reservation)
+
+
+async def test_an_in_process_store_updates_in_the_calls_own_task() -> None:
+    # The memory store never waits: a call's two updates run in its own task, with no task and
+    # gather added per call; a store that does I/O gets them concurrently, each in a task of its own.
+    for in_process in (True, False):
+        store = _Recording(in_process)
+        reservation = await SessionTracker(store, SessionsConfig()).reserve(AGENT, None, {}, maybe_write=False)
+        assert reservation is not None
+        await reservation.release()
+        assert (store.tasks == [asyncio.current_task()]) is in_process, in_process
+
+
+async def test_both_updates_are_attempted_and_the_first_failure_is_raised() -> None:
+    for in_process in (True, False):
+        for fail, raised in (({"session"}, "session"), ({"agent"}, "agent"), ({"session", "agent"}, "session")):
+            store = _Recording(in_process, fail)
+            reservation = await SessionTracker(store, SessionsConfig()).reserve(AGENT, None, {}, maybe_write=False)
+            assert reservation is not None
+            try:
+                await reservation.release()
+            except StoreError as exc:
+                assert raised in str(exc), (in_process, fail)
+            else:
+                raise AssertionError("a failed update must be raised")
+            assert sorted(store.attempted) == ["agent", "session"], (in_process, fail)
