@@ -98,6 +98,7 @@ async def _serve(mode: str, port: int, kind: str) -> None:
     from sidecar import server
     from sidecar.config import TracingConfig
     from sidecar.grpc_server import start_grpc_server
+    from sidecar.heap import settle_heap
     from sidecar.tracing import Tracing
 
     pipeline = _pipeline(kind)
@@ -124,6 +125,7 @@ async def _serve(mode: str, port: int, kind: str) -> None:
         runner = web.AppRunner(app, access_log=None, max_line_size=65_536, max_field_size=65_536)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
+    settle_heap()  # as sidecar.server.serve does once it listens
     print("ready", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes stdin
     if mode == "grpc":

@@ -22,6 +22,7 @@ from sidecar.authzen.evaluate import Evaluator
 from sidecar.authzen.routes import add_authzen_routes
 from sidecar.config import Config, TracingConfig
 from sidecar.credentials import CredentialMinter
+from sidecar.heap import settle_heap
 from sidecar.identity import IdentityResolver
 from sidecar.identity.approvers import ApproverAuthenticator, OidcVerifier
 from sidecar.identity.bundles import (
@@ -367,6 +368,7 @@ async def serve(config: Config) -> None:
         if config.grpc.socket is not None:
             restrict_socket(config.grpc.socket)
     ext_proc = await start_response_path(config.mcp_responses, parts.opa, parts.store, parts.responses)
+    settle_heap()  # everything above lives as long as the process
     log.info(
         "authz-sidecar listening",
         extra={
