@@ -6,12 +6,14 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bench import cpu, report
 from bench.load import LoadResult, lua_script
 from bench.mix import mcp_body, request_mix
+from bench.paired import summarise
 from bench.setups import LIFTED_LIMITS, policy_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,3 +119,18 @@ def test_bench_bundle_changes_data_only(tmp_path: Path) -> None:
     assert sorted(p.relative_to(bundle) for p in bundle.rglob("*.rego")) == shipped
     assert "spiffe://demo.local/agent/reader" in agents
     assert not list(bundle.rglob("*_test.rego"))
+
+
+def test_paired_summary_counts_the_rounds_where_the_other_tree_is_lower() -> None:
+
+    def burst(sidecar: float, opa: float, envoy: float) -> dict[str, Any]:
+        return {"rps": 100.0, "p50_ms": 1.0, "cpu_ms": {"sidecar": sidecar, "opa": opa, "envoy": envoy}}
+
+    # The machine slows by half in the second round: raw CPU rises, the ratio to Envoy's does not.
+    base = [burst(1.0, 2.0, 0.5), burst(2.0, 4.0, 1.0)]
+    other = [burst(0.9, 2.1, 0.5), burst(1.8, 3.9, 1.0)]
+    summary = summarise({"base": base, "other": other}, "base", "other")
+    assert summary["trees"]["base"]["vs_envoy"] == {"sidecar": 2.0, "opa": 4.0}
+    assert summary["trees"]["other"]["vs_envoy"] == pytest.approx({"sidecar": 1.8, "opa": 4.05})
+    assert summary["other_lower"] == {"sidecar": "2 of 2", "opa": "1 of 2"}
+    assert summary["trees"]["base"]["cpu_ms"]["sidecar"] == 1.5
