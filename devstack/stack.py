@@ -48,7 +48,7 @@ AUTHZEN_PEP = "spiffe://demo.local/pep/gateway"
 # docker-compose.yml and the chart's OPA container (tests/deploy check both against this list).
 # OPA's access log ("Received request." and "Sent response.", two lines per query at info) goes to
 # debug: every query is a decision whose decision-log event already carries its request id, path
-# and time, so the access lines only doubled OPA's log volume and cost it CPU per decision.
+# and time, so the access lines only added two lines to each decision's one, and CPU per decision.
 OPA_RUN_FLAGS = ["--optimize-store-for-read-speed", "--log-level-request=debug"]
 # The Go runtime's settings for every OPA that serves decisions (README, Performance). A decision
 # allocates a lot and keeps little: collect garbage at 3x the live heap instead of 2x, and let the
