@@ -53,6 +53,7 @@ class Reservation:
     agent: str
     agent_limits: AgentLimits
     history: AgentHistory
+    delegators: tuple[str, ...] = ()  # the call's task was delegated by these agents (nearest first)
     done: bool = False
 
     async def commit(self, write: bool, labels: list[str], entry: dict[str, Any]) -> None:
@@ -63,6 +64,11 @@ class Reservation:
             self.store.commit_call(self.key, self.id, write, labels, entry, now, self.ttl, self.limits),
             self.store.commit_agent_call(self.agent, self.id, labels, now, self.agent_limits),
         )
+        # A delegate acts for its delegators: what it read under their grant arms their ratchets
+        # (input.agent_history.labels) as if they had read it, or a delegator could have its
+        # delegate fetch restricted data and then send it out itself without a human.
+        for delegator in self.delegators if labels else ():
+            await self.store.remember_agent_labels(delegator, labels, now, self.agent_limits)
 
     async def release(self) -> None:
         if not self.done:
@@ -135,4 +141,7 @@ class SessionTracker:
                 return_exceptions=True,
             )
             raise
-        return Reservation(self._store, key, reservation, ttl, self._limits, view, agent, self._agent_limits, history)
+        delegators = tuple(task.chain) if task is not None else ()
+        return Reservation(
+            self._store, key, reservation, ttl, self._limits, view, agent, self._agent_limits, history, delegators
+        )

@@ -234,6 +234,10 @@ class Store(Protocol):
     async def release_agent_call(self, agent: str, reservation: str) -> None:
         """The call was not allowed (or failed): forget the agent-level reservation."""
 
+    async def remember_agent_labels(self, agent: str, labels: list[str], now: float, limits: AgentLimits) -> None:
+        """Record when ``agent`` got each of ``labels`` without counting a call of its own: a delegate
+        acted for it under its grant. The same cap and retention as :meth:`commit_agent_call`."""
+
     async def create_approval(self, approval: ApprovalRecord, max_pending: int, now: int) -> ApprovalRecord:
         """Atomically: the agent's unexpired pending approval for the same request
         (:attr:`ApprovalRecord.same_request_key`) if there is one, else ``approval``, stored; but

@@ -95,6 +95,9 @@ class InstrumentedStore:
     async def release_agent_call(self, agent: str, reservation: str) -> None:
         await _measured("release_agent_call", self.inner.release_agent_call(agent, reservation))
 
+    async def remember_agent_labels(self, agent: str, labels: list[str], now: float, limits: AgentLimits) -> None:
+        await _measured("remember_agent_labels", self.inner.remember_agent_labels(agent, labels, now, limits))
+
     async def create_approval(self, approval: ApprovalRecord, max_pending: int, now: int) -> ApprovalRecord:
         return await _measured("create_approval", self.inner.create_approval(approval, max_pending, now))
 

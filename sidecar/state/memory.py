@@ -51,6 +51,13 @@ class _Agent:
     labels: dict[str, int] = field(default_factory=dict)  # label → last recorded (unix seconds)
 
 
+def _remember(state: _Agent, labels: list[str], now: float, limits: AgentLimits) -> None:
+    """When the agent last got each label; a new label only while the agent has room for it."""
+    for label in labels:
+        if label in state.labels or len(state.labels) < limits.max_labels:
+            state.labels[label] = int(now)
+
+
 class MemoryStore:
     in_process = True  # nothing here waits: its lock is never held across an await
 
@@ -208,9 +215,11 @@ class MemoryStore:
             state.minute.append(now)
             while len(state.minute) > limits.max_minute_entries:
                 state.minute.popleft()
-            for label in labels:
-                if label in state.labels or len(state.labels) < limits.max_labels:
-                    state.labels[label] = int(now)
+            _remember(state, labels, now, limits)
+
+    async def remember_agent_labels(self, agent: str, labels: list[str], now: float, limits: AgentLimits) -> None:
+        async with self._lock:
+            _remember(self._agent(agent, now, limits), labels, now, limits)
 
     async def release_agent_call(self, agent: str, reservation: str) -> None:
         async with self._lock:

@@ -246,6 +246,19 @@ if #ARGV >= 6 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
 return 1
 """
 
+# KEYS: the agent's labels hash. ARGV: now, max labels, label retention, labels...
+# The label half of COMMIT_AGENT_CALL: a delegate's call arms its delegators' ratchets.
+REMEMBER_AGENT_LABELS = """
+local at = math.floor(tonumber(ARGV[1]))
+for i = 4, #ARGV do
+  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[2]) then
+    redis.call('HSET', KEYS[1], ARGV[i], at)
+  end
+end
+if #ARGV >= 4 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+return 1
+"""
+
 # -- approvals ({ap:ID} and the agent's {a:AGENT}) -------------------------------------------
 
 # KEYS: the approval. ARGV: request json, agent, expires at, ttl
@@ -419,6 +432,7 @@ class RedisStore:
         self._commit = client.register_script(COMMIT_CALL)
         self._reserve_agent = client.register_script(RESERVE_AGENT_CALL)
         self._commit_agent = client.register_script(COMMIT_AGENT_CALL)
+        self._remember_agent_labels = client.register_script(REMEMBER_AGENT_LABELS)
         self._store_approval = client.register_script(STORE_APPROVAL)
         self._admit = client.register_script(ADMIT_APPROVAL)
         self._transition = client.register_script(TRANSITION_APPROVAL)
@@ -738,6 +752,11 @@ class RedisStore:
     async def release_agent_call(self, agent: str, reservation: str) -> None:
         async with self._io():
             await self._redis.zrem(self._agent_keys(agent)[0], reservation)
+
+    async def remember_agent_labels(self, agent: str, labels: list[str], now: float, limits: AgentLimits) -> None:
+        args: Args = [now, limits.max_labels, limits.label_retention_seconds, *labels]
+        async with self._io():
+            await self._remember_agent_labels(keys=[self._agent_keys(agent)[2]], args=args)
 
     # -- approvals -----------------------------------------------------------------------------
     async def create_approval(self, approval: ApprovalRecord, max_pending: int, now: int) -> ApprovalRecord:

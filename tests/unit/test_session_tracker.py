@@ -120,3 +120,26 @@ async def test_both_updates_are_attempted_and_the_first_failure_is_raised() -> N
             else:
                 raise AssertionError("a failed update must be raised")
             assert sorted(store.attempted) == ["agent", "session"], (in_process, fail)
+
+
+async def test_a_delegates_labels_are_remembered_for_every_delegator() -> None:
+    store, now = MemoryStore(), int(time.time())
+    root, middle = "spiffe://demo.local/agent/root", "spiffe://demo.local/agent/middle"
+    delegated = TaskRecord(
+        "t-2", str(AGENT.spiffe_id), "triage", ["records:read"], now, now + 600, parent_id="t-1", root_id="t-0",
+        depth=2, chain=[middle, root],
+    )  # fmt: skip
+    tracker = SessionTracker(store, SessionsConfig())
+    unlabelled = await tracker.reserve(AGENT, delegated, {}, maybe_write=False)
+    assert unlabelled is not None and unlabelled.delegators == (middle, root)
+    await unlabelled.commit(False, [], {"method": "GET", "path": "/api/docs/a"})
+    labelled = await tracker.reserve(AGENT, delegated, {}, maybe_write=False)
+    assert labelled is not None
+    await labelled.commit(False, ["pii_read"], {"method": "GET", "path": "/api/records/7"})
+    for agent in (middle, root, str(AGENT.spiffe_id)):
+        other = Identity(SpiffeId(agent), "jwt_svid")
+        view = await tracker.reserve(other, None, {}, maybe_write=False)
+        assert view is not None and set(view.history.labels) == {"pii_read"}, agent
+        await view.release()
+    counted = await tracker.reserve(Identity(SpiffeId(root), "jwt_svid"), None, {}, maybe_write=False)
+    assert counted is not None and counted.history.calls_last_minute == 0, "the delegate's calls are not the root's"

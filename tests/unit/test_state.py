@@ -198,6 +198,21 @@ async def test_agent_history_windows_and_bounds(store: Store) -> None:
     assert later.calls_last_minute == 0, "the in-flight reservation c went stale, b is older than a minute"
 
 
+async def test_labels_remembered_for_a_delegator_count_no_call_and_keep_the_bounds(store: Store) -> None:
+    agent, now = some_agent(), time.time()
+    await store.remember_agent_labels(agent, ["pii_read"], now - 100, AGENT_LIMITS)
+    view = await store.reserve_agent_call(agent, "a", now, AGENT_LIMITS)
+    assert (view.calls_last_minute, view.labels) == (0, {"pii_read": int(now - 100)}), "a label, not a call"
+    await store.remember_agent_labels(agent, ["x", "y", "pii_read"], now, AGENT_LIMITS)
+    view = await store.reserve_agent_call(agent, "b", now, AGENT_LIMITS)
+    assert view.labels == {"pii_read": int(now), "x": int(now)}, "at most max_labels; a known one gets its new time"
+    await store.remember_agent_labels(agent, [], now, AGENT_LIMITS)  # nothing to remember: nothing changes
+    later = await store.reserve_agent_call(agent, "c", now + 3590, AGENT_LIMITS)
+    assert later.labels == {"pii_read": int(now), "x": int(now)}, "kept for the retention from the last time"
+    forgotten = await store.reserve_agent_call(agent, "d", now + 3700, AGENT_LIMITS)
+    assert forgotten.labels == {}, "past the retention"
+
+
 async def test_open_tasks_are_counted_per_creator(store: Store) -> None:
     creator, delegate, now = some_agent(), some_agent(), time.time()
     assert await store.reserve_task_slot(creator, "s1", now) == 0
