@@ -229,35 +229,44 @@ end
 return {count, labels}
 """
 
+# The agent's labels hash (KEYS[k]) gets ARGV[first..] at ``now`` (a new label only while it has fewer than
+# ``max_labels``), kept ``retention`` seconds from this write: one rule for a call's own labels
+# and for those a delegate's call records for its delegators.
+REMEMBER_LABELS = """
+local function remember(k, now, max_labels, retention, first)
+  local at = math.floor(tonumber(now))
+  for i = first, #ARGV do
+    if redis.call('HEXISTS', KEYS[k], ARGV[i]) == 1 or redis.call('HLEN', KEYS[k]) < tonumber(max_labels) then
+      redis.call('HSET', KEYS[k], ARGV[i], at)
+    end
+  end
+  if #ARGV >= first then redis.call('EXPIRE', KEYS[k], retention) end
+end
+"""
+
 # KEYS: as RESERVE_AGENT_CALL. ARGV: reservation, now, max minute entries, max labels, label retention,
 # labels...
-COMMIT_AGENT_CALL = """
+COMMIT_AGENT_CALL = (
+    REMEMBER_LABELS
+    + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
 redis.call('EXPIRE', KEYS[2], 61)
-local at = math.floor(tonumber(ARGV[2]))
-for i = 6, #ARGV do
-  if redis.call('HEXISTS', KEYS[3], ARGV[i]) == 1 or redis.call('HLEN', KEYS[3]) < tonumber(ARGV[4]) then
-    redis.call('HSET', KEYS[3], ARGV[i], at)
-  end
-end
-if #ARGV >= 6 then redis.call('EXPIRE', KEYS[3], ARGV[5]) end
+remember(3, ARGV[2], ARGV[4], ARGV[5], 6)
 return 1
 """
+)
 
 # KEYS: the agent's labels hash. ARGV: now, max labels, label retention, labels...
-# The label half of COMMIT_AGENT_CALL: a delegate's call arms its delegators' ratchets.
-REMEMBER_AGENT_LABELS = """
-local at = math.floor(tonumber(ARGV[1]))
-for i = 4, #ARGV do
-  if redis.call('HEXISTS', KEYS[1], ARGV[i]) == 1 or redis.call('HLEN', KEYS[1]) < tonumber(ARGV[2]) then
-    redis.call('HSET', KEYS[1], ARGV[i], at)
-  end
-end
-if #ARGV >= 4 then redis.call('EXPIRE', KEYS[1], ARGV[3]) end
+# A delegate's call arms its delegators' ratchets: their labels, without a call of their own.
+REMEMBER_AGENT_LABELS = (
+    REMEMBER_LABELS
+    + """
+remember(1, ARGV[1], ARGV[2], ARGV[3], 4)
 return 1
 """
+)
 
 # -- approvals ({ap:ID} and the agent's {a:AGENT}) -------------------------------------------
 
