@@ -14,7 +14,7 @@ from sidecar.mcp import (
     looks_like_json,
     parse_mcp,
 )
-from sidecar.mcp_headers import check_headers
+from sidecar.mcp_headers import check_headers, check_param_headers
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,12 @@ class ParsedBody:
 EMPTY = ParsedBody(None, None)
 
 
-def parse_body(body: bytes, headers: dict[str, str], truncated: bool) -> ParsedBody:
+def parse_body(body: bytes, headers: dict[str, str], truncated: bool, *, param_headers: bool = True) -> ParsedBody:
     """Parse what can be judged. JSON-RPC is recognised whatever the content type says,
-    because an MCP server may not check it; a declared JSON body must be valid JSON."""
+    because an MCP server may not check it; a declared JSON body must be valid JSON.
+
+    The MCP headers are checked against the body here; ``param_headers`` False leaves the
+    ``Mcp-Param-*`` headers to a later phase that knows the tool's annotations."""
     has_mcp_headers = "mcp-method" in headers or "mcp-name" in headers
     if truncated:
         return EMPTY
@@ -52,9 +55,9 @@ def parse_body(body: bytes, headers: dict[str, str], truncated: bool) -> ParsedB
         return EMPTY
     mcp = parse_mcp(value, headers)
     if mcp is not None:
-        check_headers(
-            headers, method=mcp.method, name=mcp.name, arguments=mcp.arguments, meta=mcp.meta, request_id=mcp.id
-        )
+        check_headers(headers, method=mcp.method, name=mcp.name, meta=mcp.meta, request_id=mcp.id)
+        if param_headers:
+            check_param_headers(headers, arguments=mcp.arguments, meta=mcp.meta, request_id=mcp.id)
     return ParsedBody(parsed_body=value if declared_json else None, mcp=mcp)
 
 

@@ -112,10 +112,12 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
         return plugin_phases(config, services)
     task_header, approval_header = config.tasks.token_header, config.approvals.header
     tasks, sessions, approvals = services.tasks, services.sessions, services.approvals
+    pins = services.store if services.responses is not None else None  # the MCP response path's tool pins
     phases: list[Phase] = [
         ReadRequest(
             allow_partial_body=config.request_body.allow_partial,
             body_buffer_limit=config.request_body.envoy_max_request_bytes,
+            param_headers=pins is None,  # with pinned tools, ReadToolPin checks them by the tool's annotations
         ),
         Identify(services.resolver),
         VerifyTaskGrant(tasks, task_header) if tasks is not None else RefuseTaskGrants(task_header),
@@ -124,8 +126,8 @@ def build_phases(config: Config, services: Services) -> list[Phase]:
     ]
     if sessions is not None:
         phases.append(ReserveSession(sessions))
-    if services.responses is not None and services.store is not None:
-        phases.append(ReadToolPin(services.store))
+    if pins is not None:
+        phases.append(ReadToolPin(pins))
     phases += [
         AskPolicy(
             services.opa,

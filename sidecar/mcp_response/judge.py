@@ -17,6 +17,7 @@ from typing import Any
 
 from sidecar.errors import SidecarError
 from sidecar.mcp import BodyError, is_json_content_type, loads_strict
+from sidecar.mcp_headers import encode_declared
 from sidecar.mcp_response import sse
 from sidecar.mcp_response.pending import ResponseContext
 from sidecar.mcp_response.policy import ResponseVerdict, read_verdict, response_input
@@ -172,7 +173,9 @@ class ResponseJudge:
         pins: dict[str, str] = {}
         if context.method == "tools/list" and context.pin_scope is not None:
             hashes = {i["name"]: definition_hash(i) for i in items}
-            pins = dict(await self._store.pin_tools(context.pin_scope, hashes, self._pin_ttl))
+            # Kept with each pin: how the client mirrors the tool's arguments into Mcp-Param-* headers.
+            listed = {i["name"]: encode_declared(i.get("inputSchema")) for i in items}
+            pins = dict(await self._store.pin_tools(context.pin_scope, hashes, self._pin_ttl, listed))
             judgment.changed_tools = [n for n, state in pins.items() if state == "changed"]
         described = [{"name": n, "pin": pins.get(n)} if pins else {"name": n} for n in names]
         verdict = await self._ask(context, described)

@@ -16,9 +16,10 @@ from sidecar.request import request_line_problem
 class ReadRequest:
     stage = "body"
 
-    def __init__(self, *, allow_partial_body: bool, body_buffer_limit: int) -> None:
+    def __init__(self, *, allow_partial_body: bool, body_buffer_limit: int, param_headers: bool = True) -> None:
         self._allow_partial_body = allow_partial_body
         self._body_buffer_limit = body_buffer_limit
+        self._param_headers = param_headers  # False: ReadToolPin checks Mcp-Param-* with the tool's annotations
 
     async def run(self, call: Call) -> Decision | None:
         request = call.request
@@ -32,7 +33,9 @@ class ReadRequest:
         if "," in request.headers.get("host", ""):  # RFC 9112: exactly one Host; routing and judging must agree
             return call.refused(SidecarError("the request has more than one Host header", kind=Kind.INVALID))
         try:
-            call.body = parse_body(request.body, request.headers, request.body_truncated)
+            call.body = parse_body(
+                request.body, request.headers, request.body_truncated, param_headers=self._param_headers
+            )
         except HeaderMismatch as exc:  # the spec's JSON-RPC error, with the request's id
             call.rpc = RpcContext(exc.request_id, code=HEADER_MISMATCH)
             return call.refused(exc)

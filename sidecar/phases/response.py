@@ -1,7 +1,9 @@
 """The request path's part in the MCP response path: pinned tools in, a context out.
 
 ``ReadToolPin`` (before the policy) tells the policy whether the tool a ``tools/call`` names
-changed its definition since the agent's session first listed it (``input.mcp.tool_pin``).
+changed its definition since the agent's session first listed it (``input.mcp.tool_pin``), and
+checks the call's ``Mcp-Param-*`` headers against the ``x-mcp-header`` annotations of the
+definition the session listed last (by argument name when it never listed the tool).
 ``ExpectResponse`` (after an allow) leaves the call's context for the ext_proc server under
 the decision id, and on an approved retry of a changed tool accepts its new definition."""
 
@@ -10,9 +12,10 @@ from __future__ import annotations
 from dataclasses import replace
 
 from sidecar.call import Call
+from sidecar.mcp_headers import HEADER_MISMATCH, HeaderMismatch, check_param_headers
 from sidecar.mcp_response.judge import TOOL_CALL
 from sidecar.mcp_response.pending import PendingResponses, ResponseContext, pin_scope
-from sidecar.outcome import Decision
+from sidecar.outcome import Decision, RpcContext
 from sidecar.sessions import MCP_SESSION_HEADER
 from sidecar.state import Store, StoreError
 
@@ -32,13 +35,24 @@ class ReadToolPin:
 
     async def run(self, call: Call) -> Decision | None:
         mcp, scope = call.body.mcp, scope_of(call)
-        if mcp is None or mcp.method != TOOL_CALL or mcp.name is None or scope is None:
+        if mcp is None:
             return None
+        listed: str | None = None
+        if mcp.method == TOOL_CALL and mcp.name is not None and scope is not None:
+            try:
+                pin = await self._store.tool_pin(scope, mcp.name)
+            except StoreError as exc:
+                return call.refused(exc)
+            if pin is not None:
+                call.body = replace(call.body, mcp=replace(mcp, tool_pin=pin.state))
+                listed = pin.param_headers
         try:
-            state = await self._store.tool_pin(scope, mcp.name)
-        except StoreError as exc:
+            check_param_headers(
+                call.request.headers, arguments=mcp.arguments, meta=mcp.meta, request_id=mcp.id, declared=listed
+            )
+        except HeaderMismatch as exc:  # the spec's JSON-RPC error, as ReadRequest answers the others
+            call.rpc = RpcContext(exc.request_id, code=HEADER_MISMATCH)
             return call.refused(exc)
-        call.body = replace(call.body, mcp=replace(mcp, tool_pin=state))
         return None
 
 

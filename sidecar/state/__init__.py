@@ -177,6 +177,16 @@ class TooManyApprovals(SidecarError):
 PinState = Literal["new", "same", "changed"]
 
 
+@dataclass(frozen=True)
+class ToolPin:
+    """A tool ``scope`` has listed: its pin's state, and the ``x-mcp-header`` annotations of the
+    definition it listed last (``sidecar.mcp_headers.encode_declared``'s text; None when that
+    listing recorded none)."""
+
+    state: PinState
+    param_headers: str | None = None
+
+
 class Store(Protocol):
     """What the governance features need from a state backend."""
 
@@ -258,15 +268,20 @@ class Store(Protocol):
     async def restore_approval(self, approval_id: str) -> None:
         """consumed → approved: the call it was consumed for did not go through."""
 
-    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
+    async def pin_tools(
+        self, scope: str, hashes: dict[str, str], ttl: int, param_headers: dict[str, str] | None = None
+    ) -> dict[str, PinState]:
         """Pin each tool's definition hash the first time ``scope`` (an agent's session) lists it.
 
         Per tool: ``new`` (pinned now), ``same`` (matches its pin) or ``changed`` (differs: the
-        pin stays, the new hash is held until :meth:`repin_tool`). ``ttl`` renews the scope."""
+        pin stays, the new hash is held until :meth:`repin_tool`). ``ttl`` renews the scope.
+        ``param_headers`` (per tool, opaque text) replaces what the tool's last listing recorded
+        whatever its pin's state: a client mirrors arguments by the definition it saw last."""
         ...
 
-    async def tool_pin(self, scope: str, name: str) -> PinState | None:
-        """``same`` or ``changed`` for a tool ``scope`` has listed; None when it never did."""
+    async def tool_pin(self, scope: str, name: str) -> ToolPin | None:
+        """``same`` or ``changed`` for a tool ``scope`` has listed, with its recorded
+        ``param_headers``; None when it never did."""
         ...
 
     async def repin_tool(self, scope: str, name: str) -> bool:

@@ -25,6 +25,7 @@ from sidecar.state import (
     StoreError,
     TaskRecord,
     TaskStatus,
+    ToolPin,
 )
 
 T = TypeVar("T")
@@ -120,10 +121,12 @@ class InstrumentedStore:
     async def restore_approval(self, approval_id: str) -> None:
         await _measured("restore_approval", self.inner.restore_approval(approval_id))
 
-    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
-        return await _measured("pin_tools", self.inner.pin_tools(scope, hashes, ttl))
+    async def pin_tools(
+        self, scope: str, hashes: dict[str, str], ttl: int, param_headers: dict[str, str] | None = None
+    ) -> dict[str, PinState]:
+        return await _measured("pin_tools", self.inner.pin_tools(scope, hashes, ttl, param_headers))
 
-    async def tool_pin(self, scope: str, name: str) -> PinState | None:
+    async def tool_pin(self, scope: str, name: str) -> ToolPin | None:
         return await _measured("tool_pin", self.inner.tool_pin(scope, name))
 
     async def repin_tool(self, scope: str, name: str) -> bool:

@@ -22,6 +22,7 @@ from sidecar.state import (
     SessionView,
     TaskRecord,
     TaskStatus,
+    ToolPin,
     TooManyApprovals,
     task_creator,
 )
@@ -73,7 +74,8 @@ class MemoryStore:
         self._pending_by_agent: dict[str, set[str]] = {}  # agent → ids of its pending approvals
         self._same_request: dict[str, str] = {}  # ApprovalRecord.same_request_key → the latest id
         self._writes = 0
-        self._pins: dict[str, tuple[float, dict[str, list[str | None]]]] = {}  # scope → (expiry, name → [pin, held])
+        # scope → (expiry, name → [pin, held, param headers of the last listing])
+        self._pins: dict[str, tuple[float, dict[str, list[str | None]]]] = {}
 
     async def create_task(self, task: TaskRecord, slot: str | None = None) -> None:
         async with self._lock:
@@ -301,16 +303,21 @@ class MemoryStore:
             return None
         return entry[1]
 
-    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
+    async def pin_tools(
+        self, scope: str, hashes: dict[str, str], ttl: int, param_headers: dict[str, str] | None = None
+    ) -> dict[str, PinState]:
         async with self._lock:
             pins = self._live_pins(scope) or {}
             states: dict[str, PinState] = {}
             for name, digest in hashes.items():
                 pin = pins.get(name)
+                listed = (param_headers or {}).get(name)
                 if pin is None:
-                    pins[name] = [digest, None]
+                    pins[name] = [digest, None, listed]
                     states[name] = "new"
-                elif pin[0] == digest:
+                    continue
+                pin[2] = listed
+                if pin[0] == digest:
                     pin[1] = None  # back to the approved definition
                     states[name] = "same"
                 else:
@@ -319,12 +326,12 @@ class MemoryStore:
             self._pins[scope] = (time.time() + ttl, pins)
             return states
 
-    async def tool_pin(self, scope: str, name: str) -> PinState | None:
+    async def tool_pin(self, scope: str, name: str) -> ToolPin | None:
         async with self._lock:
             pin = (self._live_pins(scope) or {}).get(name)
             if pin is None:
                 return None
-            return "changed" if pin[1] is not None else "same"
+            return ToolPin("changed" if pin[1] is not None else "same", pin[2])
 
     async def repin_tool(self, scope: str, name: str) -> bool:
         async with self._lock:

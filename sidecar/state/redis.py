@@ -63,6 +63,7 @@ from sidecar.state import (
     StoreError,
     TaskRecord,
     TaskStatus,
+    ToolPin,
     TooManyApprovals,
     task_creator,
 )
@@ -311,12 +312,18 @@ return h[3]
 
 # -- pinned tool definitions ({p:SCOPE}) ------------------------------------------------------
 
-# KEYS: the scope's pins (hash: "p:"name → pin, "h:"name → held changed hash). ARGV: ttl, name, hash, ...
+# KEYS: the scope's pins (hash: "p:"name → pin, "h:"name → held changed hash, "x:"name → the param
+# headers of the tool's last listing). ARGV: ttl, then name, hash, param headers ('' for none) per tool
 PIN_TOOLS = """
 local out = {}
-for i = 2, #ARGV, 2 do
-  local name, digest = ARGV[i], ARGV[i + 1]
+for i = 2, #ARGV, 3 do
+  local name, digest, listed = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local pin = redis.call('HGET', KEYS[1], 'p:' .. name)
+  if listed == '' then
+    redis.call('HDEL', KEYS[1], 'x:' .. name)
+  else
+    redis.call('HSET', KEYS[1], 'x:' .. name, listed)
+  end
   if not pin then
     redis.call('HSET', KEYS[1], 'p:' .. name, digest)
     out[#out + 1] = 'new'
@@ -901,20 +908,24 @@ class RedisStore:
     def _pins(self, scope: str) -> str:
         return f"{self._prefix}{hash_tag('p', scope)}:pins"
 
-    async def pin_tools(self, scope: str, hashes: dict[str, str], ttl: int) -> dict[str, PinState]:
+    async def pin_tools(
+        self, scope: str, hashes: dict[str, str], ttl: int, param_headers: dict[str, str] | None = None
+    ) -> dict[str, PinState]:
         if not hashes:
             return {}
-        args: Args = [ttl, *(part for item in hashes.items() for part in item)]
+        listed = param_headers or {}
+        args: Args = [ttl, *(part for name, digest in hashes.items() for part in (name, digest, listed.get(name, "")))]
         async with self._io():
             states = await self._pin_tools(keys=[self._pins(scope)], args=args)
         return {name: _pin_state(state) for name, state in zip(hashes, states, strict=True)}
 
-    async def tool_pin(self, scope: str, name: str) -> PinState | None:
+    async def tool_pin(self, scope: str, name: str) -> ToolPin | None:
         async with self._io():
-            pin, held = await self._redis.hmget(self._pins(scope), ["p:" + name, "h:" + name])
+            pin, held, listed = await self._redis.hmget(self._pins(scope), ["p:" + name, "h:" + name, "x:" + name])
         if pin is None:
             return None
-        return "changed" if held is not None else "same"
+        text = listed.decode() if isinstance(listed, bytes) else listed
+        return ToolPin("changed" if held is not None else "same", text)
 
     async def repin_tool(self, scope: str, name: str) -> bool:
         async with self._io():

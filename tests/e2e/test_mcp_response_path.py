@@ -13,13 +13,14 @@ from typing import Any
 import pytest
 import requests
 
-from devstack.agent_client import AgentClient, approval_id
+from devstack.agent_client import AgentClient, approval_id, jsonrpc
 from devstack.mcp_tools import OWNER, RUG_PULL
 from devstack.stack import Ports, Stack
-from sidecar.mcp_headers import HEADER_MISMATCH
+from sidecar.mcp_headers import HEADER_MISMATCH, PROTOCOL_META
 from tests.e2e.conftest import READER, WRITER
 
 WRITE_TOOLS = {"create_ticket", "delete_record", "send_email"}
+V2026 = "2026-07-28"
 
 
 def session() -> dict[str, str]:
@@ -96,6 +97,32 @@ def test_header_body_mismatch_is_the_specs_error_with_the_request_id(client: Age
     assert param.status_code == 400 and param.json()["error"]["code"] == HEADER_MISMATCH
     old_client = client.request("POST", "/mcp", READER, headers={"content-type": "application/json"}, json=body)
     assert old_client.status_code == 200  # a 2025-06-18 client sends no Mcp-* headers
+
+
+def test_a_2026_client_mirrors_annotated_arguments_under_the_names_the_tool_declares(client: AgentClient) -> None:
+    """search_docs declares ``index_name`` with ``x-mcp-header: Index``: once the session listed it,
+    ``Mcp-Param-Index`` must carry that argument, and nothing else will do."""
+    mine = {**session(), "mcp-protocol-version": V2026}
+
+    def call(arguments: dict[str, Any], headers: dict[str, str]) -> requests.Response:
+        mcp_headers, body = jsonrpc("tools/call", "search_docs", arguments, "p-1", _meta={PROTOCOL_META: V2026})
+        return client.request("POST", "/mcp", READER, {**mcp_headers, **mine, **headers}, json=body)
+
+    def refused(response: requests.Response) -> bool:
+        answer = response.json()
+        return response.status_code == 400 and answer["id"] == "p-1" and answer["error"]["code"] == HEADER_MISMATCH
+
+    searched = {"q": "vpn", "index_name": "eu"}
+    # Not listed in this session yet: the sidecar cannot know the header's argument, and refuses it.
+    assert refused(call(searched, {"mcp-param-index": "eu"}))
+    assert "search_docs" in tool_names(client.mcp(READER, "tools/list", headers=mine))
+    allowed = call(searched, {"mcp-param-index": "eu"})
+    assert allowed.status_code == 200, allowed.text
+    assert '"index_name": "eu"' in allowed.json()["result"]["content"][0]["text"]  # the call it was judged as
+    assert refused(call({"q": "vpn"}, {"mcp-param-zone": "x"}))  # declared by nobody, yet a router may read it
+    assert refused(call(searched, {"mcp-param-index": "us"}))  # a router would send it to "us"
+    assert refused(call(searched, {}))  # the header a router routes by, left out
+    assert refused(call({"q": "vpn"}, {"mcp-param-index": "us"}))  # a header with no argument behind it
 
 
 @contextmanager

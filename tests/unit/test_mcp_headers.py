@@ -11,7 +11,17 @@ import pytest
 from sidecar.body import parse_body
 from sidecar.config import IdentityConfig
 from sidecar.identity import IdentityResolver
-from sidecar.mcp_headers import HEADER_MISMATCH, HeaderMismatch, decode_value
+from sidecar.mcp_headers import (
+    HEADER_MISMATCH,
+    HeaderMismatch,
+    InvalidAnnotation,
+    ParamHeader,
+    check_param_headers,
+    declared_param_headers,
+    decode_declared,
+    decode_value,
+    encode_declared,
+)
 from sidecar.opa_fake import FakeOpa, always
 from sidecar.request import CheckRequest
 from tests.pipelines import QUIET, make_pipeline
@@ -91,3 +101,134 @@ async def test_mismatch_answers_the_spec_error_with_the_request_id() -> None:
     assert answer["id"] == "abc" and answer["error"]["code"] == HEADER_MISMATCH
     assert "Mcp-Name" in answer["error"]["message"]
     assert opa.inputs == []  # never judged: headers and body disagree
+
+
+# -- Mcp-Param-{Name} by the tool's x-mcp-header annotations ---------------------------------------
+
+REGION = {"type": "string", "x-mcp-header": "Region"}
+
+
+def schema(**properties: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties}
+
+
+def test_annotations_are_read_from_statically_reachable_properties() -> None:
+    declared = declared_param_headers(
+        schema(
+            tenant_id=REGION,
+            query={"type": "string"},
+            options=schema(limit={"type": "integer", "x-mcp-header": "Limit"}, dry={"type": "boolean"}),
+            confirm={"type": "boolean", "x-mcp-header": "Confirm"},
+        )
+    )
+    assert declared == (
+        ParamHeader("confirm", ("confirm",)),
+        ParamHeader("limit", ("options", "limit")),
+        ParamHeader("region", ("tenant_id",)),
+    )
+    assert declared_param_headers({"type": "object"}) == () and declared_param_headers(None) == ()
+    # a property named like the keyword is a property; data keywords hold data, not annotations
+    assert declared_param_headers(schema(**{"x-mcp-header": {"type": "string", "default": {"x-mcp-header": 1}}})) == ()
+
+
+@pytest.mark.parametrize(
+    ("tool_schema", "reason"),
+    [
+        (schema(n={"type": "number", "x-mcp-header": "N"}), "type is not"),
+        (schema(n={"x-mcp-header": "N"}), "type is not"),
+        (schema(o={"type": "object", "x-mcp-header": "O"}), "type is not"),
+        (schema(r={"type": "string", "x-mcp-header": ""}), "token"),
+        (schema(r={"type": "string", "x-mcp-header": "Re gion"}), "token"),
+        (schema(r={"type": "string", "x-mcp-header": "Region\r\nX-Evil: 1"}), "token"),
+        (schema(r={"type": "string", "x-mcp-header": 7}), "token"),
+        (schema(a=REGION, b={"type": "string", "x-mcp-header": "REGION"}), "unique"),
+        ({"type": "object", "x-mcp-header": "Root"}, "not a property"),
+        (schema(list={"type": "array", "items": REGION}), "not a property"),
+        (schema(choice={"oneOf": [schema(r=REGION)]}), "not a property"),
+        ({**schema(), "$defs": {"r": REGION}}, "not a property"),
+        (schema(c={"if": schema(r=REGION), "then": {}}), "not a property"),
+    ],
+)
+def test_invalid_annotations_make_the_definition_invalid(tool_schema: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidAnnotation, match=reason):
+        declared_param_headers(tool_schema)
+    with pytest.raises(InvalidAnnotation, match=reason):
+        decode_declared(encode_declared(tool_schema))
+
+
+def test_a_schema_nested_past_the_bound_is_invalid() -> None:
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(70):
+        deep = schema(p=deep)
+    with pytest.raises(InvalidAnnotation, match="deeper"):
+        declared_param_headers(deep)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "[]", "{}", '{"params": [["a"]]}', '{"params": [["a", []]]}', '{"params": [[1, ["a"]]]}']
+)
+def test_an_unreadable_record_is_invalid(text: str) -> None:
+    with pytest.raises(InvalidAnnotation):
+        decode_declared(text)
+
+
+DECLARED = encode_declared(
+    schema(tenant_id=REGION, options=schema(limit={"type": "integer", "x-mcp-header": "Limit"}), q={"type": "string"})
+)
+V2026_META = {"io.modelcontextprotocol/protocolVersion": V2026}
+
+
+def params(headers: dict[str, str], arguments: dict[str, Any], meta: dict[str, Any] | None = None) -> None:
+    check_param_headers(headers, arguments=arguments, meta=meta or V2026_META, request_id=7, declared=DECLARED)
+
+
+@pytest.mark.parametrize(
+    ("headers", "arguments"),
+    [
+        ({"mcp-param-region": "eu"}, {"tenant_id": "eu", "q": "x"}),  # named by the annotation, not the argument
+        ({"mcp-param-region": b64("eu west")}, {"tenant_id": "eu west"}),
+        ({"mcp-param-limit": "10", "mcp-param-region": "eu"}, {"tenant_id": "eu", "options": {"limit": 10}}),
+        ({"mcp-param-limit": "10.0", "mcp-param-region": "eu"}, {"tenant_id": "eu", "options": {"limit": 10}}),
+        ({}, {"q": "x"}),  # no value: no header
+        ({}, {"tenant_id": None, "options": None}),  # null is no value
+        ({"mcp-param-q": "x"}, {"q": "x"}),  # not annotated, but names an argument: it must agree
+    ],
+)
+def test_annotated_headers_that_agree_are_accepted(headers: dict[str, str], arguments: dict[str, Any]) -> None:
+    params(headers, arguments)
+
+
+@pytest.mark.parametrize(
+    ("headers", "arguments", "message"),
+    [
+        ({"mcp-param-region": "us"}, {"tenant_id": "eu"}, "does not match body value of argument 'tenant_id'"),
+        ({}, {"tenant_id": "eu"}, "mcp-param-region header is missing"),  # a value in the body needs its header
+        ({"mcp-param-region": "eu"}, {}, "has no value in the body"),
+        ({"mcp-param-region": "eu"}, {"tenant_id": None}, "has no value in the body"),
+        ({"mcp-param-region": "eu"}, {"tenant_id": "eu", "options": {"limit": 5}}, "mcp-param-limit header is missing"),
+        ({"mcp-param-limit": "5", "mcp-param-region": "eu"}, {"tenant_id": "eu", "options": {"limit": 6}}, "limit"),
+        ({"mcp-param-limit": "5"}, {"options": {"limit": 2**53 + 4}}, "does not match"),  # beyond the safe range
+        ({"mcp-param-region": "=?base64?***?="}, {"tenant_id": "eu"}, "Base64"),
+        ({"mcp-param-q": "y"}, {"q": "x"}, "does not match body value of argument 'q'"),
+        ({"mcp-param-zone": "eu"}, {}, "has no argument 'zone'"),  # declared by nobody: a router may still act on it
+        ({"mcp-param-tenant_id": "us", "mcp-param-region": "eu"}, {"tenant_id": "eu"}, "argument 'tenant_id'"),
+    ],
+)
+def test_annotated_headers_that_disagree_are_mismatches(
+    headers: dict[str, str], arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(HeaderMismatch, match=message) as caught:
+        params(headers, arguments)
+    assert caught.value.request_id == 7
+
+
+def test_an_older_client_need_not_send_the_annotated_headers() -> None:
+    params({}, {"tenant_id": "eu"}, meta={"io.modelcontextprotocol/protocolVersion": "2025-06-18"})
+    with pytest.raises(HeaderMismatch, match="does not match"):  # but what it sends must agree
+        params({"mcp-param-region": "us"}, {"tenant_id": "eu"}, meta={})
+
+
+def test_a_tool_with_invalid_annotations_is_refused() -> None:
+    invalid = encode_declared(schema(n={"type": "number", "x-mcp-header": "N"}))
+    with pytest.raises(HeaderMismatch, match="annotations are invalid"):
+        check_param_headers({}, arguments={}, meta={}, request_id=7, declared=invalid)

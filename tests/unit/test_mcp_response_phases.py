@@ -7,6 +7,7 @@ from typing import Any
 
 from sidecar.config import IdentityConfig
 from sidecar.identity import IdentityResolver
+from sidecar.mcp_headers import HEADER_MISMATCH, PROTOCOL_META, encode_declared
 from sidecar.mcp_response.pending import PendingResponses, pin_scope
 from sidecar.opa_fake import FakeOpa, Query
 from sidecar.request import CheckRequest
@@ -68,3 +69,37 @@ async def test_the_store_down_fails_closed() -> None:
     store.tool_pin = down  # type: ignore[method-assign]
     decision = await pipeline.check(call("tools/call", "search_docs"))
     assert decision.status == 503 and opa.inputs == []
+
+
+def tools_call(arguments: dict[str, Any], headers: dict[str, str], version: str = "2026-07-28") -> CheckRequest:
+    params = {"name": "search_docs", "arguments": arguments, "_meta": {PROTOCOL_META: version}}
+    body = json.dumps({"jsonrpc": "2.0", "id": "c-1", "method": "tools/call", "params": params}).encode()
+    mcp_headers = {"mcp-method": "tools/call", "mcp-name": "search_docs", "mcp-protocol-version": version}
+    return CheckRequest(
+        "POST", "/mcp", {"host": "tools", "content-type": "application/json", **mcp_headers, **headers}, body
+    )
+
+
+SEARCH = {"type": "object", "properties": {"index_name": {"type": "string", "x-mcp-header": "Index"}}}
+
+
+async def test_param_headers_follow_the_annotations_the_session_listed() -> None:
+    pipeline, opa, store, _ = setup()
+    renamed = tools_call({"index_name": "eu"}, {"mcp-param-index": "eu"})
+    # Never listed in this scope: the header is compared by name, and names no argument.
+    before = await pipeline.check(renamed)
+    assert before.status == 400 and json.loads(before.body)["error"]["code"] == HEADER_MISMATCH
+    await store.pin_tools(SCOPE, {"search_docs": "h1"}, 60, {"search_docs": encode_declared(SEARCH)})
+    assert (await pipeline.check(renamed)).allowed
+    assert opa.inputs[-1]["mcp"]["arguments"] == {"index_name": "eu"}
+    asked = len(opa.inputs)
+    for lying in (
+        tools_call({"index_name": "eu"}, {"mcp-param-index": "us"}),  # a router would act on "us"
+        tools_call({"index_name": "eu"}, {}),  # the header a router needs, left out
+        tools_call({}, {"mcp-param-index": "us"}),  # a header with no value behind it
+    ):
+        decision = await pipeline.check(lying)
+        answer = json.loads(decision.body)
+        assert decision.status == 400 and answer["id"] == "c-1" and answer["error"]["code"] == HEADER_MISMATCH
+    assert len(opa.inputs) == asked  # never judged
+    assert (await pipeline.check(tools_call({"index_name": "eu"}, {}, version="2025-06-18"))).allowed

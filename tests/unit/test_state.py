@@ -25,6 +25,7 @@ from sidecar.state import (
     Store,
     StoreError,
     TaskRecord,
+    ToolPin,
     TooManyApprovals,
 )
 from sidecar.state import redis as redis_state
@@ -513,14 +514,14 @@ async def test_tool_pins_hold_the_first_definition_until_re_approved(store: Stor
         "get_record": "new",
     }
     assert await store.pin_tools(scope, {"search_docs": "h1"}, 60) == {"search_docs": "same"}
-    assert await store.tool_pin(scope, "search_docs") == "same"
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("same")
     # the server changes the definition: the pin stays, the change is held
     assert await store.pin_tools(scope, {"search_docs": "h2"}, 60) == {"search_docs": "changed"}
-    assert await store.tool_pin(scope, "search_docs") == "changed"
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("changed")
     assert await store.pin_tools(scope, {"search_docs": "h2"}, 60) == {"search_docs": "changed"}
     assert await store.repin_tool(scope, "get_record") is False  # nothing held to accept
     assert await store.repin_tool(scope, "search_docs") is True
-    assert await store.tool_pin(scope, "search_docs") == "same"
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("same")
     assert await store.pin_tools(scope, {"search_docs": "h2"}, 60) == {"search_docs": "same"}
     assert await store.pin_tools(scope, {"search_docs": "h1"}, 60) == {"search_docs": "changed"}
     # a definition that reverts to its pin is no longer changed
@@ -528,12 +529,32 @@ async def test_tool_pins_hold_the_first_definition_until_re_approved(store: Stor
     assert await store.pin_tools(scope, {}, 60) == {}
 
 
+async def test_tool_pins_keep_the_param_headers_of_the_last_listing(store: Store) -> None:
+    """What a tool's last listing said about its Mcp-Param-* headers, whatever its pin's state."""
+    scope = f"spiffe://demo.local/agent/reader|{uuid.uuid4()}"
+    first, second = '{"params":[["index",["index_name"]]]}', '{"invalid":"not a token"}'
+    await store.pin_tools(scope, {"search_docs": "h1", "get_record": "g1"}, 60, {"search_docs": first})
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("same", first)
+    assert await store.tool_pin(scope, "get_record") == ToolPin("same")  # that listing recorded none
+    assert await store.pin_tools(scope, {"search_docs": "h2"}, 60, {"search_docs": second}) == {
+        "search_docs": "changed"
+    }
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("changed", second)  # the client saw h2 last
+    assert await store.repin_tool(scope, "search_docs") is True
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("same", second)
+    await store.pin_tools(scope, {"search_docs": "h2"}, 60)  # a listing without them forgets them
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("same")
+    await store.pin_tools(scope, {"x:search_docs": "h3"}, 60, {"x:search_docs": first})  # a field-like name
+    assert await store.tool_pin(scope, "search_docs") == ToolPin("same")
+    assert await store.tool_pin(scope, "x:search_docs") == ToolPin("same", first)
+
+
 async def test_tool_pins_are_per_scope_and_expire(store: Store) -> None:
     one, two = f"a|{uuid.uuid4()}", f"b|{uuid.uuid4()}"
     await store.pin_tools(one, {"t": "h1"}, 1)
     assert await store.pin_tools(two, {"t": "h2"}, 60) == {"t": "new"}
     assert await store.pin_tools(one, {"p:t": "x", "h:t": "y"}, 1) == {"p:t": "new", "h:t": "new"}
-    assert await store.tool_pin(one, "t") == "same"  # names that look like the backend's own fields
+    assert await store.tool_pin(one, "t") == ToolPin("same")  # names that look like the backend's own fields
     await asyncio.sleep(2.1)
     assert await store.tool_pin(one, "t") is None
-    assert await store.tool_pin(two, "t") == "same"
+    assert await store.tool_pin(two, "t") == ToolPin("same")
