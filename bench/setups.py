@@ -30,9 +30,13 @@ MAX_BODY_BYTES = 131_072  # room for the 64 KiB body-size runs plus their JSON-R
 class _BenchStack(Stack):
     """The dev stack, with the benchmark upstream (bench/upstream.py) in place of the demo upstream."""
 
+    opa_pprof = False  # OPA serves Go's profiles at /debug/pprof (./taskw bench-profile PROCESS=opa)
+
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         if name == "upstream":
             argv = [sys.executable, "-m", "bench.upstream", "--port", str(self.ports.upstream)]
+        if name == "opa" and self.opa_pprof:
+            argv = [*argv, "--pprof"]
         super()._spawn(name, argv, env)
 
 
@@ -66,14 +70,17 @@ class Setup:
 
 
 class SidecarSetup(Setup):
-    def __init__(self, workdir: Path, bundle: Path, mode: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, workdir: Path, bundle: Path, mode: str, env: dict[str, str] | None = None, *, opa_pprof: bool = False
+    ) -> None:
         self.mode = mode
         self.env = env or {}
+        self.opa_pprof = opa_pprof
         self.name = f"sidecar-{mode}"
         super().__init__(workdir, bundle)
 
     def _make_stack(self) -> Stack:
-        return _BenchStack(
+        stack = _BenchStack(
             self.workdir,
             Ports.free(),
             bundle=self.bundle,
@@ -82,6 +89,8 @@ class SidecarSetup(Setup):
             sidecar_env=self.env,
             response_path=False,
         )
+        stack.opa_pprof = self.opa_pprof
+        return stack
 
     def restart_policy(self, bundle: Path) -> None:
         self.stack.stop_opa()

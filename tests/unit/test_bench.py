@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from bench import cpu, report
+from bench import cpu, profile, report
 from bench.load import LoadResult, lua_script
 from bench.mix import mcp_body, request_mix
 from bench.paired import summarise
@@ -134,3 +134,33 @@ def test_paired_summary_counts_the_rounds_where_the_other_tree_is_lower() -> Non
     assert summary["trees"]["other"]["vs_envoy"] == pytest.approx({"sidecar": 1.8, "opa": 4.05})
     assert summary["other_lower"] == {"sidecar": "2 of 2", "opa": "1 of 2"}
     assert summary["trees"]["base"]["cpu_ms"]["sidecar"] == 1.5
+
+
+def test_opa_profile_parts_from_pprof_traces() -> None:
+    traces = """File: opa
+Type: cpu
+-----------+-------------------------------------------------------
+      10ms   memeqbody
+             github.com/open-policy-agent/opa/v1/topdown.(*eval).evalCall
+             net/http.(*conn).serve
+-----------+-------------------------------------------------------
+      20ms   encoding/json.(*Decoder).Decode
+             github.com/open-policy-agent/opa/v1/server.readInputPostV1
+-----------+-------------------------------------------------------
+     1.5ms   github.com/open-policy-agent/opa/v1/topdown.evalTree.eval
+             github.com/open-policy-agent/opa/v1/plugins/logs.(*Plugin).maskEvent
+-----------+-------------------------------------------------------
+      30ms   runtime.scanObject
+             runtime.gcBgMarkWorker
+-----------+-------------------------------------------------------
+     500us   syscall.Syscall6
+-----------+-------------------------------------------------------
+"""
+    parts = profile.opa_parts(traces)
+    assert parts["policy evaluation"] == pytest.approx(0.010)
+    assert parts["input decoding"] == pytest.approx(0.020)
+    assert parts["decision log (mask, event, console)"] == pytest.approx(0.0015)  # its mask is evaluated there
+    assert parts["garbage collection (background)"] == pytest.approx(0.030)
+    assert parts["other"] == pytest.approx(0.0005)
+    assert parts["answer encoding"] == 0.0
+    assert "16.1%  policy evaluation" in profile.summarise_opa(parts)  # 10 of 62 ms
