@@ -29,7 +29,7 @@ from typing import Any
 import jwt
 from aiohttp import web
 
-from devstack.mcp_tools import TOOL_SERVER, TOOLS, ToolServer, answer, rug_pull, tool_result
+from devstack.mcp_tools import HOLDS, TOOL_SERVER, TOOLS, ToolServer, answer, release, rug_pull, tool_result
 from sidecar.logs import rfc3339, setup_logging
 
 WRITE_TOOLS = {"create_ticket", "delete_record", "send_email"}
@@ -220,7 +220,7 @@ async def payments(request: web.Request) -> web.Response:
     return web.json_response({"payment": next(_ids), "upstream_saw": saw}, status=201)
 
 
-async def mcp(request: web.Request) -> web.Response:
+async def mcp(request: web.Request) -> web.StreamResponse:
     try:
         message = json.loads(await request.read())
     except ValueError:
@@ -246,7 +246,7 @@ async def mcp(request: web.Request) -> web.Response:
     else:
         return _rpc_error(rpc_id, -32601, f"unknown method or tool: {method}")
     result["_meta"] = {"upstream_saw": saw}
-    return answer(request, {"jsonrpc": "2.0", "id": rpc_id, "result": result})
+    return await answer(request, {"jsonrpc": "2.0", "id": rpc_id, "result": result})
 
 
 async def last_credential(request: web.Request) -> web.Response:
@@ -266,6 +266,7 @@ def build_upstream(jwks_url: str | None = None) -> web.Application:
     app = web.Application(middlewares=[access_log])
     app[CHECK] = CredentialCheck(jwks_url)
     app[TOOL_SERVER] = ToolServer()
+    app[HOLDS] = {}
     app.router.add_get("/api/docs", docs)
     app.router.add_get("/api/docs/{name:.+}", docs)
     app.router.add_route("*", "/api/tickets", tickets)
@@ -276,6 +277,7 @@ def build_upstream(jwks_url: str | None = None) -> web.Application:
     app.router.add_get("/debug/last-credential", last_credential)
     app.router.add_route("POST", "/debug/rug-pull", rug_pull)
     app.router.add_route("DELETE", "/debug/rug-pull", rug_pull)
+    app.router.add_post("/debug/release/{hold}", release)
     return app
 
 

@@ -6,6 +6,12 @@ limit: Envoy itself refuses a larger response) with ``failure_mode_allow: false`
 headers carry the decision id the check set (``x-authz-decision-id``, which the sidecar always
 overwrites); it finds the call's :class:`ResponseContext`. The body is judged once, whole; the
 answer replaces it (and its content-length), or replaces the response with a JSON-RPC error.
+
+An SSE response (``text/event-stream``) of a judged call is switched to ``STREAMED`` at its
+headers (``mode_override``; Envoy's config allows exactly that mode) and loses its content-length:
+each chunk is answered with the events completed so far, judged (:class:`EventStream`), so a long
+tool call's notifications reach the agent while it runs and the stream is not bounded by the
+buffer limit.
 """
 
 from __future__ import annotations
@@ -16,12 +22,13 @@ from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from envoy.type.v3 import http_status_pb2
 from prometheus_client import Counter
 
-from sidecar.mcp_response.judge import ResponseJudge, unjudged_error
+from sidecar.mcp_response.judge import EventStream, ResponseJudge, is_event_stream, unjudged_error
 from sidecar.mcp_response.pending import PendingResponses, ResponseContext
 from sidecar.outcome import DECISION_ID_HEADER
 
@@ -57,6 +64,30 @@ def refusal(body: bytes) -> Any:
     )
 
 
+_MODE = processing_mode_pb2.ProcessingMode
+# The configured mode with the response body streamed: the one override Envoy's config allows.
+STREAMED = _MODE(
+    request_header_mode=_MODE.SEND,
+    response_header_mode=_MODE.SEND,
+    request_body_mode=_MODE.NONE,
+    response_body_mode=_MODE.STREAMED,
+    request_trailer_mode=_MODE.SKIP,
+    response_trailer_mode=_MODE.SKIP,
+)
+
+
+def streamed_headers() -> Any:
+    """Stream this response's body to us chunk by chunk; its length changes, so it goes."""
+    common = pb.CommonResponse(header_mutation=pb.HeaderMutation(remove_headers=["content-length"]))
+    return pb.ProcessingResponse(response_headers=pb.HeadersResponse(response=common), mode_override=STREAMED)
+
+
+def streamed_chunk(body: bytes) -> Any:
+    """This chunk replaced by ``body`` (cleared when there is nothing to send yet)."""
+    mutation = pb.BodyMutation(body=body) if body else pb.BodyMutation(clear_body=True)
+    return pb.ProcessingResponse(response_body=pb.BodyResponse(response=pb.CommonResponse(body_mutation=mutation)))
+
+
 def replaced_body(body: bytes) -> Any:
     mutation = pb.HeaderMutation(set_headers=[_set_header("content-length", str(len(body)))])
     common = pb.CommonResponse(header_mutation=mutation, body_mutation=pb.BodyMutation(body=body))
@@ -75,39 +106,54 @@ class ResponseProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
     ) -> AsyncIterator[Any]:
         call: ResponseContext | None = None
         content_type: str | None = None
+        events: EventStream | None = None  # an SSE response judged as it streams
         # Envoy sends the request headers first whenever the request goes on to the upstream; a
         # stream that starts with the response carries a reply a filter before this one made
         # (the check's own refusal), which never reached the tool server: it passes as it is.
         forwarded = False
-        async for message in requests:
-            kind = message.WhichOneof("request")
-            if kind == "request_headers":
-                forwarded = True
-                decision_id = header(message.request_headers, DECISION_ID_HEADER)
-                call = self._pending.take(decision_id) if decision_id else None
-                yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
-            elif kind == "response_headers":
-                content_type = header(message.response_headers, "content-type")
-                yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
-            elif kind == "response_body" and not forwarded:
-                yield pb.ProcessingResponse(response_body=pb.BodyResponse())
-            elif kind == "response_body":
-                judgment = await self._judge.judge(call, content_type, bytes(message.response_body.body))
-                RESPONSES.labels("error" if judgment.refused else "allow").inc()
-                if judgment.error is not None:
-                    yield refusal(judgment.error)
-                elif judgment.body is not None:
-                    yield replaced_body(judgment.body)
-                else:
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("request")
+                if kind == "request_headers":
+                    forwarded = True
+                    decision_id = header(message.request_headers, DECISION_ID_HEADER)
+                    call = self._pending.take(decision_id) if decision_id else None
+                    yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+                elif kind == "response_headers":
+                    content_type = header(message.response_headers, "content-type")
+                    if forwarded and call is not None and is_event_stream(content_type):
+                        events = self._judge.stream(call)
+                        yield streamed_headers()
+                    else:
+                        yield pb.ProcessingResponse(response_headers=pb.HeadersResponse())
+                elif kind == "response_body" and not forwarded:
                     yield pb.ProcessingResponse(response_body=pb.BodyResponse())
-            elif kind == "request_body":
-                yield pb.ProcessingResponse(request_body=pb.BodyResponse())
-            elif kind == "request_trailers":
-                yield pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
-            elif kind == "response_trailers":
-                yield pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
-            else:  # a message this server does not know: refuse rather than pass unjudged
-                yield refusal(unjudged_error(call.request_id if call else None, None, f"unexpected {kind} message"))
+                elif kind == "response_body" and events is not None:
+                    was_done = events.done
+                    sent = await events.feed(bytes(message.response_body.body), message.response_body.end_of_stream)
+                    if events.done and not was_done:  # one count per response, at its end or failure
+                        RESPONSES.labels("error" if events.judgment.refused else "allow").inc()
+                    yield streamed_chunk(sent)
+                elif kind == "response_body":
+                    judgment = await self._judge.judge(call, content_type, bytes(message.response_body.body))
+                    RESPONSES.labels("error" if judgment.refused else "allow").inc()
+                    if judgment.error is not None:
+                        yield refusal(judgment.error)
+                    elif judgment.body is not None:
+                        yield replaced_body(judgment.body)
+                    else:
+                        yield pb.ProcessingResponse(response_body=pb.BodyResponse())
+                elif kind == "request_body":
+                    yield pb.ProcessingResponse(request_body=pb.BodyResponse())
+                elif kind == "request_trailers":
+                    yield pb.ProcessingResponse(request_trailers=pb.TrailersResponse())
+                elif kind == "response_trailers":
+                    yield pb.ProcessingResponse(response_trailers=pb.TrailersResponse())
+                else:  # a message this server does not know: refuse rather than pass unjudged
+                    yield refusal(unjudged_error(call.request_id if call else None, None, f"unexpected {kind} message"))
+        finally:
+            if events is not None:
+                events.close()  # a stream cut short still gets its decision-log line
 
 
 async def start_ext_proc_server(pending: PendingResponses, judge: ResponseJudge, address: str) -> grpc.aio.Server:

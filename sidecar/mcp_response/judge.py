@@ -3,13 +3,19 @@
 Transport-neutral: bytes and a content type in, a :class:`Judgment` out (the body to send, or a
 JSON-RPC error replacing the response). A body that is neither JSON nor an SSE stream, a JSON-RPC
 message that is not the answer to this request, a list item without a name, an unreachable
-policy or store, a malformed policy answer: each is a refusal, never a pass."""
+policy or store, a malformed policy answer: each is a refusal, never a pass.
+
+An SSE stream can also be judged as it arrives (:class:`EventStream`): each event once it is
+complete, passed on at once (a long tool call's progress notifications reach the agent while it
+runs), an incomplete one held back. A failure after events went out cannot replace the response
+any more: the stream then ends with an event carrying the JSON-RPC error, and nothing after it."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -33,6 +39,11 @@ TOOL_CALL = "tools/call"
 JUDGED = frozenset({*LISTS, TOOL_CALL})
 SSE_MEDIA = "text/event-stream"
 UNJUDGED_CODE = -32603  # JSON-RPC internal error: the answer exists but may not be shown
+SSE_FIELDS = frozenset({"data", "event", "id", "retry", ""})  # "": a comment
+MAX_EVENT_BYTES = 1_048_576  # an event not complete within this many bytes is refused (as Envoy's buffer limit)
+# The end of an SSE event: a blank line, whichever line ends the stream uses (HTML, "event stream").
+# A lone CR counts only once something other than LF follows it: it may be the first half of a CRLF.
+_EVENT_END = re.compile(rb"(?:\r\n|\n|\r(?=[^\n]))(?:\r\n|\n|\r(?=[^\n]))")
 
 
 class Unjudgeable(SidecarError):
@@ -54,6 +65,10 @@ class Judgment:
     @property
     def refused(self) -> bool:
         return self.error is not None
+
+
+def is_event_stream(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == SSE_MEDIA
 
 
 def definition_hash(tool: dict[str, Any]) -> str:
@@ -101,7 +116,7 @@ class ResponseJudge:
         if not body.strip():
             return Judgment(reason="empty body")
         media = (content_type or "").split(";", 1)[0].strip().lower()
-        if media == SSE_MEDIA:
+        if is_event_stream(content_type):
             return await self._judge_stream(context, body)
         if is_json_content_type(content_type):
             message = loads_strict(body)
@@ -113,28 +128,43 @@ class ResponseJudge:
         raise Unjudgeable(f"an MCP response of content type {media or 'none'!r} cannot be judged")
 
     async def _judge_stream(self, context: ResponseContext, body: bytes) -> Judgment:
+        judgment = Judgment()
+        new = await self._judge_events(context, body, judgment, Answered())
+        if new is not None:
+            judgment.body = new
+        return judgment
+
+    async def _judge_events(
+        self, context: ResponseContext, raw: bytes, judgment: Judgment, answered: Answered
+    ) -> bytes | None:
+        """Complete events of a stream as the agent may see them; None when unchanged."""
         try:
-            text = body.decode("utf-8")
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise Unjudgeable("the event stream is not valid UTF-8") from exc
         events = sse.parse(text)
-        judgment, changed, answered = Judgment(), False, False
+        changed = False
         for index, event in enumerate(events):
+            unknown = sorted({name for name, _ in event.lines} - SSE_FIELDS)
+            if unknown:  # a client ignores them, a careless one may read them: nothing passes unjudged
+                raise Unjudgeable(f"the event stream has a field SSE does not define: {unknown[0][:40]!r}")
             data = event.data
             if data is None:
                 continue
             message = loads_strict(data.encode())
             final = isinstance(message, dict) and ("result" in message or "error" in message)
-            if final and answered:
+            if final and answered.yes:
                 raise Unjudgeable("the event stream answers the request more than once")
-            answered = answered or final
+            answered.yes = answered.yes or final
             new = await self._judge_message(context, message, judgment, final=final)
             if new is not message:
                 events[index] = event.with_data(json.dumps(new, separators=(",", ":"), ensure_ascii=False))
                 changed = True
-        if changed:
-            judgment.body = sse.serialize(events).encode()
-        return judgment
+        return sse.serialize(events).encode() if changed else None
+
+    def stream(self, context: ResponseContext) -> EventStream:
+        """Judge an SSE response event by event as its chunks arrive."""
+        return EventStream(self, context)
 
     async def _judge_message(self, context: ResponseContext, message: Any, judgment: Judgment, *, final: bool) -> Any:
         """The message as the agent may see it (``message`` itself when unchanged)."""
@@ -221,3 +251,81 @@ class ResponseJudge:
                 "latency_ms": round(seconds * 1000, 3),
             },
         )
+
+
+@dataclass
+class Answered:
+    """Whether a stream carried its final answer yet: a second one is refused."""
+
+    yes: bool = False
+
+
+class EventStream:
+    """One SSE response judged as it streams: :meth:`feed` each chunk, send on what it returns.
+
+    Complete events are judged and returned at once (unchanged bytes when nothing in them
+    changed); an incomplete event is held until its blank line arrives, or the stream ends. A
+    failure returns an event carrying the JSON-RPC error in place of what failed, and every later
+    chunk returns nothing. The response's decision-log line is written once, at its end or failure."""
+
+    def __init__(self, judge: ResponseJudge, context: ResponseContext) -> None:
+        self._judge = judge
+        self._context = context
+        self._held = b""
+        self._answered = Answered()
+        self._seconds = 0.0
+        self.done = False  # ended or failed: nothing more is sent
+        self.judgment = Judgment()
+
+    async def feed(self, chunk: bytes, end_of_stream: bool) -> bytes:
+        """What the agent may see of the stream so far that it has not seen yet."""
+        if self.done:
+            return b""
+        started = time.perf_counter()
+        start = max(0, len(self._held) - 3)  # a blank line may straddle the chunks ("\r\n" + "\r\n")
+        self._held += chunk
+        ready, self._held = _complete_events(self._held, end_of_stream, start)
+        try:
+            if len(self._held) > MAX_EVENT_BYTES:
+                raise Unjudgeable(f"an event of the stream is larger than {MAX_EVENT_BYTES} bytes")
+            out = ready
+            if ready.strip():
+                judged = await self._judge._judge_events(self._context, ready, self.judgment, self._answered)
+                out = ready if judged is None else judged
+        except (Unjudgeable, BodyError, SidecarError) as exc:
+            return self._fail(exc.reason, started)
+        except Exception:  # a bug must fail closed too
+            log.exception("response judge failed", extra={"decision_id": self._context.decision_id})
+            return self._fail("internal error while judging the response", started)
+        self._seconds += time.perf_counter() - started
+        if end_of_stream:
+            self.done = True
+            self._judge._record(self._context, self.judgment, self._seconds)
+        return out
+
+    def close(self) -> None:
+        """The stream ended before its last chunk (the client left, a timeout): its line is written."""
+        if not self.done:
+            self.done = True
+            self.judgment.reason = self.judgment.reason or "the stream ended before its last chunk"
+            self._judge._record(self._context, self.judgment, self._seconds)
+
+    def _fail(self, reason: str, started: float) -> bytes:
+        context = self._context
+        self.judgment.error = unjudged_error(context.request_id, context.decision_id, reason)
+        self.judgment.reason = reason
+        self.done, self._held = True, b""
+        self._seconds += time.perf_counter() - started
+        self._judge._record(context, self.judgment, self._seconds)
+        return sse.serialize([sse.Event([("event", "message"), ("data", self.judgment.error.decode())])]).encode()
+
+
+def _complete_events(buffer: bytes, end_of_stream: bool, start: int = 0) -> tuple[bytes, bytes]:
+    """(the complete events at the start of ``buffer``, the rest); at the stream's end, all of it.
+    ``start``: where a blank line may begin (what was held before had none)."""
+    if end_of_stream:
+        return buffer, b""
+    ends = [match.end() for match in _EVENT_END.finditer(buffer, start)]
+    if not ends:
+        return b"", buffer
+    return buffer[: ends[-1]], buffer[ends[-1] :]

@@ -74,6 +74,30 @@ def test_tool_output_in_an_sse_stream_is_redacted(client: AgentClient) -> None:
     assert json.loads(data[-1])["result"]["structuredContent"]["owner_email"] == "[redacted:pii]"
 
 
+def test_an_sse_stream_reaches_the_agent_event_by_event(client: AgentClient, stack: Stack) -> None:
+    """The tool server sends a progress notification and holds its response until told: the agent
+    reads the notification while the call still runs (a buffered stream would hold it back with
+    the response), then the redacted response, and the stream has no length to get wrong."""
+    hold = str(uuid.uuid4())
+    headers = {"x-demo-stream": "sse-held", "x-demo-hold": hold}
+    with client.mcp(
+        READER, "tools/call", "get_record", {"id": "7"}, headers=headers, stream=True, timeout=5
+    ) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        assert "content-length" not in response.headers
+        lines = response.iter_lines(decode_unicode=True)
+        first = next(line for line in lines if line.startswith("data: "))  # within the read timeout, or never
+        assert json.loads(first[len("data: ") :])["method"] == "notifications/progress"
+        url = f"http://127.0.0.1:{stack.ports.upstream}/debug/release/{hold}"
+        requests.post(url, timeout=5).raise_for_status()
+        rest = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    final = json.loads(rest[-1])
+    assert final["id"] == 1 and final["result"]["structuredContent"]["owner_email"] == "[redacted:pii]"
+    assert OWNER not in "".join(rest)
+    [event] = response_events(stack, response.headers["x-authz-decision-id"])
+    assert event["redactions"] == {"pii": 2} and event["verdict"] == "allow"
+
+
 def test_a_list_in_an_sse_stream_is_filtered(client: AgentClient) -> None:
     response = client.mcp(READER, "tools/list", headers={"x-demo-stream": "sse", **session()})
     assert response.status_code == 200 and "search_docs" in response.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,6 +12,7 @@ import pytest
 from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
+from sidecar.mcp_response import sse
 from sidecar.mcp_response.ext_proc import ResponseProcessor
 from sidecar.mcp_response.judge import UNJUDGED_CODE, ResponseJudge, definition_hash
 from sidecar.mcp_response.pending import PendingResponses, ResponseContext, pin_scope
@@ -257,3 +259,108 @@ def test_pending_contexts_are_bounded_and_expire() -> None:
     expired.put(context())
     assert expired.take("dec-1") is None
     assert pin_scope("a", "t", "s") == "a|task:t" and pin_scope("a", None, "s") == "a|mcp:s"
+
+
+# -- an SSE response judged as it streams ----------------------------------------------------------
+
+NOTE = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "mailing bob@demo.local"}}
+RECORD = {"content": [{"type": "text", "text": "record 42 owner alice@demo.local"}], "structuredContent": {"id": 42}}
+SSE_BODY = (
+    f": keep-alive\r\n\r\n: ping\r\revent: message\ndata: {json.dumps(NOTE)}\n\n"
+    f"id: 9\r\ndata: {rpc_result(RECORD).decode()}\r\n\r\n"
+).encode()
+
+
+async def fed(events: Any, chunks: list[bytes]) -> list[bytes]:
+    return [await events.feed(chunk, index == len(chunks) - 1) for index, chunk in enumerate(chunks)]
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 64, len(SSE_BODY)])
+async def test_a_stream_cut_anywhere_gives_what_the_whole_stream_gives(judge: ResponseJudge, size: int) -> None:
+    whole = await judge.judge(context("tools/call", "get_record"), "text/event-stream", SSE_BODY)
+    assert whole.body is not None and b"@demo.local" not in whole.body
+    events = judge.stream(context("tools/call", "get_record"))
+    sent = await fed(events, [SSE_BODY[i : i + size] for i in range(0, len(SSE_BODY), size)])
+    # The same events (an unchanged batch keeps its own line ends; a changed one is written anew).
+    assert sse.parse(b"".join(sent).decode()) == sse.parse(whole.body.decode())
+    assert events.done and not events.judgment.refused and events.judgment.redactions == {"pii": 2}
+
+
+async def test_each_event_is_sent_once_complete_and_the_rest_held(judge: ResponseJudge, opa: FakeOpa) -> None:
+    events = judge.stream(context("tools/call", "get_record"))
+    note = f"data: {json.dumps(NOTE)}\n\n".encode()
+    final = f"data: {rpc_result(RECORD).decode()}\n\n".encode()
+    assert (
+        await events.feed(note + final[:10], False)
+        == b'data: {"jsonrpc":"2.0","method":"notifications/message","params":{"data":"mailing [redacted:pii]"}}\n\n'
+    )
+    assert await events.feed(final[10:-1], False) == b""  # the response, not complete yet: held
+    last = await events.feed(final[-1:], True)
+    assert b"alice" not in last and b"[redacted:pii]" in last
+    assert len(opa.queries) == 1  # one policy query for the whole stream
+    plain = judge.stream(context("initialize"))
+    unchanged = b'data: {"jsonrpc": "2.0", "id": 1, "result": {}}\n\n'
+    assert await plain.feed(unchanged, True) == unchanged  # nothing to judge in it: its own bytes
+
+
+@pytest.mark.parametrize(
+    ("chunks", "reason"),
+    [
+        ([b"data: {not json}\n\n", b"data: {}\n\n"], "JSON"),
+        ([f"data: {rpc_result(RECORD, 'r-3').decode()}\n\n".encode()] * 2, "more than once"),
+        ([b"data: \xff\xfe\n\n"], "UTF-8"),
+        ([b"data: " + b"x" * 1_048_577], "larger than"),
+        ([rpc_result(RECORD, "r-3") + b"\n\n"], "field SSE does not define"),  # JSON labelled as a stream
+        ([b"data: {}\nsecret: alice@demo.local\n\n"], "field SSE does not define"),
+    ],
+)
+async def test_a_stream_that_cannot_be_judged_ends_with_the_error(
+    judge: ResponseJudge, chunks: list[bytes], reason: str
+) -> None:
+    events = judge.stream(context("tools/call", "get_record", request_id="r-3"))
+    sent = [await events.feed(chunk, False) for chunk in chunks]
+    failed = next(s for s in sent if b"error" in s)
+    message = json.loads(failed.decode().split("data: ", 1)[1])
+    assert (
+        message["id"] == "r-3" and message["error"]["code"] == UNJUDGED_CODE and reason in message["error"]["message"]
+    )
+    assert events.done and events.judgment.refused
+    assert await events.feed(f"data: {rpc_result(RECORD).decode()}\n\n".encode(), True) == b""  # nothing after it
+
+
+async def test_ext_proc_streams_an_sse_response_of_a_judged_call(judge: ResponseJudge) -> None:
+    processor = ResponseProcessor(pending_with(context("tools/call", "get_record")), judge)
+
+    async def messages() -> AsyncIterator[Any]:
+        yield pb.ProcessingRequest(request_headers=headers(x_authz_decision_id="dec-1"))
+        yield pb.ProcessingRequest(response_headers=headers(content_type="text/event-stream", content_length="9"))
+        yield pb.ProcessingRequest(response_body=pb.HttpBody(body=SSE_BODY[:40], end_of_stream=False))
+        yield pb.ProcessingRequest(response_body=pb.HttpBody(body=SSE_BODY[40:], end_of_stream=True))
+
+    answers = [answer async for answer in processor.Process(messages(), None)]  # type: ignore[arg-type]
+    switched = answers[1]
+    assert switched.mode_override.response_body_mode == switched.mode_override.STREAMED
+    assert list(switched.response_headers.response.header_mutation.remove_headers) == ["content-length"]
+    first, last = (a.response_body.response.body_mutation for a in answers[2:])
+    assert first.WhichOneof("mutation") == "body" and first.body == b": keep-alive\r\n\r\n: ping\r\r"
+    assert b"[redacted:pii]" in last.body and b"@demo.local" not in last.body
+    unknown = ResponseProcessor(PendingResponses(), judge)  # no judged call: buffered, and refused whole
+
+    async def forged() -> AsyncIterator[Any]:
+        yield pb.ProcessingRequest(request_headers=headers(x_authz_decision_id="forged"))
+        yield pb.ProcessingRequest(response_headers=headers(content_type="text/event-stream"))
+        yield pb.ProcessingRequest(response_body=pb.HttpBody(body=SSE_BODY, end_of_stream=True))
+
+    refused = [answer async for answer in unknown.Process(forged(), None)]  # type: ignore[arg-type]
+    assert not refused[1].HasField("mode_override") and refused[2].WhichOneof("response") == "immediate_response"
+
+
+async def test_a_stream_cut_short_still_writes_its_line(judge: ResponseJudge, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="authz.response")
+    events = judge.stream(context("tools/call", "get_record"))
+    await events.feed(b": started\n\n", False)
+    events.close()
+    events.close()
+    lines = [r for r in caplog.records if r.getMessage() == "response"]
+    assert len(lines) == 1 and lines[0].reasons == ["the stream ended before its last chunk"]  # type: ignore[attr-defined]
+    assert await events.feed(b"data: {}\n\n", True) == b""
