@@ -36,9 +36,14 @@ RUN python -m venv /opt/authz-sidecar \
 COPY pyproject.toml README.md ./
 COPY sidecar ./sidecar
 # The package itself: its dependencies are already in (pinned above), its build tools leave after.
+# Then every module's bytecode, written again as hash-based .pyc (PEP 552): the same bytes in every
+# build whatever the files' times, and the image runs read-only with PYTHONDONTWRITEBYTECODE, so
+# without them each start would compile every module it imports again (measured from a venv: ~0.7 s
+# of CPU and 2 MB more RSS for serve's imports, 6 MB with the response path's grpc and protos).
 RUN /opt/authz-sidecar/bin/pip install --no-deps --no-build-isolation . \
  && /opt/authz-sidecar/bin/pip uninstall --yes setuptools wheel \
- && find /opt/authz-sidecar -name '__pycache__' -prune -exec rm -rf {} +
+ && find /opt/authz-sidecar -name '__pycache__' -prune -exec rm -rf {} + \
+ && /opt/authz-sidecar/bin/python -m compileall -q -j 0 --invalidation-mode checked-hash /opt/authz-sidecar/lib
 # The SBOM, from a separate venv so that the generator is not part of what it describes.
 RUN python -m venv /opt/sbom \
  && /opt/sbom/bin/pip install --require-hashes --no-deps -r requirements/sbom.lock \

@@ -5,6 +5,7 @@ importable. The image installs that distribution only, and the manifests run its
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -132,6 +133,42 @@ def test_runtime_image_installs_only_the_runtime() -> None:
     instructions = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
     assert not [line for line in instructions if "devstack" in line or "authz-dev" in line]
     assert any(re.search(r"pip install [^&]*\s\.(\s|$)", line) for line in instructions)
+
+
+def _compileall(dockerfile: Path) -> list[str]:
+    """The Dockerfile's ``python -m compileall`` arguments (its target left out), after it removed
+    pip's ``__pycache__`` directories, in the same RUN."""
+    text = dockerfile.read_text().replace("\\\n", " ")
+    (run,) = [line for line in text.splitlines() if "-m compileall" in line]
+    assert run.index("-name '__pycache__' -prune -exec rm -rf") < run.index("-m compileall"), run
+    args = run.split("-m compileall", 1)[1].split("&&")[0].split()
+    assert args[-1].startswith("/opt/") and args[-1].endswith("/lib"), args  # every installed module
+    return args[:-1]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "devstack/Dockerfile"])
+def test_images_ship_bytecode_whose_bytes_do_not_depend_on_the_build(
+    dockerfile: str, wheel: Path, tmp_path: Path
+) -> None:
+    """Read-only, with PYTHONDONTWRITEBYTECODE: without .pyc in the image every start compiles what
+    it imports. The image's own compileall, run twice on the runtime package with other file times,
+    writes every module's .pyc, hash-based (PEP 552), with the same bytes."""
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    args = _compileall(REPO / dockerfile)
+    builds = []
+    for mtime in (1_000_000_000, 2_000_000_000):
+        for cache in site.rglob("__pycache__"):
+            shutil.rmtree(cache)
+        for source in site.rglob("*.py"):
+            os.utime(source, (mtime, mtime))
+        subprocess.run([sys.executable, "-m", "compileall", *args, str(site)], check=True, timeout=300)
+        builds.append({path.relative_to(site): path.read_bytes() for path in site.rglob("*.pyc")})
+    sources = list(site.rglob("*.py"))
+    assert len(builds[0]) == len(sources) > 40
+    assert builds[0] == builds[1]
+    flags = {int.from_bytes(data[4:8], "little") for data in builds[0].values()}
+    assert flags == {0b11}, flags  # hash-based, checked against the source: never stale
 
 
 def _compose() -> dict[str, Any]:
