@@ -19,6 +19,7 @@ from google.rpc import code_pb2
 from devstack.agent_client import AgentClient
 from devstack.stack import Ports, Stack
 from tests.e2e.conftest import READER, WRITER
+from tests.e2e.test_mcp_response_path import assert_streams_event_by_event
 
 pytestmark = pytest.mark.e2e
 
@@ -112,6 +113,10 @@ def test_mcp_tool_allowed_and_denied(grpc_client: AgentClient) -> None:
     assert document["jsonrpc"] == "2.0" and document["id"] == 42
     assert document["error"]["data"]["verdict"] == "deny"
     assert document["error"]["data"]["decision_id"] == denied.headers["x-authz-decision-id"]
+
+
+def test_an_sse_stream_reaches_the_agent_event_by_event(grpc_client: AgentClient, grpc_stack: Stack) -> None:
+    assert_streams_event_by_event(grpc_client, grpc_stack)  # the same ext_proc settings in gRPC mode's Envoy
 
 
 @pytest.mark.parametrize("token", ["garbage", "not.a.jwt"])

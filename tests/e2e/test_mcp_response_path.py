@@ -75,6 +75,10 @@ def test_tool_output_in_an_sse_stream_is_redacted(client: AgentClient) -> None:
 
 
 def test_an_sse_stream_reaches_the_agent_event_by_event(client: AgentClient, stack: Stack) -> None:
+    assert_streams_event_by_event(client, stack)
+
+
+def assert_streams_event_by_event(client: AgentClient, stack: Stack) -> None:
     """The tool server sends a progress notification and holds its response until told: the agent
     reads the notification while the call still runs (a buffered stream would hold it back with
     the response), then the redacted response, and the stream has no length to get wrong."""
