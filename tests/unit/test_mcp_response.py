@@ -364,3 +364,20 @@ async def test_a_stream_cut_short_still_writes_its_line(judge: ResponseJudge, ca
     lines = [r for r in caplog.records if r.getMessage() == "response"]
     assert len(lines) == 1 and lines[0].reasons == ["the stream ended before its last chunk"]  # type: ignore[attr-defined]
     assert await events.feed(b"data: {}\n\n", True) == b""
+
+
+async def test_ext_proc_writes_the_line_of_a_stream_envoy_ends_early(
+    judge: ResponseJudge, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="authz.response")
+    processor = ResponseProcessor(pending_with(context("tools/call", "get_record")), judge)
+
+    async def cut_short() -> AsyncIterator[Any]:  # the client left: no chunk with end_of_stream
+        yield pb.ProcessingRequest(request_headers=headers(x_authz_decision_id="dec-1"))
+        yield pb.ProcessingRequest(response_headers=headers(content_type="text/event-stream"))
+        yield pb.ProcessingRequest(response_body=pb.HttpBody(body=b": started\n\n", end_of_stream=False))
+
+    answers = [answer async for answer in processor.Process(cut_short(), None)]  # type: ignore[arg-type]
+    assert answers[2].response_body.response.body_mutation.body == b": started\n\n"
+    [line] = [r for r in caplog.records if r.getMessage() == "response"]
+    assert line.decision_id == "dec-1" and line.reasons == ["the stream ended before its last chunk"]  # type: ignore[attr-defined]
