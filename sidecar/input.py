@@ -270,6 +270,9 @@ def approval_input(approval: ApprovalRecord | None) -> dict[str, Any] | None:
         "reason": approval.decision_reason,
         "decided_at": approval.decided_at,
         "fingerprint": approval.fingerprint,
+        # What the step-up asked approvers for (its data_class decided who may approve): the
+        # policy checks that it still covers what this request needs.
+        "approvers": dict(approval.approvers),
     }
 
 

@@ -392,6 +392,8 @@ def rest_delete_approved_jwt() -> Described:
             decision_id="4e5f6a7b-8c9d-4e0f-a1b2-c3d4e5f6a7b8",
             reasons=["a human must approve before agent spiffe://demo.local/agent/writer may delete record"],
             summary={},
+            data_class="restricted",
+            approvers={"data_class": "restricted"},  # what the delete rule's step-up asks approvers for
             status="approved",
             approver={"kind": "oidc", "id": "https://idp.demo.local#alice", "claims": None},
             decision_reason="record is a duplicate",

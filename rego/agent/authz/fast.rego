@@ -106,6 +106,9 @@ fast_reasons(rule, reason) := [reason, "a human approved this request"] if {
 	step_up := rule.step_up
 	step_up.kind == "approval"
 	input.approval.status == "approved"
+
+	# decided for exactly the class this rule asks approvers for (a higher one: the full policy)
+	input.approval.approvers.data_class == object.get(step_up, ["approvers", "data_class"], rule.data_class)
 	valid_step_up(step_up)
 	object.get(input, "approval_view", null) == null
 }

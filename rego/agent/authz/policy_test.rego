@@ -75,7 +75,10 @@ decide(inp) := d if {
 
 intent(confidence) := {"purpose": "triage", "confidence": confidence, "source": "header", "asserted": true}
 
-approval(status) := {"approval": {"id": "apr-1", "status": status}}
+# Decided for the most sensitive class (approvers.data_class): it covers what any rule asks.
+approval(status) := approval_for(status, "restricted")
+
+approval_for(status, class) := {"approval": {"id": "apr-1", "status": status, "approvers": {"data_class": class}}}
 
 # A session state as the sidecar sends it: nothing done yet but these labels.
 session(labels) := {"session": session_state(labels, 0, 0)}
@@ -784,6 +787,42 @@ test_ratchet_with_approval if {
 		"agent spiffe://demo.local/agent/writer may call tool send_email",
 		"a human approved this request",
 	]
+}
+
+# An approval covers the class it was decided for (approvers.data_class), or a less sensitive one.
+# Approved for an outside recipient (internal), then the session read restricted data before the
+# retry: the ratchet needs restricted approvers now, so the call steps up again and asks them.
+test_an_approval_for_a_lower_class_does_not_cover_a_need_that_rose if {
+	inp := object.union_n([send("eve@evil.example"), session(["pii_read"]), approval_for("approved", "internal")])
+	d := decide(inp)
+	d.verdict == "step_up"
+	d.step_up.approvers == {"data_class": "restricted"}
+	not authz.fast_allow with input as inp
+	decide(object.union(inp, approval_for("approved", "restricted"))).verdict == "allow"
+}
+
+test_an_approval_covers_its_class_and_less_sensitive_ones if {
+	delete := under(request(writer, "DELETE", "/api/records/42"), ["records:delete"]) # asks restricted approvers
+	decide(object.union(delete, approval_for("approved", "restricted"))).verdict == "allow"
+	decide(object.union(delete, approval_for("approved", "confidential"))).verdict == "step_up"
+	outside := send("eve@evil.example") # asks internal approvers
+	higher := object.union(outside, approval_for("approved", "confidential"))
+	decide(higher).verdict == "allow"
+	not authz.fast_allow with input as higher # the fast path takes only the exact class
+}
+
+# A class data_classes does not list, or none at all (a record from before approvers were kept),
+# covers only the same unlisted class: never a listed one.
+test_an_approval_of_an_unknown_or_missing_class_covers_nothing_else if {
+	delete := under(request(writer, "DELETE", "/api/records/42"), ["records:delete"])
+	decide(object.union(delete, approval_for("approved", "top-secret"))).verdict == "step_up"
+	decide(object.union(delete, {"approval": {"id": "apr-1", "status": "approved"}})).verdict == "step_up"
+	decide(object.union(delete, approval_for("approved", null))).verdict == "step_up"
+	unlisted := object.union(delete, approval_for("approved", "top-secret"))
+	decide(unlisted).verdict == "allow" with data.agent.config.routes.DELETE as [object.union(
+		data.agent.config.routes.DELETE[0],
+		{"step_up": {"kind": "approval", "ttl_seconds": 900, "approvers": {"data_class": "top-secret"}}},
+	)]
 }
 
 test_external_recipient if {

@@ -3,7 +3,27 @@
 # approval matches this exact request.
 package agent.authz
 
-approved if input.approval.status == "approved"
+approved if {
+	input.approval.status == "approved"
+	approval_covers(object.get(input.approval, ["approvers", "data_class"], null))
+}
+
+# An approval was decided for a class of data (input.approval.approvers.data_class: the class the
+# step-up asked approvers for, which decides who may approve). It covers what the request needs
+# now when that is the same class or a less sensitive one of data.agent.config.data_classes. A
+# need that rose after the approval (the session read restricted data before the retry) is not
+# covered: the call steps up again, and a new approval is asked for the class it needs now.
+approval_covers(class) if {
+	needed := highest_class({need.data_class | some need in approval_needs})
+	class_covers(class, needed)
+}
+
+class_covers(class, needed) if class == needed
+
+class_covers(class, needed) if {
+	class in known_classes
+	class_rank(class) > class_rank(needed)
+}
 
 default_ttl := object.get(cfg, ["step_up_defaults", "approval_ttl_seconds"], 900)
 
