@@ -181,9 +181,19 @@ def _annotation(node: dict[str, Any], path: tuple[str, ...], reachable: bool) ->
         raise InvalidAnnotation(f"x-mcp-header on {where}, which is not a property reached through properties alone")
     if not isinstance(value, str) or not _TOKEN.fullmatch(value):
         raise InvalidAnnotation(f"x-mcp-header of {where} is not an HTTP field-name token")
-    if node.get("type") not in PARAM_TYPES:
+    if not _primitive(node.get("type")):
         raise InvalidAnnotation(f"x-mcp-header on {where}, whose type is not string, integer or boolean")
     return ParamHeader(value.lower(), path)
+
+
+def _primitive(kind: Any) -> bool:
+    """One of the mirrored types, or one of them and ``null`` (an optional parameter: null is no value)."""
+    if isinstance(kind, str):
+        return kind in PARAM_TYPES
+    if not isinstance(kind, list) or not all(isinstance(k, str) for k in kind):
+        return False
+    kinds = set(kind) - {"null"}
+    return len(kinds) == 1 and kinds <= PARAM_TYPES
 
 
 def encode_declared(schema: Any) -> str:

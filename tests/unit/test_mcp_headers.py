@@ -119,12 +119,14 @@ def test_annotations_are_read_from_statically_reachable_properties() -> None:
             query={"type": "string"},
             options=schema(limit={"type": "integer", "x-mcp-header": "Limit"}, dry={"type": "boolean"}),
             confirm={"type": "boolean", "x-mcp-header": "Confirm"},
+            zone={"type": ["string", "null"], "x-mcp-header": "Zone"},  # optional: null is no value
         )
     )
     assert declared == (
         ParamHeader("confirm", ("confirm",)),
         ParamHeader("limit", ("options", "limit")),
         ParamHeader("region", ("tenant_id",)),
+        ParamHeader("zone", ("zone",)),
     )
     assert declared_param_headers({"type": "object"}) == () and declared_param_headers(None) == ()
     # a property named like the keyword is a property; data keywords hold data, not annotations
@@ -135,6 +137,8 @@ def test_annotations_are_read_from_statically_reachable_properties() -> None:
     ("tool_schema", "reason"),
     [
         (schema(n={"type": "number", "x-mcp-header": "N"}), "type is not"),
+        (schema(n={"type": ["string", "integer"], "x-mcp-header": "N"}), "type is not"),
+        (schema(n={"type": ["number", "null"], "x-mcp-header": "N"}), "type is not"),
         (schema(n={"x-mcp-header": "N"}), "type is not"),
         (schema(o={"type": "object", "x-mcp-header": "O"}), "type is not"),
         (schema(r={"type": "string", "x-mcp-header": ""}), "token"),
