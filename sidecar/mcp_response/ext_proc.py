@@ -121,7 +121,8 @@ class ResponseProcessor(external_processor_pb2_grpc.ExternalProcessorServicer): 
                     yield pb.ProcessingResponse(request_headers=pb.HeadersResponse())
                 elif kind == "response_headers":
                     content_type = header(message.response_headers, "content-type")
-                    if forwarded and call is not None and is_event_stream(content_type):
+                    streams = not message.response_headers.end_of_stream  # a body follows
+                    if forwarded and call is not None and streams and is_event_stream(content_type):
                         events = self._judge.stream(call)
                         yield streamed_headers()
                     else:

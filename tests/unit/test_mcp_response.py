@@ -381,3 +381,20 @@ async def test_ext_proc_writes_the_line_of_a_stream_envoy_ends_early(
     assert answers[2].response_body.response.body_mutation.body == b": started\n\n"
     [line] = [r for r in caplog.records if r.getMessage() == "response"]
     assert line.decision_id == "dec-1" and line.reasons == ["the stream ended before its last chunk"]  # type: ignore[attr-defined]
+
+
+async def test_ext_proc_streams_nothing_for_an_event_stream_without_a_body(
+    judge: ResponseJudge, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="authz.response")
+    processor = ResponseProcessor(pending_with(context("tools/call", "get_record")), judge)
+
+    async def bodiless() -> AsyncIterator[Any]:
+        yield pb.ProcessingRequest(request_headers=headers(x_authz_decision_id="dec-1"))
+        empty = headers(content_type="text/event-stream")
+        empty.end_of_stream = True
+        yield pb.ProcessingRequest(response_headers=empty)
+
+    answers = [answer async for answer in processor.Process(bodiless(), None)]  # type: ignore[arg-type]
+    assert not answers[1].HasField("mode_override")
+    assert not [r for r in caplog.records if r.getMessage() == "response"]
