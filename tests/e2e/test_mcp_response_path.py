@@ -192,11 +192,22 @@ def no_response_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent
         yield AgentClient(down)
 
 
+def envoys_own_error(response: requests.Response) -> None:
+    """Envoy's own failure on the MCP endpoint is a JSON-RPC error an MCP client can read."""
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    answer = response.json()
+    assert answer["jsonrpc"] == "2.0" and answer["id"] is None and answer["error"]["code"] == -32603
+    assert answer["error"]["message"].startswith("the MCP response could not be delivered (")
+    assert "sock" not in response.text and "/tmp" not in response.text, "no detail names the pod's sockets"
+    assert answer["error"]["data"]["request_id"]
+
+
 def test_the_response_path_down_fails_closed_on_the_mcp_route_only(no_response_path: AgentClient) -> None:
     client = no_response_path
     response = client.mcp(READER, "tools/call", "get_record", {"id": "42"})
     assert response.status_code == 503
     assert OWNER not in response.text and "record 42" not in response.text
+    envoys_own_error(response)
     assert "search_docs" not in client.mcp(READER, "tools/list").text
     assert client.request("GET", "/api/docs/handbook", READER).status_code == 200  # not on the MCP route
 
@@ -205,6 +216,7 @@ def test_an_oversized_response_is_refused_not_passed(client: AgentClient) -> Non
     response = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn", "pad": 2 * 1024 * 1024})
     assert response.status_code >= 500
     assert "xxxxxxxx" not in response.text
+    envoys_own_error(response)
     small = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn", "pad": 1000})
     assert small.status_code == 200 and "x" * 1000 in small.text
 
