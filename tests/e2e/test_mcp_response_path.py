@@ -212,6 +212,21 @@ def test_the_response_path_down_fails_closed_on_the_mcp_route_only(no_response_p
     assert client.request("GET", "/api/docs/handbook", READER).status_code == 200  # not on the MCP route
 
 
+def test_an_unreachable_tool_server_is_a_json_rpc_error(no_response_path: AgentClient) -> None:
+    """Envoy's own reply when the tool server is gone: a JSON-RPC error on the MCP endpoint (the
+    REST routes keep Envoy's plain one)."""
+    client = no_response_path
+    client.stack.stop_process("upstream")
+    try:
+        response = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn"})
+        assert response.status_code >= 500
+        envoys_own_error(response)
+        rest = client.request("GET", "/api/docs/handbook", READER)
+        assert rest.status_code >= 500 and "jsonrpc" not in rest.text
+    finally:
+        client.stack.start_upstream()
+
+
 def test_an_oversized_response_is_refused_not_passed(client: AgentClient) -> None:
     response = client.mcp(READER, "tools/call", "search_docs", {"q": "vpn", "pad": 2 * 1024 * 1024})
     assert response.status_code >= 500
