@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import sys
 import tempfile
@@ -31,7 +32,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
 from devstack.redis_server import RedisServer
@@ -53,6 +54,7 @@ LIMITS = SessionLimits()
 AGENT_LIMITS = AgentLimits()
 TOPOLOGIES = ("cluster", "sentinel")
 APPROVALS = 60
+T = TypeVar("T")
 
 
 @dataclass
@@ -226,6 +228,20 @@ async def _wait(predicate: Callable[[], bool], within_s: float) -> bool:
     return predicate()
 
 
+async def eventually(call: Callable[[], Awaitable[T]], within_s: float = 10.0) -> T:
+    """The call's answer once the store answers again (bounded). Right after a failover the old
+    primary is still syncing as the new replica, and a write no replica confirmed in time is refused
+    (StoreError, the sidecar's 503): a refusal, not a relapse, so it is retried."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return await call()
+        except StoreError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.1)
+
+
 async def run_failover(kind: str, workdir: Path, warmup_s: float = 0.5, timeout_s: float = 30.0) -> FailoverRun:
     """One topology, started here and stopped at the end."""
     topology = _Topology(kind, workdir)
@@ -354,7 +370,7 @@ async def _measure(topology: _Topology, warmup_s: float, timeout_s: float) -> Fa
         # Now that the failover is over, try every approval again: none may be usable a second time.
         for a in approvals:
             try:
-                await store.consume_approval(a.id, int(time.time()))
+                await eventually(functools.partial(store.consume_approval, a.id, int(time.time())))
             except ApprovalConflict:
                 continue
             except StoreError as exc:
@@ -366,7 +382,7 @@ async def _measure(topology: _Topology, warmup_s: float, timeout_s: float) -> Fa
         # With the failover over: what was acknowledged is still in force.
         for task_id in [revoked.id, *load.acknowledged]:
             try:
-                got = await store.get_task(task_id)
+                got = await eventually(functools.partial(store.get_task, task_id))
             except StoreError as exc:
                 run.violations.append(f"the store did not recover: {exc}")
                 break

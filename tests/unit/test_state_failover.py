@@ -8,21 +8,18 @@ import asyncio
 import signal
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import redis
 
-from bench.failover import FailoverRun, run_failover, table
+from bench.failover import FailoverRun, eventually, run_failover, table
 from devstack.redis_cluster import LocalRedisCluster
 from sidecar.config import StateConfig
 from sidecar.state import ApprovalRecord, StoreError, TaskRecord
 from sidecar.state.redis import RedisStore, hash_tag
 from sidecar.tasks import child_task
-
-T = TypeVar("T")
 
 
 def check(run: FailoverRun) -> None:
@@ -50,18 +47,6 @@ def _task(parent: TaskRecord | None = None) -> TaskRecord:
     if parent is not None:
         return child_task(parent, sub, ["tickets:write"], 600, now, task_id)
     return TaskRecord(task_id, sub, "wait", ["tickets:write"], issued_at=now, expires_at=now + 600, root_id=task_id)
-
-
-async def _eventually(call: Callable[[], Awaitable[T]], within_s: float = 20.0) -> T:
-    """The call's answer once the store answers again (bounded)."""
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            return await call()
-        except StoreError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def test_what_no_replica_confirmed_is_never_acknowledged(tmp_path: Path) -> None:
@@ -113,10 +98,10 @@ async def test_what_no_replica_confirmed_is_never_acknowledged(tmp_path: Path) -
             finally:
                 replica.process.send_signal(signal.SIGCONT)
 
-            back = await _eventually(lambda: acked.get_task(told.id))
+            back = await eventually(lambda: acked.get_task(told.id), within_s=20.0)
             assert cluster.is_primary(replica), "the replica took over"
             assert back is not None and back.status == "active", "lost with the primary: never acknowledged"
-            lost = await _eventually(lambda: acked.get_task(untold.id))
+            lost = await eventually(lambda: acked.get_task(untold.id), within_s=20.0)
             assert lost is not None and lost.status == "active", "acknowledged without WAIT, then lost"
 
             await asyncio.to_thread(primary.start)  # back as the new primary's replica: WAIT 1 can succeed
