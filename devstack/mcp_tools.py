@@ -6,7 +6,9 @@
   description, as a compromised tool server would; ``DELETE`` puts it back.
 - ``x-demo-stream: sse`` answers as an SSE stream (a progress notification, then the response).
 - ``x-demo-stream: sse-held`` sends the progress notification, then holds the response until
-  ``POST /debug/release/{x-demo-hold}`` on the upstream (or 10 s): a tool call still running.
+  ``POST /debug/release/{x-demo-hold}`` on the upstream (or ``x-demo-hold-seconds``, 10 by
+  default, at most 60): a tool call still running. ``x-demo-progress-every: S`` sends another
+  progress notification every S seconds (at least 0.5) while it holds: a long call that reports.
 - ``search_docs`` with ``pad: N`` adds N bytes to its output (an oversized response).
 - ``search_docs``'s ``index_name`` is annotated ``x-mcp-header: Index``: a 2026-07-28 client mirrors
   it into ``Mcp-Param-Index`` (a header named after the annotation, not the argument).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from typing import Any
 
 from aiohttp import web
@@ -33,6 +36,9 @@ OWNER = "alice@demo.local"
 STREAM_HEADER = "x-demo-stream"
 HOLD_HEADER = "x-demo-hold"
 HOLD_SECONDS = 10.0
+MAX_HOLD_SECONDS = 60.0
+HOLD_SECONDS_HEADER = "x-demo-hold-seconds"
+PROGRESS_EVERY_HEADER = "x-demo-progress-every"
 MAX_PAD = 8 * 1024 * 1024
 OBJECT: dict[str, Any] = {"type": "object"}
 SCHEMAS: dict[str, dict[str, Any]] = {
@@ -76,22 +82,47 @@ async def answer(request: web.Request, message: dict[str, Any]) -> web.StreamRes
     stream = request.headers.get(STREAM_HEADER)
     if stream not in ("sse", "sse-held"):
         return web.json_response(message)
-    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1, "total": 1}}
-    first = f"event: message\ndata: {json.dumps(progress)}\n\n"
+
+    def progress(step: int) -> bytes:
+        note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": step}}
+        return f"event: message\ndata: {json.dumps(note)}\n\n".encode()
+
     last = f"event: message\nid: 1\ndata: {json.dumps(message)}\n\n"
     if stream == "sse":
-        return web.Response(body=(first + last).encode(), content_type="text/event-stream")
+        return web.Response(body=progress(1) + last.encode(), content_type="text/event-stream")
+    hold_s = _seconds(request, HOLD_SECONDS_HEADER, 0, MAX_HOLD_SECONDS)
+    every = _seconds(request, PROGRESS_EVERY_HEADER, 0.5, MAX_HOLD_SECONDS)
     response = web.StreamResponse(headers={"content-type": "text/event-stream"})
     await response.prepare(request)
-    await response.write(first.encode())
+    await response.write(progress(1))
     hold = request.headers.get(HOLD_HEADER, "")
     release = request.app[HOLDS].setdefault(hold, asyncio.Event())
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(release.wait(), HOLD_SECONDS)
+    loop = asyncio.get_running_loop()
+    deadline, step = loop.time() + (HOLD_SECONDS if hold_s is None else hold_s), 1
+    while not release.is_set() and (left := deadline - loop.time()) > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(release.wait(), left if every is None else min(left, every))
+        if every is not None and not release.is_set():
+            step += 1
+            await response.write(progress(step))
     request.app[HOLDS].pop(hold, None)
     await response.write(last.encode())
     await response.write_eof()
     return response
+
+
+def _seconds(request: web.Request, header: str, low: float, high: float) -> float | None:
+    """A number of seconds from a demo header, clamped to [low, high]; None when absent."""
+    value = request.headers.get(header)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds):
+        raise web.HTTPBadRequest(text=f"{header}: a number of seconds")
+    return min(max(seconds, low), high)
 
 
 async def release(request: web.Request) -> web.Response:

@@ -369,7 +369,22 @@ def _response_path_problems(where: str, listener: dict[str, Any], hcm: dict[str,
                 found.append(f"{where}: ext_proc is not on for exactly the MCP route ({route['match']})")
             if on is not None and on.get("overrides", {}).get("failure_mode_allow") is not False:
                 found.append(f"{where}: the MCP route's ext_proc may fail open")
+            if "route" in route and not _bounded(route["route"]):
+                found.append(f"{where}: a call on {route['match']} may hold its stream for ever")
     return found
+
+
+def _seconds(duration: str | None) -> float:
+    return float(duration.removesuffix("s")) if duration else 0.0
+
+
+def _bounded(action: dict[str, Any]) -> bool:
+    """Every call on the route ends: a whole-response timeout (Envoy's default 15 s when absent), or,
+    where that is off (the MCP route, for long streamed calls), both an idle and a total bound."""
+    if "timeout" not in action or _seconds(action["timeout"]) > 0:
+        return True
+    total = _seconds(action.get("max_stream_duration", {}).get("max_stream_duration"))
+    return _seconds(action.get("idle_timeout")) > 0 and total > 0
 
 
 @pytest.mark.parametrize("name", RENDERED)
@@ -405,6 +420,10 @@ def test_the_invariants_can_fail(rendered: dict[str, Rendered]) -> None:
     assert len(found) == len(expected) and all(f.startswith(e) for f, e in zip(found, expected, strict=True)), found
     hcm["http_filters"].reverse()
     assert problems(config, sidecar)[-1] == "listener egress: forwards without ext_authz first"
+    hcm["http_filters"].reverse()
+    mcp = next(r for v in hcm["route_config"]["virtual_hosts"] for r in v["routes"] if r["match"] == {"path": "/mcp"})
+    del mcp["route"]["max_stream_duration"]
+    assert "listener egress: a call on {'path': '/mcp'} may hold its stream for ever" in problems(config, sidecar)
 
 
 @pytest.mark.parametrize("name", RENDERED)

@@ -4,6 +4,8 @@ oversized response."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import json
 import uuid
 from collections.abc import Iterator
@@ -18,6 +20,7 @@ from devstack.mcp_tools import OWNER, RUG_PULL
 from devstack.stack import Ports, Stack
 from sidecar.mcp_headers import HEADER_MISMATCH, PROTOCOL_META
 from tests.e2e.conftest import READER, WRITER
+from tests.e2e.test_access_log import access_line
 
 WRITE_TOOLS = {"create_ticket", "delete_record", "send_email"}
 V2026 = "2026-07-28"
@@ -100,6 +103,55 @@ def assert_streams_event_by_event(client: AgentClient, stack: Stack) -> None:
     assert OWNER not in "".join(rest)
     [event] = response_events(stack, response.headers["x-authz-decision-id"])
     assert event["redactions"] == {"pii": 2} and event["verdict"] == "allow"
+
+
+def test_a_long_call_that_reports_progress_outlasts_the_routes_15_s_and_a_silent_one_does_not(
+    client: AgentClient, stack: Stack
+) -> None:
+    """Two held calls at once. One reports progress every second: it streams past 15 s (the other
+    routes' whole-response bound) and then delivers its redacted response. The other stays silent
+    after its first event: 15 s of silence end it (Envoy's stream idle timeout, ``SI``) before its
+    tool server would answer."""
+    holds = {"reporting": str(uuid.uuid4()), "silent": str(uuid.uuid4())}
+    request_ids = {kind: str(uuid.uuid4()) for kind in holds}
+
+    def call(kind: str, extra: dict[str, str]) -> requests.Response:
+        headers = {"x-demo-stream": "sse-held", "x-demo-hold": holds[kind], "x-demo-hold-seconds": "40"}
+        headers |= {"x-request-id": request_ids[kind], **extra}
+        return client.mcp(READER, "tools/call", "get_record", {"id": "7"}, headers=headers, stream=True, timeout=20)
+
+    def reporting() -> list[dict[str, Any]]:
+        with call("reporting", {"x-demo-progress-every": "1"}) as response:
+            assert response.status_code == 200
+            lines = response.iter_lines(decode_unicode=True)
+            events = []
+            for line in lines:
+                if line.startswith("data: "):
+                    events.append(json.loads(line[len("data: ") :]))
+                    if len(events) == 18:  # the first event, then one a second: 17 s in
+                        break
+            assert all(e["method"] == "notifications/progress" for e in events)
+            url = f"http://127.0.0.1:{stack.ports.upstream}/debug/release/{holds['reporting']}"
+            requests.post(url, timeout=5).raise_for_status()
+            rest = [json.loads(line[len("data: ") :]) for line in lines if line.startswith("data: ")]
+        return events + rest
+
+    def silent() -> list[str]:
+        seen: list[str] = []
+        with call("silent", {}) as response, contextlib.suppress(requests.exceptions.ChunkedEncodingError):
+            assert response.status_code == 200
+            seen.extend(line for line in response.iter_lines(decode_unicode=True) if line.startswith("data: "))
+        return seen
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        long_call, quiet_call = pool.submit(reporting), pool.submit(silent)
+        events, cut = long_call.result(timeout=60), quiet_call.result(timeout=60)
+    final = events[-1]
+    assert final["id"] == 1 and final["result"]["structuredContent"]["owner_email"] == "[redacted:pii]"
+    assert len(events) >= 19, "17 s of progress, then the response"
+    assert len(cut) == 1 and "notifications/progress" in cut[0], "the silent call never answered"
+    assert "SI" in access_line(stack, request_ids["silent"])["flags"], "Envoy's stream idle timeout ended it"
+    assert access_line(stack, request_ids["reporting"])["flags"] == "-"
 
 
 def test_a_list_in_an_sse_stream_is_filtered(client: AgentClient) -> None:
