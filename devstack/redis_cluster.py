@@ -17,7 +17,8 @@ from typing import Any
 import redis
 from redis.crc import key_slot
 
-from devstack.redis_server import RedisServer, _free_port
+from devstack.ports import free_ports
+from devstack.redis_server import RedisServer
 
 # Quick failure detection, so a failover in a test takes seconds (production keeps Redis's defaults:
 # cluster-node-timeout 15 s, down-after-milliseconds 30 s).
@@ -94,8 +95,9 @@ class LocalRedisCluster:
         self.cli = cli
         self.workdir = workdir
         # The cluster bus port defaults to port + 10000, out of range for many free ports: pick one too.
+        ports = free_ports(primaries * 4)
         self.nodes = [
-            RedisServer(workdir / f"node{i}", extra_args=[*_NODE_ARGS, "--cluster-port", str(_free_port())])
+            RedisServer(workdir / f"node{i}", ports[2 * i], [*_NODE_ARGS, "--cluster-port", str(ports[2 * i + 1])])
             for i in range(primaries * 2)
         ]
 
@@ -204,13 +206,13 @@ class LocalRedisCluster:
 
 
 class _SentinelProcess:
-    def __init__(self, workdir: Path, service: str, primary_port: int, down_after_ms: int) -> None:
+    def __init__(self, workdir: Path, port: int, service: str, primary_port: int, down_after_ms: int) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server not found: install the Debian package redis-server (./taskw does)")
         self.binary = binary
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = port
         self.config = workdir / "sentinel.conf"
         self.settings = [
             f"port {self.port}",
@@ -250,12 +252,13 @@ class LocalSentinel:
 
     def __init__(self, workdir: Path, service: str = "authz", sentinels: int = 3, down_after_ms: int = 1000) -> None:
         self.service = service
-        self.primary = RedisServer(workdir / "a", extra_args=_REPLICATION_ARGS)
+        ports = free_ports(2 + sentinels)
+        self.primary = RedisServer(workdir / "a", ports[0], _REPLICATION_ARGS)
         self.replica = RedisServer(
-            workdir / "b", extra_args=[*_REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.primary.port)]
+            workdir / "b", ports[1], [*_REPLICATION_ARGS, "--replicaof", "127.0.0.1", str(self.primary.port)]
         )
         self.sentinels = [
-            _SentinelProcess(workdir / f"sentinel{i}", service, self.primary.port, down_after_ms)
+            _SentinelProcess(workdir / f"sentinel{i}", ports[2 + i], service, self.primary.port, down_after_ms)
             for i in range(sentinels)
         ]
 

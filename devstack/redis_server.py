@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import redis
+
+from devstack.ports import free_ports
 
 
 class RedisServer:
@@ -21,7 +22,7 @@ class RedisServer:
             raise FileNotFoundError("redis-server not found: install the Debian package redis-server (./taskw does)")
         self.binary = binary
         self.workdir = workdir
-        self.port = port or _free_port()
+        self.port = port or free_ports(1)[0]
         self.extra_args = list(extra_args)  # after the defaults, so they override them (cluster mode, replicaof, ...)
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -74,9 +75,3 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(timeout=10)
         self.process = None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

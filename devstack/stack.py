@@ -29,6 +29,7 @@ from devstack import svid_files
 from devstack.bundles import BUNDLE_NAME, decision_log_flags, distributed_tracing_flags, opa_config, with_log_mask
 from devstack.envoy_config import GRPC_TEMPLATE, REPO_ROOT, TEMPLATE, render_envoy_config
 from devstack.oidc import DevOidcIssuer
+from devstack.ports import free_ports
 from devstack.spire import ENVOY_ID, Spire, SpireError
 from devstack.tools import ToolMissing, find_tool
 from devstack.trust_domain import DEFAULT_AUDIENCE, DevTrustDomain
@@ -90,14 +91,7 @@ class Ports:
 
     @classmethod
     def free(cls) -> Ports:
-        sockets = [socket.socket() for _ in fields(cls)]
-        try:
-            for s in sockets:
-                s.bind(("127.0.0.1", 0))
-            return cls(*(s.getsockname()[1] for s in sockets))
-        finally:
-            for s in sockets:
-                s.close()
+        return cls(*free_ports(len(fields(cls))))
 
     def check_available(self, unused: frozenset[str] = frozenset()) -> None:
         for field in fields(self):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -12,13 +11,13 @@ from pathlib import Path
 import pytest
 import requests
 
+from devstack.ports import free_ports
+
 
 @contextmanager
 def serve_bundle(opa_bin: str, bundle: Path, log_dir: Path, *flags: str) -> Iterator[str]:
     """``opa run --server`` on ``bundle`` (tests left out), ready with its bundle; yields its URL."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    [port] = free_ports(1)
     url = f"http://127.0.0.1:{port}"
     log = (log_dir / "opa.log").open("wb")
     argv = [opa_bin, "run", "--server", "--addr", f"127.0.0.1:{port}", *flags]

@@ -16,7 +16,6 @@ import base64
 import json
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from google.protobuf import json_format
 
+from devstack.ports import free_ports
 from sidecar.config import validate_config
 from sidecar.grpc_server import start_grpc_server
 from sidecar.identity import IdentityResolver
@@ -146,12 +146,6 @@ def substitute(value: Any, table: dict[str, str]) -> Any:
 
 
 # -- the two sides --------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_http(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
     import urllib.request
 
@@ -203,7 +197,7 @@ async def run_policy(policy: str, options: tuple[str, ...], cases: list[Case], w
     shutil.copytree(POLICIES / policy, bundle)
     (bundle / "compat").mkdir()
     (bundle / "compat" / "data.json").write_text(json.dumps({"jwks": JWKS}))
-    plugin_rest, plugin_grpc, opa_rest, ours_grpc = (free_port() for _ in range(4))
+    plugin_rest, plugin_grpc, opa_rest, ours_grpc = free_ports(4)
     plugin_log, opa_log = workdir / f"plugin-{label}.log", workdir / f"opa-{label}.log"
     plugin_options = [a for o in options for a in ("--set", f"plugins.envoy_ext_authz_grpc.{o}=true")]
     common = ["--log-format", "json", "--set", "decision_logs.console=true", str(bundle)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -28,6 +27,7 @@ import yaml
 
 from devstack.agent_client import AgentClient
 from devstack.envoy_config import load_variant, render_variant, variant_config
+from devstack.ports import free_ports
 from devstack.stack import Stack
 from sidecar.unix_http import unix_request
 from tests.e2e.conftest import READER, WRITER
@@ -46,13 +46,6 @@ class DeployedEnvoy:
     config: dict[str, Any]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture(scope="module")
 def deployed(stack: Stack, envoy_bin: str) -> Iterator[DeployedEnvoy]:
     # The pod's /run/authz: the sidecar's check and response-path sockets (the stack's) and Envoy's
@@ -60,7 +53,7 @@ def deployed(stack: Stack, envoy_bin: str) -> Iterator[DeployedEnvoy]:
     run_dir = Path(tempfile.mkdtemp(prefix="authz-run-"))  # short: unix socket paths have ~107 bytes
     (run_dir / "sidecar.sock").symlink_to(stack.check_socket)
     (run_dir / "ext_proc.sock").symlink_to(stack.ext_proc_socket)
-    egress, health = free_port(), free_port()
+    egress, health = free_ports(2)
     values = {"RUN_DIR": run_dir, "EGRESS_PORT": egress, "HEALTH_PORT": health, "UPSTREAM_PORT": stack.ports.upstream}
     path = run_dir / "envoy.yaml"
     path.write_text(render_variant(VARIANT, values))

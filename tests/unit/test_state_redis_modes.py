@@ -4,7 +4,6 @@ real redis-servers. The ACL lines here are the ones docs/configuration.md recomm
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -15,6 +14,7 @@ from typing import Any
 import pytest
 import redis
 
+from devstack.ports import free_ports
 from devstack.redis_cluster import LocalRedisCluster, LocalSentinel
 from devstack.trust_domain import DevTrustDomain, X509Files
 from sidecar.config import ConfigError, StateConfig, load_config, validate_config
@@ -107,9 +107,7 @@ def tls_redis(tmp_path: Path, trust_domain: DevTrustDomain) -> Iterator[tuple[in
     if binary is None:
         pytest.fail("redis-server not found: install the Debian package redis-server (./taskw does)")
     files = trust_domain.mint_x509("spiffe://demo.local/redis", tmp_path / "tls", dns_names=("127.0.0.1",))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    [port] = free_ports(1)
     acl = ["authz", "on", f">{PASSWORD}", *DATA_ACL.format(prefix="tls:").split()]
     argv = [binary, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
     argv += ["--tls-cert-file", str(files.cert), "--tls-key-file", str(files.key)]
